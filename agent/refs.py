@@ -1,0 +1,79 @@
+"""Resolution of Kubernetes references (`*SecretRef`, `caProvider`, `serviceAccountRef`) to files.
+
+Inside a pod the agent has no Kubernetes API access: a referenced Secret is mounted as a volume at
+`<refs dir>/<name>/<key>`, and a service account token at
+`<refs dir>/serviceaccount/<name>/token`, or the pod's own token when no account is named. Files
+are read again at every use, so a rotated projected token or Secret is picked up at the next login.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.errors import StoreError
+from agent.models import CAProvider, SecretKeySelector, ServiceAccountSelector
+
+POD_SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+MAX_REFERENCE_BYTES = 1024 * 1024
+
+
+class MissingReferenceError(StoreError):
+    """A referenced Secret, ConfigMap or token is not mounted where the agent looks for it."""
+
+
+class Refs:
+    """Reads referenced Secrets, ConfigMaps and tokens from the files they are mounted as."""
+
+    def __init__(self, refs_dir: Path, *, pod_token: Path = POD_SERVICE_ACCOUNT_TOKEN) -> None:
+        self.refs_dir = refs_dir
+        self.pod_token = pod_token
+
+    def secret_path(self, selector: SecretKeySelector | CAProvider) -> Path:
+        return self.refs_dir / selector.name / selector.key
+
+    def token_path(self, selector: ServiceAccountSelector | None) -> Path:
+        if selector is None:
+            return self.pod_token
+        return self.refs_dir / "serviceaccount" / selector.name / "token"
+
+    def read_secret(
+        self, selector: SecretKeySelector | CAProvider, *, store: str, field: str
+    ) -> bytes:
+        """Read the mounted key a selector names; raise MissingReferenceError naming the field."""
+        path = self.secret_path(selector)
+        kind = selector.type if isinstance(selector, CAProvider) else "Secret"
+        return self._read(
+            path,
+            store=store,
+            field=field,
+            fix=f"mount {kind} {selector.name} (key {selector.key}) at {path.parent}",
+        )
+
+    def read_token(self, selector: ServiceAccountSelector | None, *, store: str, field: str) -> str:
+        """Read a service account token, stripped of surrounding whitespace."""
+        path = self.token_path(selector)
+        if selector is None:
+            fix = "mount the pod's service account token (automountServiceAccountToken)"
+        else:
+            fix = f"mount a projected token of service account {selector.name} at {path}"
+        return self._read(path, store=store, field=field, fix=fix).decode().strip()
+
+    def _read(self, path: Path, *, store: str, field: str, fix: str) -> bytes:
+        try:
+            with open(path, "rb") as stream:
+                content = stream.read(MAX_REFERENCE_BYTES + 1)
+        except FileNotFoundError:
+            raise MissingReferenceError(
+                f"{field}: file {path} not found", store=store, fix=fix
+            ) from None
+        except OSError as error:
+            raise MissingReferenceError(
+                f"{field}: cannot read {path} ({error.strerror})", store=store, fix=fix
+            ) from None
+        if len(content) > MAX_REFERENCE_BYTES:
+            raise MissingReferenceError(
+                f"{field}: file {path} is larger than {MAX_REFERENCE_BYTES} bytes",
+                store=store,
+                fix="point the reference at the key itself, not at a bundle",
+            )
+        return content

@@ -1,0 +1,912 @@
+"""Projection of snapshots into files with the kubelet's atomic generation scheme.
+
+One target is the directory `<output dir>/<target>/`, laid out as the kubelet lays out a
+Secret volume:
+
+    ..2025_01_31_12_00_00.3f9c0a1b2d/   generation directory with the files (mode 0755)
+    ..data -> ..2025_01_31_12_00_00.3f9c0a1b2d
+    db-password -> ..data/db-password   one visible link per secret key
+    tls -> ..data/tls                   nested secret key `tls/key.pem` gets a link to `tls` only
+
+Names starting with `..` are reserved for the writer.
+
+What the writer guarantees:
+- Readers see one whole snapshot per generation. Files are written and fsynced in a new
+  generation directory, and a single rename(2) of `..data_tmp` over `..data` switches to it.
+  The target directory is fsynced after the switch.
+- No file is ever readable more broadly than configured, even for an instant and whatever the
+  umask: each file is created with O_EXCL|O_NOFOLLOW and mode 0, then gets its owner (fchown)
+  and mode (fchmod) on the open descriptor before a byte is written, all before the switch.
+- The directory is shared with the application, so everything below the output directory is
+  treated as hostile. Every call works relative to a directory descriptor, opens with
+  O_NOFOLLOW, never follows a symbolic link and never opens a file the writer did not create.
+  Planted links or files are replaced (visible names, `..data`, `..data_tmp`) or ignored, and
+  a planted directory where a link belongs is an error naming it. Nothing outside the target
+  directory is written or removed.
+- A snapshot equal to the current generation (same secret keys, bytes, mode and owner) creates
+  no generation and changes no mtime. Missing or wrong visible links are still repaired, as the
+  kubelet does after a restart halfway through a write.
+- A failed projection leaves the previous generation current and removes its own temporary
+  generation directory. Leftovers of a crash (`..data_tmp`, generation directories that
+  `..data` does not point to) are removed by the next projection.
+
+What it does not guarantee:
+- Concurrent writers on one target. Callers serialise writes per target. The per-target lock
+  of a Writer covers the threads of one process only.
+- A reader that opens two visible names one after the other may get them from two
+  generations. To read a consistent set, resolve `..data` once and open every file through
+  that generation directory.
+- The old generation is removed right after the switch, so a reader still inside it gets
+  ENOENT and must resolve `..data` again.
+- A new secret key is in `..data` a moment before its visible link exists, and the link of a
+  removed key dangles for a moment after the switch.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import secrets
+import shutil
+import stat
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import AgentError
+
+log = logging.getLogger(__name__)
+
+DATA_LINK = "..data"
+DATA_TMP_LINK = "..data_tmp"
+LINK_TMP_PREFIX = "..link_tmp."
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 4096
+GENERATION_DIR_MODE = 0o755
+
+_GENERATION_NAME = re.compile(r"\.\.\d{4}_\d{2}_\d{2}_\d{2}_\d{2}_\d{2}\.[0-9A-Za-z]{1,64}")
+_LINK_TMP_NAME = re.compile(r"\.\.link_tmp\.[0-9a-f]{1,64}")
+_MAX_ID = 2**32 - 2  # (uid_t)-1 means "unchanged" to chown(2)
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK so that opening a FIFO planted in a generation returns at once; fstat rejects it.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# errno values meaning "something was planted or removed under us", not an I/O failure.
+_FOREIGN_ERRNOS = frozenset({errno.ENOENT, errno.ELOOP, errno.ENOTDIR})
+
+
+class ProjectionError(AgentError):
+    """A projection step failed; the message names the target, the path, the step and the fix.
+
+    The message never contains file contents, so it may be logged as it is.
+    """
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        target: str | None,
+        step: str,
+        path: Path | str | None = None,
+        fix: str = "",
+    ) -> None:
+        self.problem = problem
+        self.target = target
+        self.step = step
+        self.path = None if path is None else str(path)
+        self.fix = fix
+        text = f"target {target}: " if target else ""
+        text += f"{step} {self.path} failed" if self.path else f"{step} failed"
+        text += f": {problem}"
+        if fix:
+            text += f"; {fix}"
+        super().__init__(text)
+
+
+@dataclass(frozen=True)
+class FileOwnership:
+    """Mode and optional owner given to every projected file.
+
+    `uid` or `gid` None leaves that id as the file system assigns it: the writer's effective
+    uid, and the writer's effective gid unless the target directory has the set-group-ID bit.
+    Give a `gid` and a mode with group bits (0o440) to let that group read the files.
+    """
+
+    mode: int = 0o400
+    uid: int | None = None
+    gid: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.mode <= 0o777:
+            raise ValueError(f"file mode {self.mode:#o} is invalid; use permission bits only")
+        for label, value in (("uid", self.uid), ("gid", self.gid)):
+            if value is not None and not 0 <= value <= _MAX_ID:
+                raise ValueError(f"file {label} {value} is invalid; use 0 to {_MAX_ID}")
+
+
+class GenerationContents(Mapping[str, bytes]):
+    """Files of one generation (secret key to bytes), with the generation's name and ownership.
+
+    `ownership` has the actual mode, uid and gid of the files, or is None when the files differ
+    or there are none.
+    """
+
+    def __init__(
+        self, *, name: str, files: dict[str, bytes], ownership: FileOwnership | None
+    ) -> None:
+        self.name = name
+        self.ownership = ownership
+        self._files = files
+
+    def __getitem__(self, key: str) -> bytes:
+        return self._files[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def __repr__(self) -> str:
+        # Keys and sizes only: the contents are secret values.
+        return f"GenerationContents(name={self.name!r}, keys={sorted(self._files)!r})"
+
+
+def check_secret_key(name: str, *, allow_nested: bool = False) -> str | None:
+    """Return None when `name` is safe as a secret key (a file name), else the reason it is not.
+
+    A safe secret key is a plain file name: not empty, not `.` or `..`, not starting with `..`
+    (reserved for the writer), no NUL, at most 255 bytes in UTF-8, and no `/`. With
+    `allow_nested`, `/` separates path segments that each follow those rules, the whole path
+    is at most 4096 bytes, and it may not be absolute. The reason never repeats the name, so
+    the caller decides how to quote it, for example `f"secret key {name!r} {reason}"`.
+    """
+    if not isinstance(name, str):
+        return "is not a string"
+    if name == "":
+        return "is empty"
+    if "\x00" in name:
+        return "contains a NUL byte"
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    if "/" not in name:
+        return _check_segment(name)
+    if not allow_nested:
+        return "contains '/' and nested keys are off"
+    if name.startswith("/"):
+        return "is an absolute path"
+    if len(encoded) > MAX_PATH_BYTES:
+        return f"is {len(encoded)} bytes in UTF-8; the maximum for a nested key is {MAX_PATH_BYTES}"
+    for number, segment in enumerate(name.split("/"), start=1):
+        reason = _check_segment(segment)
+        if reason is not None:
+            return f"has path segment {number} that {reason}"
+    return None
+
+
+def _check_segment(segment: str) -> str | None:
+    if segment == "":
+        return "is empty"
+    if segment in (".", ".."):
+        return f"is {segment!r}"
+    if segment.startswith(".."):
+        return "starts with '..', which is reserved for the writer"
+    size = len(segment.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        return f"is {size} bytes in UTF-8; the maximum is {MAX_NAME_BYTES}"
+    return None
+
+
+@dataclass(frozen=True)
+class _Target:
+    """An open target directory. `path` is for messages only; system calls use `fd`."""
+
+    name: str
+    path: Path
+    fd: int
+
+    def error(self, problem: str, *, step: str, name: str | None, fix: str) -> ProjectionError:
+        path = self.path if name is None else self.path / name
+        return ProjectionError(problem, target=self.name, step=step, path=path, fix=fix)
+
+    @contextmanager
+    def step(self, step: str, name: str | None, *, fix: str) -> Iterator[None]:
+        """Turn an OSError raised inside the block into a ProjectionError for this step."""
+        try:
+            yield
+        except OSError as err:
+            problem = err.strerror or type(err).__name__
+            raise self.error(problem, step=step, name=name, fix=fix) from err
+
+
+_FIX_VOLUME = "check that the volume is mounted writable and has free space"
+_FIX_RESERVED = "remove it, because names starting with '..' are reserved for the writer"
+_FIX_LINK_NAME = "remove the directory, because the visible link of a secret key goes there"
+
+
+class Writer:
+    """Projects snapshots into `<output dir>/<target>/`; see the module docstring for guarantees.
+
+    The output directory is resolved once, here, with os.path.realpath: the operator chose it
+    (it may be a symbolic link to the mount point) and the application cannot replace a mount
+    point. Nothing below it is ever followed. It is created with mode 0755 when missing.
+    Callers serialise projections of one target; the per-target lock covers one process only.
+    """
+
+    def __init__(
+        self,
+        output_dir: Path,
+        *,
+        ownership: FileOwnership = FileOwnership(),
+        allow_nested: bool = False,
+    ) -> None:
+        self.output_dir = Path(os.path.realpath(output_dir))
+        self.ownership = ownership
+        self.allow_nested = allow_nested
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._create_output_dir()
+
+    def project(
+        self,
+        target: str,
+        files: Mapping[str, bytes],
+        *,
+        ownership: FileOwnership | None = None,
+    ) -> bool:
+        """Make `files` the current generation of `target`; return True when one was switched in.
+
+        Returns False, without creating a generation, when the current one already contains exactly
+        these secret keys with the same bytes, mode and owner; visible links are repaired anyway.
+        Raises ProjectionError when a secret key is unsafe or a step fails. When it raises before
+        the switch, the previous generation is still current and no temporary entry remains.
+        """
+        ownership = self.ownership if ownership is None else ownership
+        top_names = self._check_snapshot(target, files)
+
+        with self._lock_for(target), self._open_target(target, create=True) as found:
+            assert found is not None  # create=True never returns None
+            current = _current_generation(found)
+            attributes = _expected_attributes(found, ownership)
+            if current is not None and _generation_matches(found, current, files, attributes):
+                repaired = _link_visible_names(found, top_names)
+                if repaired:
+                    with found.step("sync target directory", None, fix=_FIX_VOLUME):
+                        os.fsync(found.fd)
+                _remove_leftovers(found, keep=current, top_names=top_names)
+                return False
+
+            _check_names_free(found, top_names)
+            started = time.monotonic()
+            generation = _build_generation(found, files, ownership)
+            _switch(found, generation)
+            _link_visible_names(found, top_names)
+            with found.step("sync target directory", None, fix=_FIX_VOLUME):
+                os.fsync(found.fd)
+            _remove_leftovers(found, keep=generation, top_names=top_names)
+            log.debug(
+                "event=projection_switched target=%s keys=%d generation=%s duration_ms=%.1f",
+                target,
+                len(files),
+                generation,
+                (time.monotonic() - started) * 1000,
+            )
+            return True
+
+    def read(self, target: str) -> GenerationContents | None:
+        """Return the current generation's files, or None when the target has no complete one.
+
+        A sidecar calls this at start to adopt what an init container wrote. "Not complete"
+        covers: no target directory, no `..data` link, a link not pointing to a generation
+        directory, or a generation holding anything the writer does not create (a symbolic
+        link, a FIFO, a `..` name). Such entries are never followed or opened.
+        """
+        self._check_target_name(target)
+        with self._open_target(target, create=False) as found:
+            if found is None:
+                return None
+            current = _current_generation(found)
+            if current is None:
+                return None
+            return _read_generation(found, current)
+
+    def generation(self, target: str) -> str | None:
+        """Return the name of the current generation directory of `target`, or None."""
+        self._check_target_name(target)
+        with self._open_target(target, create=False) as found:
+            return None if found is None else _current_generation(found)
+
+    def _create_output_dir(self) -> None:
+        fix = "set the output directory to a writable path, usually the shared volume's mount"
+        try:
+            os.makedirs(self.output_dir, mode=GENERATION_DIR_MODE)
+        except FileExistsError:
+            pass
+        except OSError as err:
+            problem = err.strerror or type(err).__name__
+            raise ProjectionError(
+                problem, target=None, step="create output directory", path=self.output_dir, fix=fix
+            ) from err
+        else:
+            # makedirs applies the umask; readers with another uid must traverse it.
+            os.chmod(self.output_dir, GENERATION_DIR_MODE)
+        if not self.output_dir.is_dir():
+            raise ProjectionError(
+                "not a directory",
+                target=None,
+                step="open output directory",
+                path=self.output_dir,
+                fix=fix,
+            )
+
+    def _lock_for(self, target: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(target, threading.Lock())
+
+    def _check_target_name(self, target: str) -> None:
+        reason = check_secret_key(target)
+        if reason is not None:
+            raise ProjectionError(
+                f"target name {target!r} {reason}",
+                target=None,
+                step="check target name",
+                fix="use a plain directory name such as payment-secrets",
+            )
+
+    def _check_snapshot(self, target: str, files: Mapping[str, bytes]) -> list[str]:
+        """Validate the target name and secret keys; return the visible names, sorted."""
+        self._check_target_name(target)
+
+        def fail(problem: str, fix: str) -> ProjectionError:
+            return ProjectionError(problem, target=target, step="check snapshot", fix=fix)
+
+        for key, value in files.items():
+            reason = check_secret_key(key, allow_nested=self.allow_nested)
+            if reason is not None:
+                raise fail(f"secret key {key!r} {reason}", "fix the secret key in the declaration")
+            if not isinstance(value, bytes):
+                raise fail(
+                    f"value of secret key {key!r} is {type(value).__name__}, not bytes",
+                    "encode the value before projecting it",
+                )
+
+        for key in files:
+            segments = key.split("/")
+            for depth in range(1, len(segments)):
+                parent = "/".join(segments[:depth])
+                if parent in files:
+                    raise fail(
+                        f"secret key {parent!r} is a file but {key!r} needs it as a directory",
+                        "rename one of the two secret keys",
+                    )
+        return sorted({key.split("/", 1)[0] for key in files})
+
+    @contextmanager
+    def _open_target(self, target: str, *, create: bool) -> Iterator[_Target | None]:
+        """Open the target directory without following links.
+
+        Yields None when the directory is missing and `create` is false.
+        """
+        base = _Target(name=target, path=self.output_dir, fd=-1)
+        with base.step("open output directory", None, fix="check the output directory setting"):
+            output_fd = os.open(self.output_dir, _DIR_FLAGS)
+        try:
+            found = _open_target_dir(base, output_fd, create=create)
+        finally:
+            os.close(output_fd)
+        if found is None:
+            yield None
+            return
+        try:
+            yield found
+        finally:
+            os.close(found.fd)
+
+
+def _open_target_dir(base: _Target, output_fd: int, *, create: bool) -> _Target | None:
+    name = base.name
+    created = False
+    if create:
+        with base.step("create target directory", name, fix=_FIX_VOLUME):
+            try:
+                os.mkdir(name, GENERATION_DIR_MODE, dir_fd=output_fd)
+                created = True
+            except FileExistsError:
+                pass
+
+    with base.step("inspect target directory", name, fix=_FIX_VOLUME):
+        try:
+            found = os.stat(name, dir_fd=output_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+    if stat.S_ISLNK(found.st_mode):
+        raise base.error(
+            "it is a symbolic link, and the writer never writes through links",
+            step="open target directory",
+            name=name,
+            fix="remove the link; the writer creates the directory itself",
+        )
+    if not stat.S_ISDIR(found.st_mode):
+        raise base.error(
+            "it is not a directory",
+            step="open target directory",
+            name=name,
+            fix="remove it; the writer creates the directory itself",
+        )
+
+    # O_NOFOLLOW closes the race of a link swapped in after the stat above.
+    with base.step("open target directory", name, fix="remove whatever replaced the directory"):
+        fd = os.open(name, _DIR_FLAGS, dir_fd=output_fd)
+    if created:
+        # mkdir applies the umask; readers with another uid must traverse the directory.
+        with base.step("set mode of target directory", name, fix=_FIX_VOLUME):
+            os.fchmod(fd, GENERATION_DIR_MODE)
+    return _Target(name=name, path=base.path / name, fd=fd)
+
+
+def _current_generation(found: _Target) -> str | None:
+    """Return the generation directory `..data` points to, if it is a real one of ours."""
+    with found.step("read link", DATA_LINK, fix=_FIX_VOLUME):
+        try:
+            pointed = os.readlink(DATA_LINK, dir_fd=found.fd)
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            if err.errno == errno.EINVAL:  # a planted file or directory, not a link
+                return None
+            raise
+    if not _GENERATION_NAME.fullmatch(pointed):
+        return None
+    with found.step("inspect generation", pointed, fix=_FIX_VOLUME):
+        try:
+            status = os.stat(pointed, dir_fd=found.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+    return pointed if stat.S_ISDIR(status.st_mode) else None
+
+
+@dataclass(frozen=True)
+class _Attributes:
+    mode: int
+    uid: int
+    gid: int
+
+    def match(self, status: os.stat_result) -> bool:
+        return (
+            stat.S_IMODE(status.st_mode) == self.mode
+            and status.st_uid == self.uid
+            and status.st_gid == self.gid
+        )
+
+
+def _expected_attributes(found: _Target, ownership: FileOwnership) -> _Attributes:
+    """Return the mode and ids a file written now with `ownership` would get."""
+    uid = os.geteuid() if ownership.uid is None else ownership.uid
+    gid = ownership.gid
+    if gid is None:
+        # A set-group-ID directory passes its group to new entries (and its bit to subdirectories).
+        directory = os.fstat(found.fd)
+        gid = directory.st_gid if directory.st_mode & stat.S_ISGID else os.getegid()
+    return _Attributes(mode=ownership.mode, uid=uid, gid=gid)
+
+
+class _ForeignEntry(Exception):
+    """A generation contains an entry the writer does not create; internal to this module."""
+
+
+def _walk_files(generation_fd: int) -> Iterator[tuple[str, int, str, os.stat_result]]:
+    """Yield (secret key, directory fd, file name, lstat) for each file of a generation.
+
+    Raises _ForeignEntry at the first entry the writer would not have created. Subdirectories
+    are opened with O_NOFOLLOW, one descriptor per level, so a planted link is never followed.
+    """
+    stack: list[tuple[str, int, Iterator[os.DirEntry[str]]]] = []
+
+    def descend(prefix: str, fd: int) -> None:
+        try:
+            with os.scandir(fd) as listing:
+                entries = list(listing)
+        except BaseException:
+            os.close(fd)
+            raise
+        stack.append((prefix, fd, iter(entries)))
+
+    descend("", os.dup(generation_fd))
+    try:
+        while stack:
+            prefix, dir_fd, entries = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                stack.pop()
+                os.close(dir_fd)
+                continue
+            key = prefix + entry.name
+            if entry.name.startswith(".."):
+                raise _ForeignEntry(key)
+            try:
+                size = len(key.encode("utf-8"))
+            except UnicodeEncodeError:  # os.scandir decodes invalid bytes to surrogates
+                raise _ForeignEntry(key) from None
+            if size > MAX_PATH_BYTES:
+                raise _ForeignEntry(key)
+            status = entry.stat(follow_symlinks=False)
+            if stat.S_ISDIR(status.st_mode):
+                descend(key + "/", os.open(entry.name, _DIR_FLAGS, dir_fd=dir_fd))
+            elif stat.S_ISREG(status.st_mode):
+                yield key, dir_fd, entry.name, status
+            else:
+                raise _ForeignEntry(key)
+    finally:
+        for _, fd, _ in stack:
+            os.close(fd)
+
+
+def _read_file(dir_fd: int, name: str) -> tuple[bytes, os.stat_result]:
+    """Read a file without following a link or blocking on a FIFO; _ForeignEntry if not regular."""
+    fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise _ForeignEntry(name)
+        chunks = []
+        while chunk := os.read(fd, max(status.st_size, 65536)):
+            chunks.append(chunk)
+        return b"".join(chunks), status
+    finally:
+        os.close(fd)
+
+
+def _generation_matches(
+    found: _Target, generation: str, files: Mapping[str, bytes], attributes: _Attributes
+) -> bool:
+    """Return True when `generation` contains exactly `files`, with the expected mode and owner."""
+    with found.step("read current generation", generation, fix=_FIX_VOLUME):
+        try:
+            generation_fd = os.open(generation, _DIR_FLAGS, dir_fd=found.fd)
+        except OSError as err:
+            if err.errno in _FOREIGN_ERRNOS:
+                return False
+            raise
+        try:
+            seen = 0
+            with closing(_walk_files(generation_fd)) as walk:
+                for key, dir_fd, name, listed in walk:
+                    expected = files.get(key)
+                    if expected is None or listed.st_size != len(expected):
+                        return False
+                    if not attributes.match(listed):
+                        return False
+                    content, opened = _read_file(dir_fd, name)
+                    if content != expected or not attributes.match(opened):
+                        return False
+                    seen += 1
+            return seen == len(files)
+        except _ForeignEntry:
+            return False
+        except OSError as err:
+            if err.errno in _FOREIGN_ERRNOS:
+                return False
+            raise
+        finally:
+            os.close(generation_fd)
+
+
+def _read_generation(found: _Target, generation: str) -> GenerationContents | None:
+    with found.step("read current generation", generation, fix=_FIX_VOLUME):
+        try:
+            generation_fd = os.open(generation, _DIR_FLAGS, dir_fd=found.fd)
+        except OSError as err:
+            if err.errno in _FOREIGN_ERRNOS:
+                return None
+            raise
+        try:
+            files: dict[str, bytes] = {}
+            owners: set[tuple[int, int, int]] = set()
+            with closing(_walk_files(generation_fd)) as walk:
+                for key, dir_fd, name, _ in walk:
+                    content, opened = _read_file(dir_fd, name)
+                    files[key] = content
+                    owners.add((stat.S_IMODE(opened.st_mode), opened.st_uid, opened.st_gid))
+        except _ForeignEntry:
+            return None
+        except OSError as err:
+            if err.errno in _FOREIGN_ERRNOS:
+                return None
+            raise
+        finally:
+            os.close(generation_fd)
+
+    ownership = None
+    if len(owners) == 1:
+        mode, uid, gid = owners.pop()
+        ownership = FileOwnership(mode=mode, uid=uid, gid=gid)
+    return GenerationContents(name=generation, files=files, ownership=ownership)
+
+
+def _check_names_free(found: _Target, top_names: list[str]) -> None:
+    """Raise before building a generation if a directory sits where `..data` or a link belongs.
+
+    Checking first keeps the previous generation current with its links intact. A directory
+    planted after this check makes the later step fail instead.
+    """
+    for name in [DATA_LINK, *top_names]:
+        with found.step("inspect", name, fix=_FIX_VOLUME):
+            try:
+                status = os.stat(name, dir_fd=found.fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+        if stat.S_ISDIR(status.st_mode):
+            fix = _FIX_RESERVED if name == DATA_LINK else _FIX_LINK_NAME
+            raise found.error(
+                "a directory is in the way", step="check link name", name=name, fix=fix
+            )
+
+
+def _new_generation_name() -> str:
+    # UTC, so names sort by time whatever the container's time zone.
+    stamp = time.strftime("%Y_%m_%d_%H_%M_%S", time.gmtime())
+    return f"..{stamp}.{secrets.token_hex(5)}"
+
+
+def _build_generation(found: _Target, files: Mapping[str, bytes], ownership: FileOwnership) -> str:
+    """Create a generation directory holding `files`, all fsynced; return its name.
+
+    On failure the directory is removed before the error propagates.
+    """
+    with found.step("create generation directory", None, fix=_FIX_VOLUME):
+        while True:
+            generation = _new_generation_name()
+            try:
+                os.mkdir(generation, 0o700, dir_fd=found.fd)
+                break
+            except FileExistsError:
+                continue
+        generation_fd = os.open(generation, _DIR_FLAGS, dir_fd=found.fd)
+
+    try:
+        _write_files(found, generation, generation_fd, files, ownership)
+        with found.step("sync generation directory", generation, fix=_FIX_VOLUME):
+            os.fchmod(generation_fd, GENERATION_DIR_MODE)
+            os.fsync(generation_fd)
+    except BaseException:
+        os.close(generation_fd)
+        _remove_generation(found, generation)
+        raise
+    os.close(generation_fd)
+    return generation
+
+
+def _write_files(
+    found: _Target,
+    generation: str,
+    generation_fd: int,
+    files: Mapping[str, bytes],
+    ownership: FileOwnership,
+) -> None:
+    """Write every file into the generation, creating subdirectories for nested secret keys.
+
+    Keys are taken in sorted order, so all keys below one directory come one after the other
+    and `open_dirs` holds only the descriptors of the current path (one per level).
+    """
+    open_dirs: list[tuple[str, int]] = []
+
+    def close_down_to(depth: int) -> None:
+        while len(open_dirs) > depth:
+            segment, fd = open_dirs.pop()
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    try:
+        for key in sorted(files):
+            *parents, leaf = key.split("/")
+            common = 0
+            while common < min(len(open_dirs), len(parents)):
+                if open_dirs[common][0] != parents[common]:
+                    break
+                common += 1
+            with found.step("sync directory", f"{generation}/{key}", fix=_FIX_VOLUME):
+                close_down_to(common)
+            for depth in range(common, len(parents)):
+                parent_fd = open_dirs[-1][1] if open_dirs else generation_fd
+                relative = f"{generation}/{'/'.join(parents[: depth + 1])}"
+                with found.step("create directory", relative, fix=_FIX_VOLUME):
+                    os.mkdir(parents[depth], 0o700, dir_fd=parent_fd)
+                    fd = os.open(parents[depth], _DIR_FLAGS, dir_fd=parent_fd)
+                    open_dirs.append((parents[depth], fd))
+                    os.fchmod(fd, GENERATION_DIR_MODE)
+            parent_fd = open_dirs[-1][1] if open_dirs else generation_fd
+            _write_file(found, f"{generation}/{key}", parent_fd, leaf, files[key], ownership)
+        with found.step("sync directory", generation, fix=_FIX_VOLUME):
+            close_down_to(0)
+    finally:
+        for _, fd in open_dirs:
+            os.close(fd)
+
+
+def _write_file(
+    found: _Target,
+    relative: str,
+    dir_fd: int,
+    name: str,
+    content: bytes,
+    ownership: FileOwnership,
+) -> None:
+    # Mode 0 at creation, then owner before mode: no instant where the file is readable by
+    # anyone the configuration does not name, and the umask plays no part.
+    with found.step("create file", relative, fix=_FIX_VOLUME):
+        fd = os.open(name, _CREATE_FLAGS, 0, dir_fd=dir_fd)
+    try:
+        if ownership.uid is not None or ownership.gid is not None:
+            uid = -1 if ownership.uid is None else ownership.uid
+            gid = -1 if ownership.gid is None else ownership.gid
+            fix = "run the agent as root or with CAP_CHOWN, or leave the file uid and gid unset"
+            with found.step("set owner of", relative, fix=fix):
+                os.fchown(fd, uid, gid)
+        with found.step("write file", relative, fix=_FIX_VOLUME):
+            os.fchmod(fd, ownership.mode)
+            view = memoryview(content)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _switch(found: _Target, generation: str) -> None:
+    """Point `..data` at `generation` with one rename(2); remove `generation` if that fails."""
+    try:
+        _clear_data_tmp(found)
+        with found.step("create link", DATA_TMP_LINK, fix=_FIX_VOLUME):
+            os.symlink(generation, DATA_TMP_LINK, dir_fd=found.fd)
+        try:
+            fix = f"{_FIX_VOLUME}, and that {DATA_LINK} is not a directory"
+            with found.step(f"rename {DATA_TMP_LINK} over", DATA_LINK, fix=fix):
+                os.rename(DATA_TMP_LINK, DATA_LINK, src_dir_fd=found.fd, dst_dir_fd=found.fd)
+        except BaseException:
+            _unlink_quietly(found, DATA_TMP_LINK)
+            raise
+    except BaseException:
+        _remove_generation(found, generation)
+        raise
+
+
+def _clear_data_tmp(found: _Target) -> None:
+    """Remove a leftover `..data_tmp` entry; unlink(2) never follows it. A directory is an error."""
+    with found.step("remove leftover", DATA_TMP_LINK, fix=_FIX_VOLUME):
+        try:
+            status = os.stat(DATA_TMP_LINK, dir_fd=found.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(status.st_mode):
+            raise found.error(
+                "a directory is in the way",
+                step="create link",
+                name=DATA_TMP_LINK,
+                fix=_FIX_RESERVED,
+            )
+        os.unlink(DATA_TMP_LINK, dir_fd=found.fd)
+        log.info("event=projection_leftover_removed target=%s entry=%s", found.name, DATA_TMP_LINK)
+
+
+def _link_visible_names(found: _Target, top_names: list[str]) -> list[str]:
+    """Make each visible name a link `name -> ..data/name`; return the names fixed or created.
+
+    Anything else at the name is replaced atomically: a new link under a temporary `..` name is
+    renamed over it, so a planted file or FIFO is never opened or written through.
+    """
+    changed = []
+    for name in top_names:
+        link_target = f"{DATA_LINK}/{name}"
+        with found.step("inspect visible link", name, fix=_FIX_VOLUME):
+            try:
+                status = os.stat(name, dir_fd=found.fd, follow_symlinks=False)
+            except FileNotFoundError:
+                status = None
+            if status is not None and stat.S_ISLNK(status.st_mode):
+                if os.readlink(name, dir_fd=found.fd) == link_target:
+                    continue
+        if status is not None and stat.S_ISDIR(status.st_mode):
+            raise found.error(
+                "a directory is in the way",
+                step="create visible link",
+                name=name,
+                fix=_FIX_LINK_NAME,
+            )
+
+        temporary = LINK_TMP_PREFIX + secrets.token_hex(8)
+        with found.step("create visible link", name, fix=_FIX_VOLUME):
+            os.symlink(link_target, temporary, dir_fd=found.fd)
+            try:
+                os.rename(temporary, name, src_dir_fd=found.fd, dst_dir_fd=found.fd)
+            except BaseException:
+                _unlink_quietly(found, temporary)
+                raise
+        if status is not None and not stat.S_ISLNK(status.st_mode):
+            log.warning(
+                "event=visible_link_replaced target=%s secret_key=%s replaced=%s",
+                found.name,
+                name,
+                _file_type(status),
+            )
+        changed.append(name)
+    return changed
+
+
+def _remove_leftovers(found: _Target, *, keep: str, top_names: list[str]) -> None:
+    """Remove old generations, temporary links and the visible links of removed secret keys.
+
+    Only entries the writer creates are removed: real directories with a generation name
+    (recursively, never following a link), `..data_tmp` and `..link_tmp.*` links, and visible
+    links whose target is `..data/<own name>`. Anything else the application put here stays.
+    Failures are logged, not raised, because the projection itself already succeeded.
+    """
+    visible = set(top_names)
+    with os.scandir(found.fd) as listing:
+        entries = list(listing)
+    for entry in entries:
+        name = entry.name
+        if name in (DATA_LINK, keep) or name in visible:
+            continue
+        try:
+            if name.startswith(".."):
+                if _GENERATION_NAME.fullmatch(name) and entry.is_dir(follow_symlinks=False):
+                    _remove_generation(found, name, quiet=False)
+                elif entry.is_symlink() and (
+                    name == DATA_TMP_LINK or _LINK_TMP_NAME.fullmatch(name)
+                ):
+                    os.unlink(name, dir_fd=found.fd)
+            elif entry.is_symlink() and os.readlink(name, dir_fd=found.fd) == f"{DATA_LINK}/{name}":
+                os.unlink(name, dir_fd=found.fd)
+        except OSError as err:
+            log.warning(
+                "event=projection_cleanup_failed target=%s entry=%s error=%s",
+                found.name,
+                name,
+                err.strerror or type(err).__name__,
+            )
+
+
+def _remove_generation(found: _Target, generation: str, *, quiet: bool = True) -> None:
+    """Remove a generation directory recursively without following links.
+
+    shutil.rmtree with dir_fd works on descriptors and refuses symbolic links on Linux.
+    """
+    try:
+        shutil.rmtree(generation, dir_fd=found.fd)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        if not quiet:
+            raise
+        log.warning("event=projection_cleanup_failed target=%s entry=%s", found.name, generation)
+
+
+def _unlink_quietly(found: _Target, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=found.fd)
+    except OSError:
+        pass
+
+
+def _file_type(status: os.stat_result) -> str:
+    mode = status.st_mode
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISLNK(mode):
+        return "link"
+    return "special"

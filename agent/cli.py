@@ -1,0 +1,208 @@
+"""The `secrets-agent` command: `check`, `once` (init container) and `run` (sidecar).
+
+Exit codes: 0 when everything required was written (or the declarations are valid for
+`check`), 1 when a store refused, a remote key is missing or a target could not be written, 2 for
+invalid declarations or settings. Errors are printed as one readable message each, never as a
+traceback, and never with a secret value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from agent import __version__
+from agent.errors import AgentError, DeclarationErrors, SettingsError
+from agent.logs import configure_logging, log_event
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+
+if TYPE_CHECKING:
+    from agent.declarations import Declarations
+    from agent.settings import Settings
+    from agent.sync import Syncer
+
+logger = logging.getLogger("agent.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="secrets-agent",
+        description="Deliver secrets from AWS SSM, AWS Secrets Manager and Vault to files.",
+    )
+    parser.add_argument("--version", action="version", version=f"secrets-agent {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in (
+        ("check", "validate the declarations without fetching anything; exit 0 or 2"),
+        ("once", "fetch and write every target once, then exit (init container)"),
+        ("run", "write every target and keep it current until stopped (sidecar)"),
+    ):
+        _add_settings_flags(commands.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    flag = parser.add_argument
+    flag(
+        "--config",
+        action="append",
+        metavar="PATH",
+        help="declaration file or directory; repeatable (SECRETS_AGENT_CONFIG, comma-separated)",
+    )
+    flag(
+        "--output-dir",
+        metavar="DIR",
+        help="directory holding one subdirectory per target (SECRETS_AGENT_OUTPUT_DIR)",
+    )
+    flag(
+        "--refs-dir",
+        metavar="DIR",
+        help="where referenced Secrets are mounted as <name>/<key> (SECRETS_AGENT_REFS_DIR)",
+    )
+    flag(
+        "--listen",
+        metavar="HOST:PORT",
+        help="address of /livez, /readyz and /metrics in run mode (SECRETS_AGENT_LISTEN)",
+    )
+    flag("--file-mode", metavar="OCTAL", help="mode of written files, default 0400")
+    flag("--file-uid", type=int, metavar="UID", help="owner of written files")
+    flag("--file-gid", type=int, metavar="GID", help="group of written files")
+    flag(
+        "--nested-keys",
+        action="store_const",
+        const=True,
+        help="allow secret keys with '/' (written as subdirectories)",
+    )
+    flag(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="once mode: how long transient errors are retried, default 60",
+    )
+    flag("--log-level", choices=["debug", "info", "warning", "error"])
+    flag("--log-format", choices=["text", "json"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    try:
+        from agent.settings import load_settings
+
+        settings = load_settings(
+            config=arguments.config,
+            output_dir=arguments.output_dir,
+            refs_dir=arguments.refs_dir,
+            listen=arguments.listen,
+            file_mode=arguments.file_mode,
+            file_uid=arguments.file_uid,
+            file_gid=arguments.file_gid,
+            nested_keys=arguments.nested_keys,
+            timeout=arguments.timeout,
+            log_level=arguments.log_level,
+            log_format=arguments.log_format,
+        )
+    except SettingsError as error:
+        print(f"secrets-agent: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    configure_logging(level=settings.log_level, log_format=settings.log_format)
+
+    try:
+        from agent.declarations import load_declarations
+
+        declarations = load_declarations(settings.config, allow_nested=settings.nested_keys)
+    except DeclarationErrors as error:
+        print(f"secrets-agent: {error}", file=sys.stderr)
+        return EXIT_INVALID
+
+    if arguments.command == "check":
+        print(
+            f"ok: {len(declarations.stores)} store(s), "
+            f"{len(declarations.external_secrets)} ExternalSecret(s)"
+        )
+        return EXIT_OK
+    if arguments.command == "once":
+        return _once(settings, declarations)
+    return _run(settings, declarations)
+
+
+def _build(settings: Settings, declarations: Declarations) -> Syncer:
+    from agent.metrics import Metrics
+    from agent.sync import Syncer
+    from agent.writer import Writer
+
+    metrics = Metrics()
+    writer = Writer(
+        settings.output_dir, ownership=settings.ownership, allow_nested=settings.nested_keys
+    )
+    return Syncer(declarations, settings=settings, writer=writer, metrics=metrics)
+
+
+def _once(settings: Settings, declarations: Declarations) -> int:
+    try:
+        syncer = _build(settings, declarations)
+    except AgentError as error:
+        print(f"secrets-agent: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        result = syncer.run_once(timeout=settings.timeout)
+    finally:
+        syncer.stores.close()
+    written = len(result.changed) + len(result.unchanged)
+    if result.failed:
+        for target, error in result.failed.items():
+            print(f"secrets-agent: target {target} not written: {error}", file=sys.stderr)
+        log_event(logger, logging.ERROR, "once_failed", written=written, failed=len(result.failed))
+        return EXIT_FAILED
+    log_event(logger, logging.INFO, "once_done", targets=written, changed=len(result.changed))
+    return EXIT_OK
+
+
+def _run(settings: Settings, declarations: Declarations) -> int:
+    from agent.endpoints import HealthServer
+
+    try:
+        syncer = _build(settings, declarations)
+        server = HealthServer(
+            settings.listen_address, readiness=syncer.readiness, registry=syncer.metrics.registry
+        )
+    except (AgentError, OSError) as error:
+        print(f"secrets-agent: cannot start: {error}", file=sys.stderr)
+        return EXIT_FAILED
+
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        log_event(logger, logging.INFO, "agent_stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    server.start()
+    host, port = server.address
+    log_event(
+        logger,
+        logging.INFO,
+        "agent_started",
+        mode="run",
+        targets=len(syncer.states),
+        listen=f"{host}:{port}",
+    )
+    try:
+        syncer.run_forever(stop)
+    finally:
+        server.stop()
+        syncer.stores.close()
+    log_event(logger, logging.INFO, "agent_stopped")
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,363 @@
+"""Snapshots: the full set of secret keys and bytes of one target, built from remote values.
+
+This module gives a declaration its meaning: which remote keys it needs, how `property`,
+`decodingStrategy`, `dataFrom.extract`, `dataFrom.find` and `rewrite` turn remote values into
+secret keys, and in which order entries override each other (`dataFrom` in order, then `data`).
+Both the agent and the controller build snapshots here, so they cannot disagree.
+
+A snapshot is all or nothing: `build_snapshot` raises `SnapshotError` listing every failed key
+when any required key is missing, so a partial set is never published.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.declarations import ExternalSecretDeclaration
+from agent.errors import AgentError, InvalidValueError, RemoteKeyNotFoundError, StoreError
+from agent.models import DecodingStrategy, RemoteRef
+from agent.stores import RemoteKey, RemoteValue
+from agent.writer import check_secret_key
+
+# Reads every remote key beneath a path, as `Store.fetch_prefix` does; results may be cached.
+PrefixReader = Callable[[str], Mapping[str, RemoteValue]]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The secret keys of one target and their bytes, at one moment."""
+
+    target: str
+    data: Mapping[str, bytes]
+    leases: tuple[Any, ...] = field(default=())
+
+
+class SnapshotError(AgentError):
+    """A target could not be built; `errors` are the per-key failures, none with a value."""
+
+    def __init__(self, target: str, errors: list[StoreError]) -> None:
+        self.target = target
+        self.errors = errors
+        details = "; ".join(str(error) for error in errors)
+        super().__init__(f"target {target}: {details}")
+
+    @property
+    def transient(self) -> bool:
+        """True when every failure may go away by itself, so a retry is worthwhile."""
+        return all(error.transient for error in self.errors)
+
+
+def remote_keys(declaration: ExternalSecretDeclaration) -> list[RemoteKey]:
+    """List the single remote keys a declaration reads (`data` and `dataFrom.extract`)."""
+    keys: dict[RemoteKey, None] = {}
+    for item in declaration.spec.data_from:
+        if item.extract is not None:
+            keys[RemoteKey(item.extract.key, item.extract.version)] = None
+    for data_item in declaration.spec.data:
+        keys[RemoteKey(data_item.remote_ref.key, data_item.remote_ref.version)] = None
+    return list(keys)
+
+
+def build_snapshot(
+    declaration: ExternalSecretDeclaration,
+    *,
+    store_name: str,
+    fetched: Mapping[RemoteKey, RemoteValue | Exception],
+    read_prefix: PrefixReader,
+    allow_nested: bool = False,
+) -> Snapshot:
+    """Build the snapshot of one declaration from the values its store returned.
+
+    `fetched` holds every key of `remote_keys(declaration)`; `read_prefix` is called for
+    `dataFrom.find` and for an `extract` key that names a path prefix rather than one value.
+    Raises SnapshotError when any entry fails.
+    """
+    builder = _Builder(declaration, store_name=store_name, allow_nested=allow_nested)
+    for index, item in enumerate(declaration.spec.data_from):
+        field_path = f"spec.dataFrom[{index}]"
+        if item.extract is not None:
+            imported = builder.extract(item.extract, fetched, read_prefix, field_path)
+        else:
+            assert item.find is not None
+            imported = builder.find(item.find, read_prefix, field_path)
+        if imported is not None:
+            builder.merge(_rewrite(imported, item.rewrite), field_path)
+    for index, data_item in enumerate(declaration.spec.data):
+        builder.single(data_item.secret_key, data_item.remote_ref, fetched, f"spec.data[{index}]")
+    return builder.finish()
+
+
+class _Builder:
+    """Accumulates secret keys and per-key errors for one snapshot."""
+
+    def __init__(
+        self, declaration: ExternalSecretDeclaration, *, store_name: str, allow_nested: bool
+    ) -> None:
+        self.declaration = declaration
+        self.store_name = store_name
+        self.allow_nested = allow_nested
+        self.data: dict[str, bytes] = {}
+        self.errors: list[StoreError] = []
+
+    def fail(self, error: Exception, field_path: str) -> None:
+        if isinstance(error, StoreError):
+            self.errors.append(error)
+        else:
+            self.errors.append(InvalidValueError(f"{field_path}: {error}", store=self.store_name))
+
+    def single(
+        self,
+        secret_key: str,
+        ref: RemoteRef,
+        fetched: Mapping[RemoteKey, RemoteValue | Exception],
+        field_path: str,
+    ) -> None:
+        value = fetched.get(RemoteKey(ref.key, ref.version))
+        if value is None:
+            value = RemoteKeyNotFoundError("not fetched", store=self.store_name, remote_key=ref.key)
+        if isinstance(value, Exception):
+            self.fail(value, field_path)
+            return
+        try:
+            selected = select_property(
+                value, ref.property_path, remote_key=ref.key, store_name=self.store_name
+            )
+            self.data[secret_key] = decode(
+                selected, ref.decoding_strategy, remote_key=ref.key, store_name=self.store_name
+            )
+        except StoreError as error:
+            self.fail(error, field_path)
+
+    def extract(
+        self,
+        ref: RemoteRef,
+        fetched: Mapping[RemoteKey, RemoteValue | Exception],
+        read_prefix: PrefixReader,
+        field_path: str,
+    ) -> dict[str, bytes] | None:
+        value = fetched.get(RemoteKey(ref.key, ref.version))
+        if isinstance(value, RemoteKeyNotFoundError) and ref.version is None:
+            # The key may name a path prefix: import every remote key beneath it.
+            imported = self.prefix(ref.key, read_prefix, ref.decoding_strategy, field_path)
+            if imported:
+                return imported
+        if value is None or isinstance(value, Exception):
+            self.fail(
+                value
+                or RemoteKeyNotFoundError("not fetched", store=self.store_name, remote_key=ref.key),
+                field_path,
+            )
+            return None
+        try:
+            if ref.property_path is not None:
+                value = _parse_json(
+                    select_property(
+                        value, ref.property_path, remote_key=ref.key, store_name=self.store_name
+                    ),
+                    remote_key=ref.key,
+                    store_name=self.store_name,
+                )
+            fields = _as_object(value, remote_key=ref.key, store_name=self.store_name)
+            return {
+                name: decode(
+                    _render(item),
+                    ref.decoding_strategy,
+                    remote_key=ref.key,
+                    store_name=self.store_name,
+                )
+                for name, item in fields.items()
+            }
+        except StoreError as error:
+            self.fail(error, field_path)
+            return None
+
+    def find(self, find: Any, read_prefix: PrefixReader, field_path: str) -> dict[str, bytes]:
+        path = find.path or "/"
+        pattern = re.compile(find.name.regexp) if find.name is not None else None
+        imported = self.prefix(
+            path, read_prefix, find.decoding_strategy, field_path, name_filter=pattern
+        )
+        return imported or {}
+
+    def prefix(
+        self,
+        path: str,
+        read_prefix: PrefixReader,
+        strategy: DecodingStrategy,
+        field_path: str,
+        *,
+        name_filter: re.Pattern[str] | None = None,
+    ) -> dict[str, bytes] | None:
+        try:
+            values = read_prefix(path)
+        except StoreError as error:
+            self.fail(error, field_path)
+            return None
+        imported: dict[str, bytes] = {}
+        for remote_key, value in sorted(values.items()):
+            if name_filter is not None and name_filter.search(remote_key) is None:
+                continue
+            try:
+                raw = value if isinstance(value, bytes) else _render(dict(value))
+                imported[relative_key_name(path, remote_key)] = decode(
+                    raw, strategy, remote_key=remote_key, store_name=self.store_name
+                )
+            except StoreError as error:
+                self.fail(error, field_path)
+        return imported
+
+    def merge(self, imported: Mapping[str, bytes], field_path: str) -> None:
+        for name, value in imported.items():
+            reason = check_secret_key(name, allow_nested=self.allow_nested)
+            if reason is not None:
+                self.fail(
+                    InvalidValueError(
+                        f"{field_path}: imported secret key {name!r} is not a safe file name "
+                        f"({reason})",
+                        store=self.store_name,
+                        fix="add a rewrite.regexp that maps it to a plain name",
+                    ),
+                    field_path,
+                )
+                continue
+            self.data[name] = value
+
+    def finish(self) -> Snapshot:
+        if self.errors:
+            raise SnapshotError(self.declaration.target, self.errors)
+        return Snapshot(target=self.declaration.target, data=dict(self.data))
+
+
+def relative_key_name(prefix: str, remote_key: str) -> str:
+    """Name a remote key found beneath `prefix`: its path relative to it, `/` becoming `_`.
+
+    `/production/payment` + `/production/payment/db/password` gives `db_password`.
+    """
+    trimmed = prefix.rstrip("/")
+    relative = remote_key[len(trimmed) :] if remote_key.startswith(trimmed) else remote_key
+    return relative.strip("/").replace("/", "_")
+
+
+def select_property(
+    value: RemoteValue, property_path: str | None, *, remote_key: str, store_name: str
+) -> bytes:
+    """Select `property` from a remote value and return it as bytes.
+
+    Without a property, bytes stay as they are and an object becomes its JSON. With one, the
+    value must be a JSON object: an exact top-level key wins, else the property is a dotted path
+    (`db.password`, `hosts.0.name`).
+    """
+    if property_path is None:
+        return value if isinstance(value, bytes) else _render(dict(value))
+    document = (
+        _parse_json(value, remote_key=remote_key, store_name=store_name)
+        if isinstance(value, bytes)
+        else value
+    )
+    if isinstance(document, Mapping) and property_path in document:
+        return _render(document[property_path])
+    current: Any = document
+    for part in property_path.split("."):
+        if isinstance(current, Mapping) and part in current:
+            current = current[part]
+        elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
+            current = current[int(part)]
+        else:
+            available = ", ".join(sorted(document)) if isinstance(document, Mapping) else ""
+            hint = f" (top-level fields: {available})" if available else ""
+            raise RemoteKeyNotFoundError(
+                f"property {property_path!r} not found{hint}",
+                store=store_name,
+                remote_key=remote_key,
+                fix="check remoteRef.property",
+            )
+    return _render(current)
+
+
+def decode(raw: bytes, strategy: DecodingStrategy, *, remote_key: str, store_name: str) -> bytes:
+    """Apply `decodingStrategy` to a selected value."""
+    if strategy == "None":
+        return raw
+    compact = b"".join(raw.split())
+    padded = compact + b"=" * (-len(compact) % 4)
+    alphabets = {"Base64": [b"+/"], "Base64URL": [b"-_"], "Auto": [b"+/", b"-_"]}[strategy]
+    for alphabet in alphabets:
+        try:
+            return base64.b64decode(padded, altchars=alphabet, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+    if strategy == "Auto":
+        return raw
+    raise InvalidValueError(
+        f"value is not valid {strategy}",
+        store=store_name,
+        remote_key=remote_key,
+        fix="set decodingStrategy to None or store the value encoded",
+    )
+
+
+def _rewrite(imported: dict[str, bytes] | None, rewrites: list[Any]) -> dict[str, bytes]:
+    if not imported:
+        return {}
+    result = imported
+    for rewrite in rewrites:
+        pattern = re.compile(rewrite.regexp.source)
+        replacement = _go_replacement(rewrite.regexp.target)
+        result = {pattern.sub(replacement, name): value for name, value in result.items()}
+    return result
+
+
+_GO_GROUP = re.compile(r"\$(\$|\{(\w+)\}|(\w+))")
+
+
+def _go_replacement(template: str) -> str:
+    """Translate a Go regexp replacement (`$1`, `${name}`, `$$`) into Python's syntax."""
+    escaped = template.replace("\\", "\\\\")
+
+    def translate(match: re.Match[str]) -> str:
+        if match.group(1) == "$":
+            return "$"
+        return "\\g<" + (match.group(2) or match.group(3)) + ">"
+
+    return _GO_GROUP.sub(translate, escaped)
+
+
+def _parse_json(value: RemoteValue, *, remote_key: str, store_name: str) -> Any:
+    if not isinstance(value, bytes):
+        return value
+    try:
+        return json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InvalidValueError(
+            "value is not JSON, so a property or extract cannot be applied",
+            store=store_name,
+            remote_key=remote_key,
+            fix="store a JSON object or remove the property",
+        ) from None
+
+
+def _as_object(value: Any, *, remote_key: str, store_name: str) -> Mapping[str, Any]:
+    document = _parse_json(value, remote_key=remote_key, store_name=store_name)
+    if not isinstance(document, Mapping):
+        raise InvalidValueError(
+            "value is not a JSON object, so dataFrom.extract cannot import its fields",
+            store=store_name,
+            remote_key=remote_key,
+            fix="store a JSON object or use spec.data with a secretKey",
+        )
+    return document
+
+
+def _render(value: Any) -> bytes:
+    """Render a selected value: strings as their UTF-8 bytes, anything else as compact JSON."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return json.dumps(value, separators=(",", ":"), sort_keys=False).encode()

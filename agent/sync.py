@@ -1,0 +1,380 @@
+"""The sync loop: fetch what the declarations name, build snapshots, project them, on schedule.
+
+One round takes every due target, groups them by store, fetches each store's remote keys in one
+batched call, then builds and writes each target on its own: a target whose keys all arrived is
+switched, a target with any failed key keeps its previous generation (last good wins).
+
+`run_once` serves the init container: it retries transient failures until a deadline and reports
+the rest. `run_forever` serves the sidecar: every ExternalSecret is refreshed on its own interval
+with ±10 % jitter, failures back off exponentially from 1 s to 5 min, and the loop sleeps until
+the next deadline instead of polling. Stores are used from this thread only.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.declarations import Declarations, ExternalSecretDeclaration
+from agent.errors import AgentError, StoreError
+from agent.logs import log_event
+from agent.metrics import Metrics
+from agent.refs import Refs
+from agent.settings import Settings
+from agent.snapshot import SnapshotError, build_snapshot, remote_keys
+from agent.stores import RemoteKey, RemoteValue, Store, open_store
+from agent.writer import ProjectionError, Writer
+
+logger = logging.getLogger("agent.sync")
+
+BACKOFF_MIN_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 300.0
+REFRESH_JITTER = 0.10
+STORE_RETRY_SECONDS = 10.0
+
+
+def backoff_delay(failures: int, *, rng: Callable[[], float] = random.random) -> float:
+    """Delay before retry number `failures` (1-based): exponential from 1 s, capped at 5 min,
+    with jitter over the upper half so that many agents do not retry in step."""
+    ceiling = min(BACKOFF_MAX_SECONDS, BACKOFF_MIN_SECONDS * 2 ** max(0, failures - 1))
+    return ceiling / 2 + ceiling / 2 * rng()
+
+
+@dataclass
+class TargetState:
+    """What the loop knows about one target between rounds."""
+
+    declaration: ExternalSecretDeclaration
+    next_due: float = 0.0
+    failures: int = 0
+    complete: bool = False
+    finished: bool = False
+    last_error: AgentError | None = None
+    last_success: float | None = None
+
+    @property
+    def target(self) -> str:
+        return self.declaration.target
+
+
+@dataclass
+class RoundResult:
+    """Targets written, unchanged and failed in one round."""
+
+    changed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    failed: dict[str, AgentError] = field(default_factory=dict)
+
+
+class StorePool:
+    """Opens each declared store once, on first use, and closes them all at the end."""
+
+    def __init__(self, declarations: Declarations, *, refs: Refs, metrics: Metrics) -> None:
+        self._declarations = declarations
+        self._refs = refs
+        self._metrics = metrics
+        self._open: dict[tuple[str, str], Store] = {}
+
+    def get(self, ref: tuple[str, str]) -> Store:
+        store = self._open.get(ref)
+        if store is None:
+            store = open_store(
+                self._declarations.stores[ref], refs=self._refs, metrics=self._metrics
+            )
+            self._open[ref] = store
+        return store
+
+    def opened(self) -> list[Store]:
+        return list(self._open.values())
+
+    def close(self) -> None:
+        for store in self._open.values():
+            try:
+                store.close()
+            except AgentError as error:
+                log_event(
+                    logger,
+                    logging.WARNING,
+                    "store_close_failed",
+                    store=store.name,
+                    error=str(error),
+                )
+        self._open.clear()
+
+
+class Syncer:
+    """Keeps every declared target in sync with its store."""
+
+    def __init__(
+        self,
+        declarations: Declarations,
+        *,
+        settings: Settings,
+        writer: Writer,
+        metrics: Metrics,
+        stores: StorePool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.declarations = declarations
+        self.settings = settings
+        self.writer = writer
+        self.metrics = metrics
+        self.stores = stores or StorePool(
+            declarations,
+            refs=Refs(settings.refs_dir, pod_token=settings.pod_token),
+            metrics=metrics,
+        )
+        self.clock = clock
+        self.rng = rng
+        self.lock = threading.Lock()
+        self.states = {d.target: TargetState(d) for d in declarations.external_secrets}
+        self._store_due: dict[str, float] = {}
+
+    # --- one round ------------------------------------------------------------------------------
+
+    def sync(self, states: list[TargetState]) -> RoundResult:
+        """Fetch, build and write the given targets once; update their state and metrics."""
+        result = RoundResult()
+        groups: dict[tuple[str, str], list[TargetState]] = defaultdict(list)
+        for state in states:
+            groups[state.declaration.store_ref].append(state)
+        for ref, group in groups.items():
+            self._sync_store(ref, group, result)
+        return result
+
+    def _sync_store(
+        self, ref: tuple[str, str], group: list[TargetState], result: RoundResult
+    ) -> None:
+        started = time.perf_counter()
+        keys = list(dict.fromkeys(k for s in group for k in remote_keys(s.declaration)))
+        try:
+            store = self.stores.get(ref)
+            fetched: Mapping[RemoteKey, RemoteValue | Exception] = store.fetch(keys) if keys else {}
+        except StoreError as error:
+            for state in group:
+                self._record_failure(state, error, result)
+            return
+
+        prefixes: dict[str, Any] = {}
+
+        def read_prefix(path: str) -> Mapping[str, RemoteValue]:
+            # Several targets may import the same prefix; read it once per round.
+            if path not in prefixes:
+                try:
+                    prefixes[path] = store.fetch_prefix(path)
+                except StoreError as error:
+                    prefixes[path] = error
+            cached = prefixes[path]
+            if isinstance(cached, StoreError):
+                raise cached
+            return cached
+
+        for state in group:
+            self._sync_target(state, store, fetched, read_prefix, result, started)
+
+    def _sync_target(
+        self,
+        state: TargetState,
+        store: Store,
+        fetched: Mapping[RemoteKey, RemoteValue | Exception],
+        read_prefix: Callable[[str], Mapping[str, RemoteValue]],
+        result: RoundResult,
+        started: float,
+    ) -> None:
+        declaration = state.declaration
+        try:
+            snapshot = build_snapshot(
+                declaration,
+                store_name=store.name,
+                fetched=fetched,
+                read_prefix=read_prefix,
+                allow_nested=self.settings.nested_keys,
+            )
+            changed = self.writer.project(
+                declaration.target,
+                snapshot.data,
+                ownership=declaration.ownership(self.settings.ownership),
+            )
+        except (SnapshotError, ProjectionError) as error:
+            self._record_failure(state, error, result)
+            return
+        self._record_success(
+            state,
+            changed=changed,
+            keys=len(snapshot.data),
+            result=result,
+            duration=time.perf_counter() - started,
+        )
+
+    def _record_success(
+        self,
+        state: TargetState,
+        *,
+        changed: bool,
+        keys: int,
+        result: RoundResult,
+        duration: float,
+    ) -> None:
+        now = self.clock()
+        with self.lock:
+            state.failures = 0
+            state.last_error = None
+            state.complete = True
+            state.last_success = time.time()
+            interval = state.declaration.spec.refresh_interval
+            if interval <= 0:
+                state.finished = True
+            else:
+                jitter = 1 + REFRESH_JITTER * (2 * self.rng() - 1)
+                state.next_due = now + interval * jitter
+        (result.changed if changed else result.unchanged).append(state.target)
+        self.metrics.sync_total.labels(state.target, "success" if changed else "unchanged").inc()
+        self.metrics.last_success.labels(state.target).set(state.last_success)
+        self.metrics.target_ready.labels(state.target).set(1)
+        log_event(
+            logger,
+            logging.INFO,
+            "sync_done",
+            target=state.target,
+            keys=keys,
+            changed=int(changed),
+            duration_ms=round(duration * 1000),
+        )
+
+    def _record_failure(self, state: TargetState, error: AgentError, result: RoundResult) -> None:
+        with self.lock:
+            state.failures += 1
+            state.last_error = error
+            delay = backoff_delay(state.failures, rng=self.rng)
+            state.next_due = self.clock() + delay
+        result.failed[state.target] = error
+        self.metrics.sync_total.labels(state.target, "error").inc()
+        log_event(
+            logger,
+            logging.WARNING,
+            "sync_failed",
+            target=state.target,
+            attempt=state.failures,
+            retry_in_s=round(delay, 1),
+            transient=int(_is_transient(error)),
+            error=str(error),
+        )
+
+    # --- modes ----------------------------------------------------------------------------------
+
+    def run_once(self, *, timeout: float) -> RoundResult:
+        """Sync every target once, retrying transient failures until `timeout` seconds pass.
+
+        Returns the last round's view: a target is in `failed` if it never succeeded.
+        """
+        deadline = self.clock() + timeout
+        pending = list(self.states.values())
+        outcome = RoundResult()
+        while pending:
+            result = self.sync(pending)
+            outcome.changed += result.changed
+            outcome.unchanged += result.unchanged
+            retry = [
+                s
+                for s in pending
+                if s.target in result.failed and _is_transient(result.failed[s.target])
+            ]
+            for state in pending:
+                if state.target in result.failed and state not in retry:
+                    outcome.failed[state.target] = result.failed[state.target]
+            if not retry:
+                break
+            wake = min(s.next_due for s in retry)
+            if wake >= deadline:
+                for state in retry:
+                    outcome.failed[state.target] = result.failed[state.target]
+                break
+            time.sleep(max(0.0, wake - self.clock()))
+            pending = retry
+        return outcome
+
+    def adopt(self) -> None:
+        """Mark targets that already have a complete generation on disk (an init container's
+        work) as complete, so readiness holds from the start and nothing is rewritten."""
+        for state in self.states.values():
+            if self.writer.generation(state.target) is not None:
+                state.complete = True
+                self.metrics.target_ready.labels(state.target).set(1)
+            else:
+                self.metrics.target_ready.labels(state.target).set(0)
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Keep every target in sync until `stop` is set; returns within a moment of it."""
+        self.adopt()
+        while not stop.is_set():
+            now = self.clock()
+            due = [s for s in self.states.values() if not s.finished and s.next_due <= now]
+            if due:
+                self.sync(due)
+            self._maintain_stores()
+            stop.wait(self._seconds_until_next())
+
+    def _maintain_stores(self) -> None:
+        """Let stores that keep credentials alive (Vault tokens) renew them when due."""
+        now = self.clock()
+        for store in self.stores.opened():
+            maintain = getattr(store, "maintain", None)
+            if maintain is None or self._store_due.get(store.name, 0.0) > now:
+                continue
+            try:
+                delay = maintain()
+            except StoreError as error:
+                log_event(
+                    logger,
+                    logging.WARNING,
+                    "store_maintain_failed",
+                    store=store.name,
+                    retry_in_s=STORE_RETRY_SECONDS,
+                    error=str(error),
+                )
+                delay = STORE_RETRY_SECONDS
+            if delay is None:
+                self._store_due.pop(store.name, None)
+            else:
+                self._store_due[store.name] = now + max(0.0, delay)
+
+    def _seconds_until_next(self) -> float | None:
+        deadlines = [s.next_due for s in self.states.values() if not s.finished]
+        deadlines += list(self._store_due.values())
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - self.clock())
+
+    # --- health ---------------------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready once every target has a complete generation on disk; the body names targets
+        that are pending, stale (failing after an earlier success) or failing."""
+        targets: dict[str, Any] = {}
+        with self.lock:
+            for state in self.states.values():
+                if state.last_error is not None:
+                    status = "stale" if state.complete else "failing"
+                else:
+                    status = "ok" if state.complete else "pending"
+                entry: dict[str, Any] = {"status": status}
+                if state.last_error is not None:
+                    entry["error"] = str(state.last_error)
+                if state.last_success is not None:
+                    entry["last_success"] = round(state.last_success, 3)
+                targets[state.target] = entry
+            ready = all(state.complete for state in self.states.values())
+        return ready, {"ready": ready, "targets": targets}
+
+
+def _is_transient(error: AgentError) -> bool:
+    if isinstance(error, SnapshotError):
+        return error.transient
+    return bool(getattr(error, "transient", False))

@@ -1,0 +1,239 @@
+"""Snapshot building: property selection, decoding, extract, find, rewrite and merge order."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from agent.declarations import ExternalSecretDeclaration, Origin
+from agent.errors import InvalidValueError, RemoteKeyNotFoundError, StoreUnavailableError
+from agent.models import ExternalSecretSpec, ObjectMeta
+from agent.snapshot import (
+    SnapshotError,
+    build_snapshot,
+    decode,
+    relative_key_name,
+    remote_keys,
+    select_property,
+)
+from agent.stores import RemoteKey
+
+
+def declaration(spec: dict) -> ExternalSecretDeclaration:
+    spec = {"secretStoreRef": {"name": "store"}, **spec}
+    return ExternalSecretDeclaration(
+        name="payment",
+        namespace=None,
+        spec=ExternalSecretSpec.model_validate(spec),
+        metadata=ObjectMeta(name="payment"),
+        origin=Origin("test.yaml", 1),
+    )
+
+
+def no_prefix(path: str) -> dict:
+    return {}
+
+
+def test_remote_keys_deduplicated_in_order():
+    decl = declaration(
+        {
+            "data": [
+                {"secretKey": "a", "remoteRef": {"key": "/app/a"}},
+                {"secretKey": "b", "remoteRef": {"key": "/app/a", "property": "x"}},
+                {"secretKey": "c", "remoteRef": {"key": "/app/c", "version": "3"}},
+            ],
+            "dataFrom": [{"extract": {"key": "/app/json"}}],
+        }
+    )
+    assert remote_keys(decl) == [
+        RemoteKey("/app/json"),
+        RemoteKey("/app/a"),
+        RemoteKey("/app/c", "3"),
+    ]
+
+
+def test_data_and_property_selection():
+    decl = declaration(
+        {
+            "data": [
+                {"secretKey": "raw", "remoteRef": {"key": "k1"}},
+                {"secretKey": "user", "remoteRef": {"key": "k2", "property": "username"}},
+                {"secretKey": "port", "remoteRef": {"key": "k2", "property": "db.port"}},
+                {"secretKey": "host", "remoteRef": {"key": "k2", "property": "hosts.1"}},
+            ]
+        }
+    )
+    fetched = {
+        RemoteKey("k1"): b"fake-raw-value",
+        RemoteKey("k2"): json.dumps(
+            {"username": "fake-user", "db": {"port": 5432}, "hosts": ["h0", "h1"]}
+        ).encode(),
+    }
+    snapshot = build_snapshot(decl, store_name="s", fetched=fetched, read_prefix=no_prefix)
+    assert snapshot.target == "payment"
+    assert snapshot.data == {
+        "raw": b"fake-raw-value",
+        "user": b"fake-user",
+        "port": b"5432",
+        "host": b"h1",
+    }
+
+
+def test_property_exact_key_with_dot_wins():
+    value = {"a.b": "exact", "a": {"b": "nested"}}
+    assert select_property(value, "a.b", remote_key="k", store_name="s") == b"exact"
+
+
+def test_vault_map_without_property_is_json():
+    value = {"username": "fake-user", "password": "fake-password"}
+    rendered = select_property(value, None, remote_key="k", store_name="s")
+    assert json.loads(rendered) == value
+
+
+def test_missing_property_names_fields_not_values():
+    value = {"username": "fake-user-value", "password": "fake-password-value"}
+    with pytest.raises(RemoteKeyNotFoundError) as caught:
+        select_property(value, "pasword", remote_key="secret/app", store_name="vault")
+    message = str(caught.value)
+    assert "pasword" in message
+    assert "password" in message
+    assert "fake-password-value" not in message
+    assert "secret/app" in message
+
+
+def test_property_on_non_json_value_is_invalid():
+    with pytest.raises(InvalidValueError) as caught:
+        select_property(b"not-json-fake", "x", remote_key="/p", store_name="ssm")
+    assert "not-json-fake" not in str(caught.value)
+    assert "/p" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "raw", "expected"),
+    [
+        ("None", b"aGVsbG8=", b"aGVsbG8="),
+        ("Base64", b"aGVsbG8=", b"hello"),
+        ("Base64", b"aGVsbG8", b"hello"),
+        ("Base64URL", base64.urlsafe_b64encode(b"\xfb\xff"), b"\xfb\xff"),
+        ("Auto", b"aGVsbG8=", b"hello"),
+        ("Auto", base64.urlsafe_b64encode(b"\xfb\xff"), b"\xfb\xff"),
+        ("Auto", b"plain text!", b"plain text!"),
+    ],
+)
+def test_decoding_strategies(strategy, raw, expected):
+    assert decode(raw, strategy, remote_key="k", store_name="s") == expected
+
+
+def test_invalid_base64_names_key_not_value():
+    with pytest.raises(InvalidValueError) as caught:
+        decode(b"fake!!value", "Base64", remote_key="/k", store_name="s")
+    assert "fake!!value" not in str(caught.value)
+    assert "Base64" in str(caught.value)
+
+
+def test_extract_json_object():
+    decl = declaration({"dataFrom": [{"extract": {"key": "/app/config"}}]})
+    fetched = {RemoteKey("/app/config"): b'{"user": "fake-u", "port": 5432, "tls": {"on": true}}'}
+    snapshot = build_snapshot(decl, store_name="s", fetched=fetched, read_prefix=no_prefix)
+    assert snapshot.data == {"user": b"fake-u", "port": b"5432", "tls": b'{"on":true}'}
+
+
+def test_extract_prefix_when_key_not_found():
+    decl = declaration({"dataFrom": [{"extract": {"key": "/production/payment"}}]})
+    missing = RemoteKeyNotFoundError("not found", store="s", remote_key="/production/payment")
+    fetched = {RemoteKey("/production/payment"): missing}
+
+    def read_prefix(path: str) -> dict:
+        assert path == "/production/payment"
+        return {
+            "/production/payment/db/password": b"fake-pw",
+            "/production/payment/api-key": b"fake-key",
+        }
+
+    snapshot = build_snapshot(decl, store_name="s", fetched=fetched, read_prefix=read_prefix)
+    assert snapshot.data == {"db_password": b"fake-pw", "api-key": b"fake-key"}
+
+
+def test_extract_missing_everywhere_fails():
+    decl = declaration({"dataFrom": [{"extract": {"key": "/nothing"}}]})
+    missing = RemoteKeyNotFoundError("not found", store="s", remote_key="/nothing")
+    with pytest.raises(SnapshotError) as caught:
+        build_snapshot(
+            decl, store_name="s", fetched={RemoteKey("/nothing"): missing}, read_prefix=no_prefix
+        )
+    assert caught.value.errors == [missing]
+    assert not caught.value.transient
+
+
+def test_find_with_name_filter_and_rewrite():
+    decl = declaration(
+        {
+            "dataFrom": [
+                {
+                    "find": {"path": "/app", "name": {"regexp": "db"}},
+                    "rewrite": [{"regexp": {"source": "^db_(.*)$", "target": "DB_${1}"}}],
+                }
+            ]
+        }
+    )
+
+    def read_prefix(path: str) -> dict:
+        return {"/app/db/user": b"fake-u", "/app/db/pass": b"fake-p", "/app/other": b"x"}
+
+    snapshot = build_snapshot(decl, store_name="s", fetched={}, read_prefix=read_prefix)
+    assert snapshot.data == {"DB_user": b"fake-u", "DB_pass": b"fake-p"}
+
+
+def test_data_overrides_data_from():
+    decl = declaration(
+        {
+            "dataFrom": [{"extract": {"key": "/json"}}],
+            "data": [{"secretKey": "user", "remoteRef": {"key": "/user"}}],
+        }
+    )
+    fetched = {RemoteKey("/json"): b'{"user": "from-extract"}', RemoteKey("/user"): b"from-data"}
+    snapshot = build_snapshot(decl, store_name="s", fetched=fetched, read_prefix=no_prefix)
+    assert snapshot.data == {"user": b"from-data"}
+
+
+def test_unsafe_imported_key_is_an_error():
+    decl = declaration({"dataFrom": [{"extract": {"key": "/json"}}]})
+    fetched = {RemoteKey("/json"): b'{"../escape": "fake", "ok": "fine"}'}
+    with pytest.raises(SnapshotError) as caught:
+        build_snapshot(decl, store_name="s", fetched=fetched, read_prefix=no_prefix)
+    assert "../escape" in str(caught.value)
+    assert "rewrite" in str(caught.value)
+
+
+def test_any_failed_key_fails_whole_target():
+    decl = declaration(
+        {
+            "data": [
+                {"secretKey": "a", "remoteRef": {"key": "/a"}},
+                {"secretKey": "b", "remoteRef": {"key": "/b"}},
+            ]
+        }
+    )
+    outage = StoreUnavailableError("connection refused", store="s")
+    with pytest.raises(SnapshotError) as caught:
+        build_snapshot(
+            decl,
+            store_name="s",
+            fetched={RemoteKey("/a"): b"x", RemoteKey("/b"): outage},
+            read_prefix=no_prefix,
+        )
+    assert caught.value.transient
+
+
+@pytest.mark.parametrize(
+    ("prefix", "key", "name"),
+    [
+        ("/production/payment", "/production/payment/db/password", "db_password"),
+        ("/production/payment/", "/production/payment/api", "api"),
+        ("/", "/app/db/pass", "app_db_pass"),
+    ],
+)
+def test_relative_key_name(prefix, key, name):
+    assert relative_key_name(prefix, key) == name

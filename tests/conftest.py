@@ -6,12 +6,13 @@ socket, exactly as it reaches AWS and Vault in production.
 
 from __future__ import annotations
 
-import json
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from agent.testing.jwt import fake_jwt  # noqa: F401 - re-exported for tests
 
 FAKE_AWS_ENVIRONMENT = {
     "AWS_ACCESS_KEY_ID": "testing-fake-key-id",
@@ -76,15 +77,3 @@ def vault() -> Iterator[object]:
     emulator.start()
     yield emulator
     emulator.stop()
-
-
-def fake_jwt(subject: str, **claims: object) -> str:
-    """An unsigned JWT-shaped token; moto and the emulator read its claims, nothing verifies it."""
-    import base64
-
-    def part(value: dict) -> str:
-        raw = json.dumps(value, separators=(",", ":")).encode()
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-    payload = {"sub": subject, "iss": "https://kubernetes.default.svc", "aud": ["sts"], **claims}
-    return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(payload)}.fake-signature"

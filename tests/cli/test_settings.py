@@ -1,0 +1,76 @@
+"""Settings from flags and SECRETS_AGENT_* variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.errors import SettingsError
+from agent.settings import DEFAULT_LISTEN, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch):
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("SECRETS_AGENT_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults():
+    settings = load_settings()
+    assert settings.file_mode == 0o400
+    assert settings.file_uid is None
+    assert settings.listen == DEFAULT_LISTEN
+    assert not settings.listen.endswith((":8080", ":8000"))
+    assert settings.timeout == 60
+    assert settings.config == []
+
+
+def test_environment_variables(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("SECRETS_AGENT_CONFIG", "/a.yaml, /b")
+    monkeypatch.setenv("SECRETS_AGENT_FILE_MODE", "0440")
+    monkeypatch.setenv("SECRETS_AGENT_FILE_GID", "1000")
+    monkeypatch.setenv("SECRETS_AGENT_OUTPUT_DIR", "/tmp/out")
+    monkeypatch.setenv("SECRETS_AGENT_LISTEN", "127.0.0.1:9999")
+    settings = load_settings()
+    assert settings.config == [Path("/a.yaml"), Path("/b")]
+    assert settings.file_mode == 0o440
+    assert settings.file_gid == 1000
+    assert settings.output_dir == Path("/tmp/out")
+    assert settings.listen_address == ("127.0.0.1", 9999)
+
+
+def test_flag_wins_over_variable(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("SECRETS_AGENT_FILE_MODE", "0440")
+    monkeypatch.setenv("SECRETS_AGENT_CONFIG", "/from-env.yaml")
+    settings = load_settings(file_mode="0400", config=["/from-flag.yaml"])
+    assert settings.file_mode == 0o400
+    assert settings.config == [Path("/from-flag.yaml")]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"file_mode": "0999"}, "--file-mode (SECRETS_AGENT_FILE_MODE)"),
+        ({"file_mode": "rw-r"}, "--file-mode (SECRETS_AGENT_FILE_MODE)"),
+        ({"listen": "localhost"}, "--listen (SECRETS_AGENT_LISTEN)"),
+        ({"listen": "0.0.0.0:99999"}, "--listen (SECRETS_AGENT_LISTEN)"),
+        ({"timeout": 0}, "--timeout (SECRETS_AGENT_TIMEOUT)"),
+        ({"file_uid": -1}, "--file-uid (SECRETS_AGENT_FILE_UID)"),
+        ({"log_format": "xml"}, "--log-format (SECRETS_AGENT_LOG_FORMAT)"),
+    ],
+)
+def test_invalid_setting_names_flag_and_variable(overrides, named):
+    with pytest.raises(SettingsError) as caught:
+        load_settings(**overrides)
+    assert named in str(caught.value)
+
+
+def test_invalid_environment_variable_is_named(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("SECRETS_AGENT_TIMEOUT", "soon")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert "SECRETS_AGENT_TIMEOUT" in str(caught.value)

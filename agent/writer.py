@@ -319,7 +319,11 @@ class Writer:
             return _read_generation(found, current)
 
     def generation(self, target: str) -> str | None:
-        """Return the name of the current generation directory of `target`, or None."""
+        """Return the name of the current generation directory of `target`, or None.
+
+        Checks that `..data` points to a real directory with a generation name, but not what
+        the directory contains; read() checks that too.
+        """
         self._check_target_name(target)
         with self._open_target(target, create=False) as found:
             return None if found is None else _current_generation(found)
@@ -371,7 +375,10 @@ class Writer:
         for key, value in files.items():
             reason = check_secret_key(key, allow_nested=self.allow_nested)
             if reason is not None:
-                raise fail(f"secret key {key!r} {reason}", "fix the secret key in the declaration")
+                fix = "rename the secret key in the declaration"
+                if "/" in key and not self.allow_nested:
+                    fix += ", or turn on nested keys (--nested-keys)"
+                raise fail(f"secret key {key!r} {reason}", fix)
             if not isinstance(value, bytes):
                 raise fail(
                     f"value of secret key {key!r} is {type(value).__name__}, not bytes",
@@ -432,14 +439,14 @@ def _open_target_dir(base: _Target, output_fd: int, *, create: bool) -> _Target 
             "it is a symbolic link, and the writer never writes through links",
             step="open target directory",
             name=name,
-            fix="remove the link; the writer creates the directory itself",
+            fix="remove the link, because the writer creates the directory itself",
         )
     if not stat.S_ISDIR(found.st_mode):
         raise base.error(
             "it is not a directory",
             step="open target directory",
             name=name,
-            fix="remove it; the writer creates the directory itself",
+            fix="remove it, because the writer creates the directory itself",
         )
 
     # O_NOFOLLOW closes the race of a link swapped in after the stat above.

@@ -415,7 +415,7 @@ class AwsClients:
             return self.map_error_code(
                 error_code(error),
                 status=metadata.get("HTTPStatusCode"),
-                deleted=_reports_deletion(error_code(error), message),
+                deleted=reports_deletion(error_code(error), message),
                 context=context,
             )
         where = {"store": self.store, "remote_key": context.remote_key}
@@ -620,8 +620,22 @@ class AwsClients:
 
 def error_code(error: ClientError) -> str:
     """The AWS error code of a botocore ClientError, or "unknown" if it is not a plain name."""
-    code = str(error.response.get("Error", {}).get("Code", ""))
-    return code if _SAFE_CODE.fullmatch(code) else "unknown"
+    return error_code_text(error.response.get("Error", {}).get("Code"))
+
+
+def error_code_text(code: object) -> str:
+    """An AWS error code as it may appear in our messages: a plain name, else "unknown"."""
+    text = str(code or "")
+    return text if _SAFE_CODE.fullmatch(text) else "unknown"
+
+
+def reports_deletion(code: str, message: str) -> bool:
+    """Whether a Secrets Manager error says the secret is scheduled for deletion.
+
+    AWS answers InvalidRequestException for that case. The message is read only to tell it
+    apart from other invalid requests and is never copied into ours.
+    """
+    return code == "InvalidRequestException" and "delet" in message.lower()
 
 
 def result_label(error: StoreError) -> str:
@@ -640,12 +654,6 @@ def result_label(error: StoreError) -> str:
 def chunked(items: list[Any], size: int) -> list[list[Any]]:
     """Split `items` into lists of at most `size`, in order."""
     return [items[start : start + size] for start in range(0, len(items), size)]
-
-
-def _reports_deletion(code: str, message: str) -> bool:
-    # Secrets Manager answers InvalidRequestException for a secret scheduled for deletion. The
-    # message is read only to tell that case apart and is never copied into ours.
-    return code == "InvalidRequestException" and "delet" in message.lower()
 
 
 def _credential_metadata(response: Mapping[str, Any]) -> dict[str, Any]:

@@ -244,6 +244,31 @@ def test_nested_keys(output_dir: Path) -> None:
     assert not os.path.lexists(target_dir / "db-password")
 
 
+def test_setgid_directory_group_adopted(output_dir: Path) -> None:
+    # An emptyDir with an fsGroup is set-group-ID: new entries take its group.
+    target_dir = output_dir / "payment"
+    target_dir.mkdir(parents=True)
+    os.chown(target_dir, -1, 4321)
+    os.chmod(target_dir, 0o2775)
+    writer = Writer(output_dir)
+
+    assert writer.project("payment", SNAPSHOT) is True
+
+    assert os.stat(target_dir / "db-password").st_gid == 4321
+    assert writer.project("payment", SNAPSHOT) is False
+
+
+def test_key_becomes_directory(output_dir: Path) -> None:
+    writer = Writer(output_dir, allow_nested=True)
+    writer.project("payment", {"tls": b"fake-pem-bundle"})
+
+    assert writer.project("payment", {"tls/server.pem": b"fake-pem-1"}) is True
+
+    target_dir = output_dir / "payment"
+    assert os.readlink(target_dir / "tls") == f"{DATA_LINK}/tls"
+    assert (target_dir / "tls" / "server.pem").read_bytes() == b"fake-pem-1"
+
+
 def test_new_writer_adopts_generation(output_dir: Path) -> None:
     init_writer = Writer(output_dir, ownership=FileOwnership(mode=0o440, gid=5678))
     init_writer.project("payment", SNAPSHOT)

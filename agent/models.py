@@ -1,21 +1,28 @@
 """The declaration shapes: SecretStore, ClusterSecretStore and ExternalSecret.
 
 Field names and meanings follow External Secrets Operator's API, so a manifest written for it is
-read here unchanged. Only the supported subset is modelled; every model forbids unknown fields, so
-a field secrets-agent does not support is reported instead of being silently ignored. Loading
+read here unchanged. Only the supported subset is modelled. Every model forbids unknown fields, so
+a field secrets-agent does not support is reported instead of being silently ignored.
+`UNSUPPORTED_FIELDS` and `DEFAULT_ONLY_FIELDS` give the fix for the common ones. Loading
 files and reporting errors lives in `agent.declarations`; this module holds only the shapes.
+
+No validator here puts the input value into its error message, so a token pasted into the wrong
+field cannot leak through an error.
 """
 
 from __future__ import annotations
 
+import datetime
 import re
 from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     field_validator,
     model_validator,
 )
@@ -32,58 +39,115 @@ FILE_MODE_ANNOTATION = "secrets-agent.io/file-mode"
 FILE_UID_ANNOTATION = "secrets-agent.io/file-uid"
 FILE_GID_ANNOTATION = "secrets-agent.io/file-gid"
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+# --- Go durations --------------------------------------------------------------------------------
+
+# Nanoseconds per unit, as in Go's time package (both micro signs, U+00B5 and U+03BC, are accepted).
 _DURATION_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
+    "ns": 1,
+    "us": 1_000,
+    "\u00b5s": 1_000,
+    "\u03bcs": 1_000,
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
 }
+# Go's time.Duration is an int64 count of nanoseconds, about 2562047h.
+_MAX_DURATION_NS = 2**63 - 1
+_DURATION_NUMBER = re.compile(r"(\d*)(?:\.(\d*))?")
+_DURATION_UNIT = re.compile(r"[^0-9.]*")
+_DURATION_EXAMPLES = "use a Go duration such as 1h, 30m, 1h30m or 0"
+# Go stops reading fraction digits after 18 or 19 of them, before an int64 overflows. Keeping 18
+# changes the result by less than a nanosecond.
+_MAX_FRACTION_DIGITS = 18
 
 
 def parse_duration(text: str) -> float:
-    """Parse a Go duration string (`1h30m`, `90s`, `0`) into seconds.
+    """Parse a Go duration string (`1h30m`, `90s`, `1.5h`, `300ms`, `0`) into seconds.
 
-    Raises ValueError for anything Go's time.ParseDuration would reject, and for negative values,
-    which make no sense as an interval.
+    Accepts what Go's time.ParseDuration accepts, except negative durations, which make no sense
+    as an interval. Raises ValueError otherwise. The message describes the problem without
+    repeating the text.
     """
-    text = text.strip()
-    if text in ("0", "+0"):
+    body = text
+    negative = body[:1] == "-"
+    if body[:1] in ("+", "-"):
+        body = body[1:]
+    if body == "0":
         return 0.0
-    body = text[1:] if text.startswith("+") else text
-    if not body or body.startswith("-"):
-        raise ValueError(f"invalid duration {text!r}: use a Go duration such as 1h, 30m or 1h30m")
-    position = 0
-    seconds = 0.0
-    while position < len(body):
-        match = _DURATION_PART.match(body, position)
-        if match is None:
-            raise ValueError(
-                f"invalid duration {text!r}: use a Go duration such as 1h, 30m or 1h30m"
-            )
-        seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        position = match.end()
-    return seconds
+    if body == "":
+        raise ValueError(f"invalid duration: it is empty; {_DURATION_EXAMPLES}")
+    total = 0
+    while body:
+        nanoseconds, body = _duration_component(body)
+        total += nanoseconds
+        if total > _MAX_DURATION_NS:
+            raise ValueError("invalid duration: longer than Go's maximum of about 2562047h")
+    if negative and total:
+        raise ValueError(f"invalid duration: it must not be negative; {_DURATION_EXAMPLES}")
+    return total / 1e9
+
+
+def _duration_component(body: str) -> tuple[int, str]:
+    """Split one `<number><unit>` component off `body`; return its nanoseconds and the rest."""
+    number = _DURATION_NUMBER.match(body)
+    assert number is not None  # the pattern also matches the empty string
+    integer, fraction = number.group(1), number.group(2) or ""
+    if not integer and not fraction:
+        raise ValueError(f"invalid duration: expected a number; {_DURATION_EXAMPLES}")
+    rest = body[number.end() :]
+    unit = _DURATION_UNIT.match(rest)
+    assert unit is not None
+    name, rest = unit.group(), rest[unit.end() :]
+    if not name:
+        raise ValueError(
+            f"invalid duration: a number has no unit (ns, us, ms, s, m, h); {_DURATION_EXAMPLES}"
+        )
+    if name not in _DURATION_UNITS:
+        raise ValueError(_unknown_unit_message(name))
+    scale = _DURATION_UNITS[name]
+    nanoseconds = int(integer or "0") * scale
+    if fraction:
+        # Same arithmetic as Go: a float64 product, truncated to whole nanoseconds.
+        digits = fraction[:_MAX_FRACTION_DIGITS]
+        nanoseconds += int(float(int(digits)) * (scale / float(10 ** len(digits))))
+    return nanoseconds, rest
+
+
+def _unknown_unit_message(name: str) -> str:
+    if " " in name or "\t" in name:
+        return "invalid duration: it contains a space; write 1h30m, not 1h 30m"
+    if name in ("d", "w", "y"):
+        return "invalid duration: Go has no unit for days or longer; write e.g. 24h"
+    return "invalid duration: unknown unit; use ns, us, ms, s, m or h, e.g. 1h30m"
 
 
 def _duration_seconds(value: object) -> object:
+    """Turn a declared duration into seconds; the number 0 (unquoted in YAML) means 0s."""
     if isinstance(value, str):
         return parse_duration(value)
+    if isinstance(value, datetime.timedelta) and value >= datetime.timedelta(0):
+        return value.total_seconds()
     if isinstance(value, bool):
-        raise ValueError("expected a Go duration string such as 1h or 30m")
-    if isinstance(value, int) and value == 0:
+        raise ValueError(f"expected a duration, not true or false; {_DURATION_EXAMPLES}")
+    if isinstance(value, int | float) and value == 0:
         return 0.0
-    raise ValueError("expected a Go duration string such as 1h or 30m")
+    if isinstance(value, int | float):
+        raise ValueError(f"a number needs a unit, e.g. 600s, 10m or 1h; {_DURATION_EXAMPLES}")
+    raise ValueError(f"expected a duration string; {_DURATION_EXAMPLES}")
 
 
 Duration = Annotated[float, BeforeValidator(_duration_seconds)]
 
+# --- common --------------------------------------------------------------------------------------
+
 
 class Model(BaseModel):
-    """Base of every declaration shape: camelCase field names and no unknown fields."""
+    """Base of every declaration shape: camelCase field names and no unknown fields.
+
+    `populate_by_name` lets Python code build models with snake_case names. The loader validates
+    manifests by alias only, so a manifest must use External Secrets Operator's camelCase names.
+    """
 
     model_config = ConfigDict(
         alias_generator=to_camel,
@@ -94,11 +158,28 @@ class Model(BaseModel):
     )
 
 
-def _exactly_one(model: BaseModel, names: tuple[str, ...], what: str) -> None:
-    present = [name for name in names if getattr(model, name) is not None]
-    if len(present) != 1:
-        listed = ", ".join(to_camel(name) for name in names)
-        raise ValueError(f"set exactly one {what} ({listed}); found {len(present)}")
+def _exactly_one(model: BaseModel, names: tuple[str, ...], what: str, *, hint: str = "") -> None:
+    present = [to_camel(name) for name in names if getattr(model, name) is not None]
+    if len(present) == 1:
+        return
+    listed = ", ".join(to_camel(name) for name in names)
+    found = " and ".join(present) if present else "none"
+    message = f"set exactly one {what} ({listed}); found {found}"
+    raise ValueError(f"{message}; {hint}" if hint else message)
+
+
+def _check_regexp(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as error:
+        # re.error's message gives the position, never the pattern.
+        raise ValueError(f"invalid regular expression: {error}") from None
+    return value
+
+
+# NOTE: patterns are compiled with Python's `re`, not Go's RE2. Ordinary patterns behave the same,
+# but RE2-only syntax such as `\z` is rejected here.
+Regexp = Annotated[str, Field(min_length=1), AfterValidator(_check_regexp)]
 
 
 # --- references to Kubernetes objects, resolved to files inside the pod ------------------------
@@ -148,7 +229,8 @@ class AwsAuth(Model):
 
     @model_validator(mode="after")
     def _one_method(self) -> AwsAuth:
-        _exactly_one(self, ("jwt", "secret_ref"), "auth method")
+        hint = "or remove auth to use the pod's own identity"
+        _exactly_one(self, ("jwt", "secret_ref"), "auth method", hint=hint)
         return self
 
 
@@ -246,21 +328,20 @@ class RemoteRef(Model):
 
 
 class DataItem(Model):
+    """`spec.data[]`: one secret key filled from one remote key.
+
+    External Secrets Operator also requires a secret key to match `^[-._a-zA-Z0-9]+$` and be at
+    most 253 characters. That pattern is not enforced here: the loader checks every secret key
+    with the writer's file-name rules instead, which also admit nested keys (`tls/key.pem`)
+    when they are enabled and reject only names that are unsafe as files.
+    """
+
     secret_key: str = Field(min_length=1)
     remote_ref: RemoteRef
 
 
 class FindName(Model):
-    regexp: str
-
-    @field_validator("regexp")
-    @classmethod
-    def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as error:
-            raise ValueError(f"invalid regular expression: {error}") from None
-        return value
+    regexp: Regexp
 
 
 class Find(Model):
@@ -277,17 +358,8 @@ class Find(Model):
 
 
 class RewriteRegexp(Model):
-    source: str
+    source: Regexp
     target: str
-
-    @field_validator("source")
-    @classmethod
-    def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as error:
-            raise ValueError(f"invalid regular expression: {error}") from None
-        return value
 
 
 class Rewrite(Model):
@@ -310,17 +382,38 @@ class StoreRef(Model):
     kind: Literal["SecretStore", "ClusterSecretStore"] = "SecretStore"
 
 
+# (creationPolicy, deletionPolicy) pairs that External Secrets Operator rejects, as its lifecycle
+# documentation lists them: the deletion would remove or change a Secret it does not own.
+_FORBIDDEN_POLICIES = {
+    ("Merge", "Delete"): "use creationPolicy Owner, or deletionPolicy Retain",
+    ("None", "Delete"): "use creationPolicy Owner, or deletionPolicy Retain",
+    ("None", "Merge"): "use deletionPolicy Retain, because there is no Secret to merge into",
+}
+
+
 class Target(Model):
     """`spec.target`. The agent writes files; the policies matter only to the controller."""
 
     name: str | None = None
     creation_policy: Literal["Owner", "Orphan", "Merge", "None"] = "Owner"
     deletion_policy: Literal["Retain", "Delete", "Merge"] = "Retain"
-    immutable: bool = False
+    immutable: StrictBool = False
+
+    @model_validator(mode="after")
+    def _allowed_policies(self) -> Target:
+        fix = _FORBIDDEN_POLICIES.get((self.creation_policy, self.deletion_policy))
+        if fix is not None:
+            raise ValueError(
+                f"deletionPolicy {self.deletion_policy} cannot be combined with creationPolicy "
+                f"{self.creation_policy}; {fix}"
+            )
+        return self
 
 
 class ExternalSecretSpec(Model):
     refresh_interval: Duration = 3600.0
+    # Only External Secrets Operator's default is supported: refresh every refreshInterval.
+    refresh_policy: Literal["Periodic"] = "Periodic"
     secret_store_ref: StoreRef
     target: Target = Target()
     data: list[DataItem] = []
@@ -342,3 +435,64 @@ class ObjectMeta(BaseModel):
     namespace: str | None = None
     labels: dict[str, str] = {}
     annotations: dict[str, str] = {}
+
+
+# --- External Secrets Operator fields outside the supported subset -------------------------------
+# Keys are the end of a field path in the manifest's words, with `[]` for any list index and `*`
+# for any field name. The loader uses these texts in place of a generic "field not supported".
+
+_AWS_ROLE_OPTION = "remove it (only provider.aws.role is assumed, without chaining or session tags)"
+_VAULT_AUTH_METHOD = "remove it and use auth.kubernetes, auth.appRole or auth.tokenSecretRef"
+_PUSH_ONLY = "remove it (it applies only to pushing secrets, which secrets-agent never does)"
+_METADATA = "remove it (reading a remote key's metadata is not supported)"
+
+# Field path -> the fix. The problem reported is "not supported by secrets-agent yet".
+UNSUPPORTED_FIELDS: dict[str, str] = {
+    "spec.target.template": "remove it and declare each file as a spec.data entry",
+    "spec.target.manifest": "remove it (a target is always a directory of files or a Secret)",
+    "spec.syncWindows": "remove it (every target is refreshed every spec.refreshInterval)",
+    "spec.data[].sourceRef": "remove it and name the store in spec.secretStoreRef",
+    "spec.dataFrom[].sourceRef": "remove it and name the store in spec.secretStoreRef "
+    "(generators are not supported)",
+    "remoteRef.nullBytePolicy": "remove it",
+    "extract.nullBytePolicy": "remove it",
+    "find.tags": "remove it and select remote keys with find.path and find.name.regexp",
+    "rewrite[].transform": "remove it (only rewrite[].regexp is supported)",
+    "rewrite[].merge": "remove it (only rewrite[].regexp is supported)",
+    "spec.controller": "remove it (it selects an External Secrets Operator instance)",
+    "spec.retrySettings": "remove it (secrets-agent retries with its own backoff)",
+    "spec.refreshInterval": "remove it from the store and set it on each ExternalSecret",
+    "spec.conditions": "remove it (secrets-agent does not limit a store to namespaces)",
+    "spec.provider.*": "use provider.aws or provider.vault",
+    "provider.aws.additionalRoles": _AWS_ROLE_OPTION,
+    "provider.aws.externalID": _AWS_ROLE_OPTION,
+    "provider.aws.sessionTags": _AWS_ROLE_OPTION,
+    "provider.aws.transitiveTagKeys": _AWS_ROLE_OPTION,
+    "provider.aws.sessionTagsPolicy": _AWS_ROLE_OPTION,
+    "provider.aws.customSessionTags": _AWS_ROLE_OPTION,
+    "provider.aws.prefix": "remove it and write the full name in each remote key",
+    "provider.aws.secretsManager": _PUSH_ONLY,
+    "provider.vault.checkAndSet": _PUSH_ONLY,
+    "provider.vault.tls": "remove it (TLS client certificates are not supported yet)",
+    "provider.vault.headers": "remove it (extra request headers are not supported yet)",
+    "provider.vault.readYourWrites": "remove it",
+    "provider.vault.forwardInconsistent": "remove it",
+    "provider.vault.auth.jwt": _VAULT_AUTH_METHOD,
+    "provider.vault.auth.ldap": _VAULT_AUTH_METHOD,
+    "provider.vault.auth.userPass": _VAULT_AUTH_METHOD,
+    "provider.vault.auth.cert": _VAULT_AUTH_METHOD,
+    "provider.vault.auth.iam": _VAULT_AUTH_METHOD,
+    "provider.vault.auth.gcp": _VAULT_AUTH_METHOD,
+}
+
+# Field path -> the fix, for fields where only External Secrets Operator's default value is
+# supported. The problem reported is "only the default <value> is supported by secrets-agent yet".
+DEFAULT_ONLY_FIELDS: dict[str, str] = {
+    "spec.refreshPolicy": "remove it (targets are refreshed every spec.refreshInterval, "
+    "and refreshInterval 0 fetches once)",
+    "remoteRef.metadataPolicy": _METADATA,
+    "extract.metadataPolicy": _METADATA,
+    "remoteRef.conversionStrategy": "remove it",
+    "extract.conversionStrategy": "remove it",
+    "find.conversionStrategy": "remove it",
+}

@@ -1,29 +1,43 @@
 """Loading declarations: SecretStore, ClusterSecretStore and ExternalSecret documents from files.
 
-`load_declarations` reads files and directories (a directory is read like a mounted ConfigMap:
-every `*.yaml`, `*.yml` and `*.json` file in it, skipping `..`-prefixed entries), parses
-multi-document YAML, checks every document against `agent.models` and the documents against each
-other (unknown store, duplicate target, unsafe secret key). It reports every problem at once as
-`DeclarationErrors`, each naming the file, the document, the field path and the fix.
+`load_declarations` reads files and directories, parses multi-document YAML and JSON, checks every
+document against `agent.models` and the documents against each other (unknown store, duplicate
+target, duplicate or unsafe secret key). It reports every problem at once as `DeclarationErrors`.
+Each error names the file, the document, the kind and name, the field path in the manifest's
+camelCase (`spec.data[0].remoteRef.key`) and the fix.
+
+Messages quote kinds, object names, secret keys and field names, but never a field's value, so a
+credential pasted into a manifest cannot reach a log through an error.
+
+A directory is read like a mounted ConfigMap: every `*.yaml`, `*.yml` and `*.json` entry, in name
+order, skipping `..`-prefixed entries. The kubelet's visible names are links into `..data`, and
+they are followed. When `..data` switches to a new generation during the read, the directory is
+read again, so documents from two versions of a ConfigMap are not mixed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import difflib
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from agent.errors import DeclarationError, DeclarationErrors
 from agent.models import (
     API_VERSIONS,
+    DEFAULT_ONLY_FIELDS,
     FILE_GID_ANNOTATION,
     FILE_MODE_ANNOTATION,
     FILE_UID_ANNOTATION,
     STORE_KINDS,
+    UNSUPPORTED_FIELDS,
     ExternalSecretSpec,
     ObjectMeta,
     StoreSpec,
@@ -31,17 +45,31 @@ from agent.models import (
 from agent.writer import FileOwnership, check_secret_key
 
 DECLARATION_SUFFIXES = (".yaml", ".yml", ".json")
-_TOP_LEVEL_FIELDS = {"apiVersion", "kind", "metadata", "spec", "status"}
+KINDS = (*STORE_KINDS, "ExternalSecret")
+# `status` is accepted and ignored so that the output of `kubectl get -o yaml` loads.
+_TOP_LEVEL_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
+# A declaration is a few levels deep. The limits stop YAML aliases that expand a small file
+# exponentially ("billion laughs") and alias cycles.
+_MAX_DEPTH = 64
+_MAX_NODES_PER_DOCUMENT = 1_000_000
+# How often a directory is read again when its `..data` link switched during the read.
+_GENERATION_ATTEMPTS = 3
+_MAX_SHOWN_LENGTH = 80
+_MAX_ID = 2**32 - 2  # as the writer accepts: (uid_t)-1 means "unchanged" to chown(2)
+_PLAIN_FIELD_NAME = re.compile(r"[A-Za-z0-9_-]+")
+# Kubernetes kinds are CamelCase words. Anything else in `kind` is not quoted in a message.
+_KIND_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{0,62}")
+_LIST_INDEX = re.compile(r"\[\d+\]")
 
-try:  # libyaml's loader is several times faster; PyYAML without it still works.
-    _YamlLoader: Any = yaml.CSafeLoader
+try:  # libyaml's parser is several times faster; PyYAML without it still works.
+    _BaseLoader: Any = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - depends on how PyYAML was built
-    _YamlLoader = yaml.SafeLoader
+    _BaseLoader = yaml.SafeLoader
 
 
 @dataclass(frozen=True)
 class Origin:
-    """Where a document came from, for error messages."""
+    """The file and 1-based document index a declaration was read from, for error messages."""
 
     source: str
     document: int
@@ -76,7 +104,7 @@ class ExternalSecretDeclaration:
     file_gid: int | None = None
 
     def ownership(self, default: FileOwnership) -> FileOwnership:
-        """The file mode and owner for this target: the annotations over the agent-wide ones."""
+        """Return the file mode and owner for this target: the annotations over `default`."""
         return FileOwnership(
             mode=default.mode if self.file_mode is None else self.file_mode,
             uid=default.uid if self.file_uid is None else self.file_uid,
@@ -105,37 +133,57 @@ def load_declarations(paths: Sequence[Path | str], *, allow_nested: bool = False
     """Load and check every declaration under `paths`; raise DeclarationErrors listing all problems.
 
     `allow_nested` admits secret keys with `/` (nested files), as the writer setting does.
+    Nothing is returned unless every document is valid.
     """
-    errors: list[DeclarationError] = []
-    documents = list(_read_documents(paths, errors))
-    result = Declarations()
-    for origin, document in documents:
-        _add_document(result, origin, document, errors)
-    _check_references(result, errors, allow_nested=allow_nested)
-    if errors:
-        raise DeclarationErrors(errors)
-    return result
+    loader = _Loader(allow_nested=allow_nested)
+    for origin, document in _read_documents(paths, loader.errors):
+        loader.add_document(origin, document)
+    loader.check_references()
+    if loader.errors:
+        raise DeclarationErrors(loader.errors)
+    return loader.result
 
 
 def declaration_files(paths: Sequence[Path | str]) -> list[Path]:
-    """List the files a set of --config paths stands for, in a stable order."""
+    """List the files that a set of --config paths names, in a stable order.
+
+    A directory contributes its `*.yaml`, `*.yml` and `*.json` entries sorted by name. It skips
+    `..`-prefixed entries (the kubelet's `..data` and generation directories) and dangling links,
+    which the kubelet leaves for a moment when a key is removed from a ConfigMap. A directory that
+    cannot be listed contributes nothing; `load_declarations` reports it. Any other path is listed
+    as it is, even when it does not exist, so that reading it reports the problem.
+    """
     files: list[Path] = []
     for entry in paths:
         path = Path(entry)
-        if path.is_dir():
-            for child in sorted(path.iterdir()):
-                if child.name.startswith(".."):
-                    continue  # the atomic writer's own entries in a mounted ConfigMap
-                if child.suffix in DECLARATION_SUFFIXES and child.is_file():
-                    files.append(child)
-        else:
+        if not path.is_dir():
             files.append(path)
+            continue
+        try:
+            files.extend(_directory_files(path))
+        except OSError:
+            continue
+    return files
+
+
+# --- reading files -------------------------------------------------------------------------------
+
+
+def _directory_files(directory: Path) -> list[Path]:
+    """List the declaration files of one directory; raise OSError when it cannot be listed."""
+    files = []
+    for child in sorted(directory.iterdir()):
+        if child.name.startswith(".."):
+            continue
+        if child.suffix in DECLARATION_SUFFIXES and child.is_file():
+            files.append(child)
     return files
 
 
 def _read_documents(
     paths: Sequence[Path | str], errors: list[DeclarationError]
-) -> Iterable[tuple[Origin, Any]]:
+) -> Iterator[tuple[Origin, Any]]:
+    """Yield every non-empty document under `paths` with its origin; append reading problems."""
     if not paths:
         errors.append(
             DeclarationError(
@@ -144,267 +192,609 @@ def _read_documents(
             )
         )
         return
-    for path in declaration_files(paths):
+    seen: set[Path] = set()
+    for entry in paths:
+        for path, text in _read_path(Path(entry), errors):
+            resolved = path.resolve()
+            if resolved in seen:
+                continue  # the same file named twice, e.g. a directory and a file in it
+            seen.add(resolved)
+            yield from _parse_documents(path, text, errors)
+
+
+def _read_path(path: Path, errors: list[DeclarationError]) -> list[tuple[Path, str]]:
+    if path.is_dir():
+        return _read_directory(path, errors)
+    try:
+        return [(path, _read_text(path))]
+    except DeclarationError as error:
+        errors.append(error)
+        return []
+
+
+def _read_directory(directory: Path, errors: list[DeclarationError]) -> list[tuple[Path, str]]:
+    """Read every declaration file of a directory, all from one `..data` generation if it has one.
+
+    If `..data` keeps switching, the result of the last attempt is used.
+    """
+    for _attempt in range(_GENERATION_ATTEMPTS):
+        generation = _generation(directory)
         try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            errors.append(
-                DeclarationError("file not found", source=str(path), fix="check the --config path")
-            )
-            continue
-        except (OSError, UnicodeDecodeError) as error:
-            reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
-            errors.append(DeclarationError(f"cannot read file: {reason}", source=str(path)))
-            continue
-        try:
-            loaded = list(yaml.load_all(text, Loader=_YamlLoader))
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(error, "problem", None) or "invalid syntax"
-            errors.append(
-                DeclarationError(
-                    f"invalid YAML{line}: {problem}",
-                    source=str(path),
-                    fix="fix the syntax; the file was not loaded",
+            files = _directory_files(directory)
+        except OSError as error:
+            problem = f"cannot list directory: {error.strerror or error}"
+            errors.append(DeclarationError(problem, source=str(directory), fix=_access_fix(error)))
+            return []
+        texts: list[tuple[Path, str]] = []
+        problems: list[DeclarationError] = []
+        for path in files:
+            try:
+                texts.append((path, _read_text(path)))
+            except DeclarationError as error:
+                problems.append(error)
+        if _generation(directory) == generation:
+            break
+    if not files:
+        problem = "directory contains no *.yaml, *.yml or *.json files"
+        problems.append(DeclarationError(problem, source=str(directory), fix="check --config"))
+    errors.extend(problems)
+    return texts
+
+
+def _generation(directory: Path) -> str | None:
+    """Return where the kubelet's `..data` link points, or None when there is no such link."""
+    try:
+        return os.readlink(directory / "..data")
+    except OSError:
+        return None
+
+
+def _read_text(path: Path) -> str:
+    """Read a declaration file as UTF-8 (a byte order mark is dropped); raise DeclarationError."""
+    source = str(path)
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DeclarationError(
+            "file or directory not found", source=source, fix="check the --config path"
+        ) from None
+    except UnicodeDecodeError as error:
+        raise DeclarationError(
+            f"not UTF-8 text (invalid byte at offset {error.start})",
+            source=source,
+            fix="save the file as UTF-8",
+        ) from None
+    except OSError as error:
+        raise DeclarationError(
+            f"cannot read file: {error.strerror or error}", source=source, fix=_access_fix(error)
+        ) from None
+
+
+def _access_fix(error: OSError) -> str:
+    if isinstance(error, PermissionError):
+        return "make it readable by the agent's user"
+    return "check the --config path"
+
+
+# --- parsing YAML and JSON -----------------------------------------------------------------------
+
+
+class _SyntaxProblem(Exception):
+    """A file could not be parsed. The message names the position, never the content."""
+
+
+class _StrictLoader(_BaseLoader):
+    """A safe YAML loader that rejects a key repeated in one mapping.
+
+    PyYAML keeps the last value of a repeated key silently; kubectl rejects such a manifest.
+    Keys brought in by a merge key (`<<: *base`) may be overridden, as YAML intends.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[tuple[str, str]] = set()
+        for key_node, _value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            key = (key_node.tag, key_node.value)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {_shown(key_node.value)}", key_node.start_mark
                 )
-            )
-            continue
-        for index, document in enumerate(loaded, start=1):
-            if document is None:
-                continue  # an empty document between two `---` separators
-            yield Origin(str(path), index), document
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
-def _add_document(
-    result: Declarations, origin: Origin, document: Any, errors: list[DeclarationError]
-) -> None:
-    def fail(
-        problem: str, *, kind: str = "", name: str = "", field: str = "", fix: str = ""
-    ) -> None:
+def _parse_documents(
+    path: Path, text: str, errors: list[DeclarationError]
+) -> Iterator[tuple[Origin, Any]]:
+    """Yield the non-empty documents of one file, or append the syntax problem and yield none."""
+    try:
+        documents = _json_documents(text) if path.suffix == ".json" else _yaml_documents(text)
+    except _SyntaxProblem as problem:
         errors.append(
             DeclarationError(
-                problem,
-                source=origin.source,
-                document=origin.document,
-                kind=kind,
-                name=name,
-                field=field,
-                fix=fix,
+                str(problem),
+                source=str(path),
+                fix="fix the syntax (nothing in this file was loaded)",
             )
         )
-
-    if not isinstance(document, dict):
-        fail(
-            "expected a mapping with apiVersion, kind, metadata and spec",
-            fix="check the document's indentation",
-        )
         return
-    kind = document.get("kind")
-    metadata = document.get("metadata")
-    name = metadata.get("name", "") if isinstance(metadata, dict) else ""
-    name = name if isinstance(name, str) else ""
-    kind_text = kind if isinstance(kind, str) else ""
+    for index, document in enumerate(documents, start=1):
+        origin = Origin(str(path), index)
+        try:
+            document = _Pruner().copy(document, depth=0)
+        except _SyntaxProblem as problem:
+            errors.append(DeclarationError(str(problem), source=origin.source, document=index))
+            continue
+        if document is not None:  # an empty document, e.g. between two `---` lines
+            yield origin, document
 
-    api_version = document.get("apiVersion")
-    if api_version not in API_VERSIONS:
-        fail(
-            f"unsupported apiVersion {api_version!r}",
-            kind=kind_text,
-            name=name,
-            field="apiVersion",
-            fix=f"use one of {', '.join(sorted(API_VERSIONS))}",
-        )
-        return
-    if kind not in (*STORE_KINDS, "ExternalSecret"):
-        fail(
-            f"unsupported kind {kind!r}",
-            kind=kind_text,
-            name=name,
-            field="kind",
-            fix="use SecretStore, ClusterSecretStore or ExternalSecret",
-        )
-        return
-    for unknown in sorted(set(document) - _TOP_LEVEL_FIELDS):
-        fail("field not supported", kind=kind, name=name, field=unknown, fix="remove it")
 
+def _yaml_documents(text: str) -> list[Any]:
     try:
-        meta = ObjectMeta.model_validate(metadata)
-    except ValidationError as error:
-        for problem, field_path in _describe(error, prefix="metadata"):
-            fail(problem, kind=kind, name=name, field=field_path)
-        return
-    spec_model = StoreSpec if kind in STORE_KINDS else ExternalSecretSpec
-    try:
-        spec = spec_model.model_validate(document.get("spec"))
-    except ValidationError as error:
-        for problem, field_path in _describe(error, prefix="spec"):
-            fail(problem, kind=kind, name=meta.name, field=field_path, fix=_fix_for(problem))
-        return
+        return list(yaml.load_all(text, Loader=_StrictLoader))
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = error.problem or error.context or "invalid syntax"
+        raise _SyntaxProblem(f"invalid YAML{where}: {problem}") from None
+    except yaml.YAMLError as error:  # pragma: no cover - PyYAML marks its parse errors
+        raise _SyntaxProblem(f"invalid YAML: {type(error).__name__}") from None
+    except RecursionError:
+        raise _SyntaxProblem(
+            f"invalid YAML: nested too deeply; the limit is {_MAX_DEPTH}"
+        ) from None
 
-    if isinstance(spec, StoreSpec):
-        store = StoreDeclaration(kind=kind, name=meta.name, spec=spec, origin=origin)
-        if store.ref in result.stores:
-            first = result.stores[store.ref].origin
-            fail(
-                f"duplicate {kind} {meta.name!r}, first declared in {first.source} "
-                f"document {first.document}",
-                kind=kind,
-                name=meta.name,
-                field="metadata.name",
-                fix="give each store a unique name",
+
+def _json_documents(text: str) -> list[Any]:
+    """Parse a JSON file, which contains one document."""
+    try:
+        return [json.loads(text, object_pairs_hook=_unique_keys)]
+    except json.JSONDecodeError as error:
+        where = f"line {error.lineno}, column {error.colno}"
+        raise _SyntaxProblem(f"invalid JSON at {where}: {error.msg}") from None
+    except RecursionError:
+        raise _SyntaxProblem(
+            f"invalid JSON: nested too deeply; the limit is {_MAX_DEPTH}"
+        ) from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _SyntaxProblem(f"invalid JSON: duplicate key {_shown(key)}")
+        result[key] = value
+    return result
+
+
+class _Pruner:
+    """Copies a loaded document without null values in mappings, which Kubernetes treats as absent.
+
+    Raises _SyntaxProblem when the copy would be deeper than _MAX_DEPTH (an alias cycle) or larger
+    than _MAX_NODES_PER_DOCUMENT (aliases expanding exponentially).
+    """
+
+    def __init__(self) -> None:
+        self.nodes = 0
+
+    def copy(self, value: Any, *, depth: int) -> Any:
+        self.nodes += 1
+        if depth > _MAX_DEPTH:
+            raise _SyntaxProblem(f"document is nested more than {_MAX_DEPTH} levels deep")
+        if self.nodes > _MAX_NODES_PER_DOCUMENT:
+            raise _SyntaxProblem(
+                f"document has more than {_MAX_NODES_PER_DOCUMENT} values; check its YAML aliases"
+            )
+        if isinstance(value, dict):
+            return {
+                key: self.copy(item, depth=depth + 1)
+                for key, item in value.items()
+                if item is not None
+            }
+        if isinstance(value, list):
+            return [self.copy(item, depth=depth + 1) for item in value]
+        return value
+
+
+# --- checking documents --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Subject:
+    """The document a problem is about: its origin and, once known, its kind and name."""
+
+    origin: Origin
+    kind: str = ""
+    name: str = ""
+
+    def error(self, problem: str, *, field: str = "", fix: str = "") -> DeclarationError:
+        return DeclarationError(
+            problem,
+            source=self.origin.source,
+            document=self.origin.document,
+            kind=self.kind,
+            name=self.name,
+            field=field,
+            fix=fix,
+        )
+
+
+class _Loader:
+    """Checks documents one by one into `result`, then their references; collects `errors`."""
+
+    def __init__(self, *, allow_nested: bool) -> None:
+        self.allow_nested = allow_nested
+        self.result = Declarations()
+        self.errors: list[DeclarationError] = []
+        # Stores whose documents are invalid: a reference to one is not reported as unknown too.
+        self.invalid_stores: set[tuple[str, str]] = set()
+
+    def add_document(self, origin: Origin, document: Any) -> None:
+        subject = self._check_header(origin, document)
+        if subject is None:
+            return
+        meta = self._validate(ObjectMeta, document, "metadata", subject)
+        is_store = subject.kind in STORE_KINDS
+        spec = self._validate(
+            StoreSpec if is_store else ExternalSecretSpec, document, "spec", subject
+        )
+        if meta is None or spec is None:
+            if is_store:
+                self.invalid_stores.add((subject.kind, subject.name))
+            return
+        if isinstance(spec, StoreSpec):
+            self._add_store(subject, spec)
+        else:
+            self._add_external_secret(subject, meta, spec)
+
+    def _check_header(self, origin: Origin, document: Any) -> _Subject | None:
+        """Check kind, apiVersion and top-level fields; return the subject if checking goes on."""
+        if not isinstance(document, dict):
+            problem = "expected a mapping with apiVersion, kind, metadata and spec"
+            fix = "check the document's indentation"
+            self.errors.append(_Subject(origin).error(problem, fix=fix))
+            return None
+        metadata = document.get("metadata")
+        name = metadata.get("name") if isinstance(metadata, dict) else None
+        kind = document.get("kind")
+        subject = _Subject(origin, kind=_name_text(kind), name=_name_text(name))
+        if kind not in KINDS:
+            problem = _kind_problem(kind)
+            fix = "a declaration file holds only SecretStore, ClusterSecretStore and ExternalSecret"
+            self.errors.append(subject.error(problem, field="kind", fix=fix))
+            return None
+        api_version = document.get("apiVersion")
+        if not isinstance(api_version, str) or api_version not in API_VERSIONS:
+            problem = "apiVersion is missing" if api_version is None else "unsupported apiVersion"
+            fix = f"use one of {', '.join(sorted(API_VERSIONS))}"
+            self.errors.append(subject.error(problem, field="apiVersion", fix=fix))
+            return None
+        for unknown in sorted(str(key) for key in document if key not in _TOP_LEVEL_FIELDS):
+            fix = "remove it (a declaration has only apiVersion, kind, metadata and spec)"
+            self.errors.append(subject.error("field not supported", field=unknown, fix=fix))
+        return subject
+
+    def _validate(
+        self, model: type[BaseModel], document: dict[Any, Any], part: str, subject: _Subject
+    ) -> Any:
+        """Validate `document[part]` against `model`; return the model or None after errors."""
+        if part not in document:
+            self.errors.append(subject.error("required field is missing", field=part, fix="add it"))
+            return None
+        try:
+            return model.model_validate(document[part], by_alias=True, by_name=False)
+        except ValidationError as error:
+            for problem, field_path, fix in _describe(error, model, prefix=part):
+                self.errors.append(subject.error(problem, field=field_path, fix=fix))
+            return None
+
+    def _add_store(self, subject: _Subject, spec: StoreSpec) -> None:
+        store = StoreDeclaration(
+            kind=subject.kind, name=subject.name, spec=spec, origin=subject.origin
+        )
+        first = self.result.stores.get(store.ref)
+        if first is not None:
+            self.errors.append(
+                subject.error(
+                    f"duplicate {store.kind} {_shown(store.name)}, first declared in "
+                    f"{first.origin.source} document {first.origin.document}",
+                    field="metadata.name",
+                    fix="give each store a unique name, or remove one of them",
+                )
             )
             return
-        result.stores[store.ref] = store
-        return
+        self.result.stores[store.ref] = store
 
-    try:
-        overrides = _ownership_overrides(meta)
-    except ValueError as error:
-        fail(str(error), kind=kind, name=meta.name, field="metadata.annotations")
-        return
-    result.external_secrets.append(
-        ExternalSecretDeclaration(
+    def _add_external_secret(
+        self, subject: _Subject, meta: ObjectMeta, spec: ExternalSecretSpec
+    ) -> None:
+        overrides = self._ownership_overrides(subject, meta)
+        if overrides is None:
+            return
+        declaration = ExternalSecretDeclaration(
             name=meta.name,
             namespace=meta.namespace,
             spec=spec,
             metadata=meta,
-            origin=origin,
+            origin=subject.origin,
             **overrides,
         )
-    )
+        self.result.external_secrets.append(declaration)
 
-
-def _ownership_overrides(meta: ObjectMeta) -> dict[str, int]:
-    """Read the per-target file mode, uid and gid annotations that are present."""
-    overrides: dict[str, int] = {}
-    for field_name, key, base in (
-        ("file_mode", FILE_MODE_ANNOTATION, 8),
-        ("file_uid", FILE_UID_ANNOTATION, 10),
-        ("file_gid", FILE_GID_ANNOTATION, 10),
-    ):
-        if key not in meta.annotations:
-            continue
-        text = meta.annotations[key]
-        example = '"0440"' if base == 8 else '"1000"'
-        try:
-            value = int(text, base)
-        except ValueError:
-            raise ValueError(f"{key}: invalid value {text!r}; use e.g. {example}") from None
-        limit = 0o777 if base == 8 else 2**32 - 2
-        if not 0 <= value <= limit:
-            raise ValueError(f"{key}: value {text!r} is out of range; use e.g. {example}")
-        overrides[field_name] = value
-    return overrides
-
-
-def _check_references(
-    result: Declarations, errors: list[DeclarationError], *, allow_nested: bool
-) -> None:
-    targets: dict[str, ExternalSecretDeclaration] = {}
-    for declaration in result.external_secrets:
-
-        def fail(
-            problem: str,
-            *,
-            field: str,
-            fix: str = "",
-            declaration: ExternalSecretDeclaration = declaration,
-        ) -> None:
-            errors.append(
-                DeclarationError(
-                    problem,
-                    source=declaration.origin.source,
-                    document=declaration.origin.document,
-                    kind="ExternalSecret",
-                    name=declaration.name,
-                    field=field,
-                    fix=fix,
-                )
-            )
-
-        kind, store_name = declaration.store_ref
-        if declaration.store_ref not in result.stores:
-            known = ", ".join(sorted(f"{k} {n}" for k, n in result.stores)) or "none"
-            fail(
-                f"unknown {kind} {store_name!r}",
-                field="spec.secretStoreRef.name",
-                fix=f"declare it or fix the reference (declared stores: {known})",
-            )
-
-        target_reason = check_secret_key(declaration.target)
-        if target_reason is not None:
-            fail(
-                f"target name {declaration.target!r} is not a safe directory name: {target_reason}",
-                field="spec.target.name",
-                fix="use a plain name such as payment-secrets",
-            )
-        elif declaration.target in targets:
-            first = targets[declaration.target]
-            fail(
-                f"duplicate target {declaration.target!r}, also written by ExternalSecret "
-                f"{first.name} ({first.origin.source} document {first.origin.document})",
-                field="spec.target.name",
-                fix="give each ExternalSecret its own target name",
-            )
-        else:
-            targets[declaration.target] = declaration
-
-        seen: dict[str, int] = {}
-        for index, item in enumerate(declaration.spec.data):
-            reason = check_secret_key(item.secret_key, allow_nested=allow_nested)
-            if reason is not None:
-                fail(
-                    f"secret key {item.secret_key!r} is not a safe file name: {reason}",
-                    field=f"spec.data[{index}].secretKey",
-                    fix="use letters, digits, '-', '_' and '.' only",
-                )
-            elif item.secret_key in seen:
-                fail(
-                    f"secret key {item.secret_key!r} is declared twice "
-                    f"(also spec.data[{seen[item.secret_key]}])",
-                    field=f"spec.data[{index}].secretKey",
-                    fix="remove one of them",
-                )
+    def _ownership_overrides(self, subject: _Subject, meta: ObjectMeta) -> dict[str, int] | None:
+        """Read the file mode, uid and gid annotations that are present; None after errors."""
+        overrides: dict[str, int] = {}
+        valid = True
+        for field_name, key in (
+            ("file_mode", FILE_MODE_ANNOTATION),
+            ("file_uid", FILE_UID_ANNOTATION),
+            ("file_gid", FILE_GID_ANNOTATION),
+        ):
+            if key not in meta.annotations:
+                continue
+            value = _annotation_number(meta.annotations[key], octal=field_name == "file_mode")
+            if value is None:
+                valid = False
+                problem, fix = _ANNOTATION_PROBLEMS[field_name]
+                field_path = f"metadata.annotations[{_quoted_key(key)}]"
+                self.errors.append(subject.error(problem, field=field_path, fix=fix))
             else:
-                seen[item.secret_key] = index
+                overrides[field_name] = value
+        return overrides if valid else None
+
+    def check_references(self) -> None:
+        """Check the references between documents: stores, targets and secret keys."""
+        targets: dict[str, ExternalSecretDeclaration] = {}
+        for declaration in self.result.external_secrets:
+            subject = _Subject(declaration.origin, kind="ExternalSecret", name=declaration.name)
+            self._check_store_ref(subject, declaration)
+            self._check_target(subject, declaration, targets)
+            self._check_secret_keys(subject, declaration)
+
+    def _check_store_ref(self, subject: _Subject, declaration: ExternalSecretDeclaration) -> None:
+        stores = self.result.stores
+        if declaration.store_ref in stores or declaration.store_ref in self.invalid_stores:
+            return
+        kind, name = declaration.store_ref
+        other_kind = "ClusterSecretStore" if kind == "SecretStore" else "SecretStore"
+        if (other_kind, name) in stores:
+            fix = f"set spec.secretStoreRef.kind to {other_kind}"
+        else:
+            known = ", ".join(sorted(f"{k} {n}" for k, n in stores)) or "none"
+            fix = f"declare that store or fix the name (declared stores: {known})"
+        problem = f"unknown {kind} {_shown(name)}"
+        self.errors.append(subject.error(problem, field="spec.secretStoreRef.name", fix=fix))
+
+    def _check_target(
+        self,
+        subject: _Subject,
+        declaration: ExternalSecretDeclaration,
+        targets: dict[str, ExternalSecretDeclaration],
+    ) -> None:
+        target = declaration.target
+        field_path = "spec.target.name" if declaration.spec.target.name else "metadata.name"
+        reason = check_secret_key(target)
+        if reason is not None:
+            problem = f"target name {_shown(target)} {reason}"
+            fix = "use a plain directory name such as payment-secrets"
+            self.errors.append(subject.error(problem, field=field_path, fix=fix))
+            return
+        first = targets.setdefault(target, declaration)
+        if first is not declaration:
+            problem = (
+                f"duplicate target {_shown(target)}, also written by ExternalSecret "
+                f"{first.name} ({first.origin.source} document {first.origin.document})"
+            )
+            fix = "give each ExternalSecret its own spec.target.name"
+            self.errors.append(subject.error(problem, field=field_path, fix=fix))
+
+    def _check_secret_keys(self, subject: _Subject, declaration: ExternalSecretDeclaration) -> None:
+        """Check every `spec.data[].secretKey`: a safe file name, unique, no file/directory clash.
+
+        Secret keys imported by `dataFrom` are known only after fetching; the snapshot checks them.
+        """
+        files: dict[str, int] = {}
+        directories: dict[str, int] = {}
+        for index, item in enumerate(declaration.spec.data):
+            key, field_path = item.secret_key, f"spec.data[{index}].secretKey"
+            problem, fix = self._secret_key_problem(key, files, directories)
+            if problem is not None:
+                self.errors.append(subject.error(problem, field=field_path, fix=fix))
+                continue
+            files[key] = index
+            for parent in _parents(key):
+                directories.setdefault(parent, index)
+
+    def _secret_key_problem(
+        self, key: str, files: dict[str, int], directories: dict[str, int]
+    ) -> tuple[str | None, str]:
+        reason = check_secret_key(key, allow_nested=self.allow_nested)
+        if reason is not None:
+            fix = "use a plain file name such as db-password"
+            if "/" in key and not self.allow_nested:
+                fix += ", or turn on nested keys (--nested-keys)"
+            return f"secret key {_shown(key)} {reason}", fix
+        if key in files:
+            problem = f"secret key {_shown(key)} is declared twice (also spec.data[{files[key]}])"
+            return problem, "remove one of the entries or rename its secretKey"
+        if key in directories:
+            problem = (
+                f"secret key {_shown(key)} is also a directory of spec.data[{directories[key]}]"
+            )
+            return problem, "rename one of them, because a name is either a file or a directory"
+        for parent in _parents(key):
+            if parent in files:
+                problem = (
+                    f"secret key {_shown(key)} is inside {_shown(parent)}, "
+                    f"a file of spec.data[{files[parent]}]"
+                )
+                return problem, "rename one of them, because a name is either a file or a directory"
+        return None, ""
 
 
-def _describe(error: ValidationError, *, prefix: str) -> Iterable[tuple[str, str]]:
-    """Turn pydantic's errors into (problem, field path) pairs in the manifest's own words."""
+def _kind_problem(kind: Any) -> str:
+    if kind is None:
+        return "kind is missing"
+    if isinstance(kind, str) and _KIND_NAME.fullmatch(kind):
+        return f"kind {kind} is not supported"
+    return "kind is not supported"
+
+
+def _parents(key: str) -> list[str]:
+    """Return the directories a nested secret key lives in: `a/b/c` gives `a` and `a/b`."""
+    parts = key.split("/")
+    return ["/".join(parts[:end]) for end in range(1, len(parts))]
+
+
+_ANNOTATION_PROBLEMS = {
+    "file_mode": ("invalid file mode", 'use octal permission bits such as "0440"'),
+    "file_uid": ("invalid file uid", f'use a number from 0 to {_MAX_ID} such as "1000"'),
+    "file_gid": ("invalid file gid", f'use a number from 0 to {_MAX_ID} such as "1000"'),
+}
+
+
+def _annotation_number(text: str, *, octal: bool) -> int | None:
+    """Parse a file mode (octal) or id annotation; return None if it is invalid or out of range."""
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()):
+        return None
+    try:
+        value = int(text, 8 if octal else 10)
+    except ValueError:  # an 8 or 9 in an octal mode
+        return None
+    return value if value <= (0o777 if octal else _MAX_ID) else None
+
+
+# --- turning pydantic's errors into the manifest's words -----------------------------------------
+
+_GENERIC_PROBLEMS = {
+    "missing": ("required field is missing", "add it"),
+    "string_type": (
+        "expected a string",
+        "quote the value if YAML reads it as a number, boolean or date",
+    ),
+    "string_too_short": ("must not be empty", ""),
+    "bool_type": ("expected true or false", ""),
+    "bool_parsing": ("expected true or false", ""),
+    "model_type": ("expected a mapping", "check the indentation"),
+    "model_attributes_type": ("expected a mapping", "check the indentation"),
+    "dict_type": ("expected a mapping", "check the indentation"),
+    "list_type": ("expected a list", "start each entry with '- '"),
+}
+
+
+def _describe(
+    error: ValidationError, model: type[BaseModel], *, prefix: str
+) -> Iterator[tuple[str, str, str]]:
+    """Turn pydantic's errors for `model` into (problem, field path, fix), in the manifest's words.
+
+    `prefix` is the path of the validated part (`spec`). Inputs are never included.
+    """
     for item in error.errors(include_url=False, include_input=False):
-        field_path = prefix
-        for part in item["loc"]:
-            if isinstance(part, int):
-                field_path += f"[{part}]"
-            elif part not in ("function-after", "function-before"):
-                field_path += f".{part}"
-        yield _problem_text(item), field_path
+        field_path = _field_path(prefix, item["loc"])
+        problem, fix = _explain(item, model, field_path)
+        yield problem, field_path, fix
 
 
-def _problem_text(item: Any) -> str:
+def _field_path(prefix: str, loc: tuple[int | str, ...]) -> str:
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif isinstance(part, str) and _PLAIN_FIELD_NAME.fullmatch(part):
+            path += f".{part}"
+        else:  # a map key such as an annotation name, or an odd field name
+            path += f"[{_quoted_key(part)}]"
+    return path
+
+
+def _explain(item: Any, model: type[BaseModel], field_path: str) -> tuple[str, str]:
     kind = item["type"]
+    pattern = _LIST_INDEX.sub("[]", field_path)
     if kind == "extra_forbidden":
-        return "field not supported by secrets-agent"
-    if kind == "missing":
-        return "required field is missing"
+        return _explain_unknown_field(item["loc"], model, pattern)
     if kind == "literal_error":
-        expected = item.get("ctx", {}).get("expected", "")
-        return f"invalid value; expected {expected}"
-    if kind in ("model_type", "dict_type"):
-        return "expected a mapping"
-    if kind == "list_type":
-        return "expected a list"
-    if kind in ("string_type", "string_too_short"):
-        return "expected a non-empty string"
+        expected = item["ctx"]["expected"]
+        fix = _lookup(DEFAULT_ONLY_FIELDS, pattern)
+        if fix is not None:
+            return f"only the default {expected} is supported by secrets-agent yet", fix
+        return f"invalid value, expected {expected}", ""
     if kind == "value_error":
-        return str(item.get("ctx", {}).get("error", item["msg"]))
-    return item["msg"]
+        return str(item["ctx"]["error"]), ""
+    return _GENERIC_PROBLEMS.get(kind, (item["msg"], ""))
 
 
-def _fix_for(problem: str) -> str:
-    if problem == "field not supported by secrets-agent":
-        return "remove it; the README lists the supported fields"
-    if problem == "required field is missing":
-        return "add it"
-    return ""
+def _explain_unknown_field(
+    loc: tuple[int | str, ...], model: type[BaseModel], pattern: str
+) -> tuple[str, str]:
+    fix = _lookup(UNSUPPORTED_FIELDS, pattern)
+    if fix is not None:
+        return "not supported by secrets-agent yet", fix
+    names = _field_names(model, loc[:-1])
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+    if close:
+        return "unknown field", f"did you mean {close[0]}? Field names are case-sensitive"
+    if names:
+        return (
+            "field not supported by secrets-agent",
+            f"remove it (the fields supported here are {', '.join(names)})",
+        )
+    return "field not supported by secrets-agent", "remove it"
+
+
+def _lookup(table: dict[str, str], pattern: str) -> str | None:
+    """Find the entry of `table` whose key ends `pattern` (`x.*` stands for any field of `x`)."""
+    parent = pattern.rsplit(".", 1)[0]
+    for candidate in (pattern, f"{parent}.*"):
+        for key, text in table.items():
+            if candidate == key or candidate.endswith(f".{key}"):
+                return text
+    return None
+
+
+def _field_names(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """Return the manifest names of the fields allowed at `loc` inside `model`."""
+    current: type[BaseModel] | None = model
+    for part in loc:
+        if isinstance(part, int) or current is None:
+            continue
+        fields = {info.alias or name: info for name, info in current.model_fields.items()}
+        info = fields.get(part)
+        current = _model_in(info.annotation) if info is not None else None
+    if current is None:
+        return []
+    return [info.alias or name for name, info in current.model_fields.items()]
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """Find the model inside an annotation such as `Target`, `list[DataItem]` or `X | None`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in get_args(annotation):
+        found = _model_in(argument)
+        if found is not None:
+            return found
+    return None
+
+
+def _name_text(value: Any) -> str:
+    """Return a name for messages when `value` is a plain string, else ""."""
+    return value[:_MAX_SHOWN_LENGTH] if isinstance(value, str) and value.isprintable() else ""
+
+
+def _quoted_key(key: Any) -> str:
+    """Quote a map key for a field path: `metadata.annotations["example.com/owner"]`."""
+    text = str(key)
+    if len(text) > _MAX_SHOWN_LENGTH:
+        text = text[:_MAX_SHOWN_LENGTH] + "..."
+    return json.dumps(text)
+
+
+def _shown(value: Any) -> str:
+    """Quote a name (kind, object name, secret key, field) for a message, shortened if long."""
+    if not isinstance(value, str):
+        return f"(a {type(value).__name__})"
+    if len(value) > _MAX_SHOWN_LENGTH:
+        value = value[:_MAX_SHOWN_LENGTH] + "..."
+    return repr(value)

@@ -18,11 +18,13 @@ What the writer guarantees:
   umask: each file is created with O_EXCL|O_NOFOLLOW and mode 0, then gets its owner (fchown)
   and mode (fchmod) on the open descriptor before a byte is written, all before the switch.
 - The directory is shared with the application, so everything below the output directory is
-  treated as hostile. Every call works relative to a directory descriptor, opens with
-  O_NOFOLLOW, never follows a symbolic link and never opens a file the writer did not create.
-  Planted links or files are replaced (visible names, `..data`, `..data_tmp`) or ignored, and
-  a planted directory where a link belongs is an error naming it. Nothing outside the target
-  directory is written or removed.
+  treated as hostile. Every call works relative to a directory descriptor and never follows a
+  symbolic link. The writer writes only files it has just created with O_EXCL. It opens
+  other files only to read them, and only regular files inside the generation directory that
+  `..data` points to, with O_NOFOLLOW|O_NONBLOCK. Planted links or files at the names the
+  writer uses (visible names, `..data`, `..data_tmp`) are replaced, other planted entries are
+  ignored, and a planted directory where a link belongs is an error naming it. Apart from
+  creating the target directory, nothing outside it is written or removed.
 - A snapshot equal to the current generation (same secret keys, bytes, mode and owner) creates
   no generation and changes no mtime. Missing or wrong visible links are still repaired, as the
   kubelet does after a restart halfway through a write.
@@ -227,8 +229,8 @@ class _Target:
 
 
 class _Step:
-    # A class rather than contextlib.contextmanager: projection enters one per system call
-    # group, and the generator-based form cost about a quarter of a projection's time.
+    # A class rather than contextlib.contextmanager: a projection enters one per group of
+    # system calls, and under cProfile the generator-based form took about a quarter of the time.
     __slots__ = ("found", "step", "name", "fix")
 
     def __init__(self, found: _Target, step: str, name: str | None, fix: str) -> None:
@@ -284,9 +286,12 @@ class Writer:
         """Make `files` the current generation of `target`; return True when one was switched in.
 
         Returns False, without creating a generation, when the current one already contains exactly
-        these secret keys with the same bytes, mode and owner; visible links are repaired anyway.
+        these secret keys with the same bytes, mode and owner. Visible links are repaired anyway.
         Raises ProjectionError when a secret key is unsafe or a step fails. When it raises before
         the switch, the previous generation is still current and no temporary entry remains.
+        A directory planted at a visible name during the projection makes it raise after the
+        switch: the new generation is then current, and that one link stays missing until the
+        directory is removed and a later projection repairs it.
         """
         ownership = self.ownership if ownership is None else ownership
         top_names = self._check_snapshot(target, files)
@@ -788,8 +793,8 @@ def _write_file(
     content: bytes,
     ownership: FileOwnership,
 ) -> None:
-    # Mode 0 at creation, then owner before mode: no instant where the file is readable by
-    # anyone the configuration does not name, and the umask plays no part.
+    # The file is created with mode 0 and gets its owner before its mode, so nobody outside the
+    # configured owner and group can read it at any instant, and the umask plays no part.
     with found.step("create file", relative, fix=_FIX_VOLUME):
         fd = os.open(name, _CREATE_FLAGS, 0, dir_fd=dir_fd)
     try:
@@ -933,16 +938,23 @@ def _remove_leftovers(found: _Target, *, keep: str, top_names: list[str]) -> Non
 def _remove_generation(found: _Target, generation: str, *, quiet: bool = True) -> None:
     """Remove a generation directory recursively without following links.
 
-    shutil.rmtree with dir_fd works on descriptors and refuses symbolic links on Linux.
+    On Linux shutil.rmtree.avoids_symlink_attacks is true: it walks with descriptors, unlinks
+    links inside instead of following them, and raises on a link at the top. With `quiet`, a
+    failure is logged instead of raised.
     """
     try:
         shutil.rmtree(generation, dir_fd=found.fd)
     except FileNotFoundError:
         pass
-    except OSError:
+    except OSError as err:
         if not quiet:
             raise
-        log.warning("event=projection_cleanup_failed target=%s entry=%s", found.name, generation)
+        log.warning(
+            "event=projection_cleanup_failed target=%s entry=%s error=%s",
+            found.name,
+            generation,
+            err.strerror or type(err).__name__,
+        )
 
 
 def _unlink_quietly(found: _Target, name: str) -> None:

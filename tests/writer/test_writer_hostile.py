@@ -1,8 +1,9 @@
 """Entries planted by the application never make the writer write, read or remove outside.
 
-Each test plants something in the target directory (links pointing outside, FIFOs,
-directories where links belong) and checks that a directory next to the output directory is
-untouched, byte for byte and mtime for mtime, and that failures leave the previous generation.
+Each test plants something in the target directory: links pointing outside, FIFOs, or
+directories where links belong. It then checks that a directory next to the output directory
+is untouched, byte for byte and mtime for mtime. Tests of failures also check that the
+previous generation stays current and that no temporary entry remains.
 """
 
 from __future__ import annotations

@@ -466,7 +466,7 @@ class _Loader:
             return None
         api_version = document.get("apiVersion")
         if not isinstance(api_version, str) or api_version not in API_VERSIONS:
-            problem = "apiVersion is missing" if api_version is None else "unsupported apiVersion"
+            problem = "required field is missing" if api_version is None else "not supported"
             fix = f"use one of {', '.join(sorted(API_VERSIONS))}"
             self.errors.append(subject.error(problem, field="apiVersion", fix=fix))
             return None
@@ -574,7 +574,8 @@ class _Loader:
     ) -> None:
         target = declaration.target
         field_path = "spec.target.name" if declaration.spec.target.name else "metadata.name"
-        reason = check_secret_key(target)
+        # A target is one directory: the writer's rule for secret keys, never nested.
+        reason = "contains '/'" if "/" in target else check_secret_key(target)
         if reason is not None:
             problem = f"target name {_shown(target)} {reason}"
             fix = "use a plain directory name such as payment-secrets"
@@ -635,10 +636,10 @@ class _Loader:
 
 def _kind_problem(kind: Any) -> str:
     if kind is None:
-        return "kind is missing"
+        return "required field is missing"
     if isinstance(kind, str) and _KIND_NAME.fullmatch(kind):
-        return f"kind {kind} is not supported"
-    return "kind is not supported"
+        return f"{kind} is not supported"
+    return "not supported"
 
 
 def _parents(key: str) -> list[str]:
@@ -674,9 +675,9 @@ _GENERIC_PROBLEMS = {
         "expected a string",
         "quote the value if YAML reads it as a number, boolean or date",
     ),
-    "string_too_short": ("must not be empty", ""),
-    "bool_type": ("expected true or false", ""),
-    "bool_parsing": ("expected true or false", ""),
+    "string_too_short": ("must not be empty", "give it a value"),
+    "bool_type": ("expected true or false", "write true or false without quotes"),
+    "bool_parsing": ("expected true or false", "write true or false without quotes"),
     "model_type": ("expected a mapping", "check the indentation"),
     "model_attributes_type": ("expected a mapping", "check the indentation"),
     "dict_type": ("expected a mapping", "check the indentation"),
@@ -719,9 +720,11 @@ def _explain(item: Any, model: type[BaseModel], field_path: str) -> tuple[str, s
         fix = _lookup(DEFAULT_ONLY_FIELDS, pattern)
         if fix is not None:
             return f"only the default {expected} is supported by secrets-agent yet", fix
-        return f"invalid value, expected {expected}", ""
+        return "invalid value", f"use {expected}"
     if kind == "value_error":
-        return str(item["ctx"]["error"]), ""
+        # The validators in agent.models word their messages as "problem; fix".
+        problem, _, fix = str(item["ctx"]["error"]).partition("; ")
+        return problem, fix
     return _GENERIC_PROBLEMS.get(kind, (item["msg"], ""))
 
 

@@ -82,7 +82,9 @@ def parse_duration(text: str) -> float:
         nanoseconds, body = _duration_component(body)
         total += nanoseconds
         if total > _MAX_DURATION_NS:
-            raise ValueError("invalid duration: longer than Go's maximum of about 2562047h")
+            raise ValueError(
+                "invalid duration: longer than Go's maximum of about 2562047h; use a shorter one"
+            )
     if negative and total:
         raise ValueError(f"invalid duration: it must not be negative; {_DURATION_EXAMPLES}")
     return total / 1e9
@@ -133,7 +135,7 @@ def _duration_seconds(value: object) -> object:
     if isinstance(value, int | float) and value == 0:
         return 0.0
     if isinstance(value, int | float):
-        raise ValueError(f"a number needs a unit, e.g. 600s, 10m or 1h; {_DURATION_EXAMPLES}")
+        raise ValueError("a duration needs a unit; write e.g. 600s, 10m or 1h (0 alone is allowed)")
     raise ValueError(f"expected a duration string; {_DURATION_EXAMPLES}")
 
 
@@ -159,13 +161,20 @@ class Model(BaseModel):
 
 
 def _exactly_one(model: BaseModel, names: tuple[str, ...], what: str, *, hint: str = "") -> None:
+    """Raise ValueError, as "problem; fix", unless exactly one of the fields `names` is set."""
     present = [to_camel(name) for name in names if getattr(model, name) is not None]
     if len(present) == 1:
         return
     listed = ", ".join(to_camel(name) for name in names)
-    found = " and ".join(present) if present else "none"
-    message = f"set exactly one {what} ({listed}); found {found}"
-    raise ValueError(f"{message}; {hint}" if hint else message)
+    if present:
+        problem = f"found {' and '.join(present)}, expected exactly one {what} ({listed})"
+        fix = "keep one of them"
+    else:
+        problem = f"no {what} is set, expected exactly one ({listed})"
+        fix = "add one of them"
+    if hint:
+        fix = f"{fix}, {hint}"
+    raise ValueError(f"{problem}; {fix}")
 
 
 def _check_regexp(value: str) -> str:
@@ -173,7 +182,7 @@ def _check_regexp(value: str) -> str:
         re.compile(value)
     except re.error as error:
         # re.error's message gives the position, never the pattern.
-        raise ValueError(f"invalid regular expression: {error}") from None
+        raise ValueError(f"invalid regular expression ({error}); fix the pattern") from None
     return value
 
 
@@ -293,7 +302,9 @@ class VaultProvider(Model):
     @classmethod
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL, e.g. https://vault.example:8200")
+            raise ValueError(
+                "not an http:// or https:// URL; write e.g. https://vault.example:8200"
+            )
         return value.rstrip("/")
 
 
@@ -353,7 +364,7 @@ class Find(Model):
     @model_validator(mode="after")
     def _something_to_find(self) -> Find:
         if self.path is None and self.name is None:
-            raise ValueError("set find.path, find.name.regexp or both")
+            raise ValueError("nothing to find; set find.path, find.name.regexp or both")
         return self
 
 
@@ -422,7 +433,7 @@ class ExternalSecretSpec(Model):
     @model_validator(mode="after")
     def _something_to_fetch(self) -> ExternalSecretSpec:
         if not self.data and not self.data_from:
-            raise ValueError("declares nothing to fetch: add spec.data or spec.dataFrom entries")
+            raise ValueError("nothing to fetch; add spec.data or spec.dataFrom entries")
         return self
 
 

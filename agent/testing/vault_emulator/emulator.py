@@ -401,6 +401,19 @@ class VaultEmulator:
                 bound_claims=dict(bound_claims or {}),
             )
 
+    @property
+    def check_jwt_expiry(self) -> bool:
+        """Whether logins reject a JWT whose `exp` claim has passed on the emulator's clock.
+
+        On by default, as in Vault. A test that advances the clock by hours while reusing a
+        JWT minted in real time can turn it off.
+        """
+        return self._state.check_jwt_expiry
+
+    @check_jwt_expiry.setter
+    def check_jwt_expiry(self, enabled: bool) -> None:
+        self._state.check_jwt_expiry = enabled
+
     def reject_jwt(self, jwt: str, *, mount: str = "kubernetes", namespace: str = "") -> None:
         """Make Kubernetes logins with this JWT fail 403, as a failed TokenReview does in Vault."""
         with self._state.lock:

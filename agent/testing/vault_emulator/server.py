@@ -35,6 +35,9 @@ def require_loopback(host: str) -> None:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; without TCP_NODELAY, Nagle's algorithm and
+    # the client's delayed ACK add about 40 ms to every reply.
+    disable_nagle_algorithm = True
     server: _Server
 
     def __getattr__(self, name: str) -> Any:
@@ -60,8 +63,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_REQUEST_BYTES:
             self.close_connection = True
-            error = encode_json({"errors": ["http: request body too large"]})
-            self._send(HTTPResult(413, error, {"Content-Type": "application/json"}))
+            self._send_too_large()
             return None
         return self.rfile.read(length) if length else b""
 
@@ -77,11 +79,15 @@ class _Handler(BaseHTTPRequestHandler):
             total += size
             if total > MAX_REQUEST_BYTES:
                 self.close_connection = True
-                error = encode_json({"errors": ["http: request body too large"]})
-                self._send(HTTPResult(413, error, {"Content-Type": "application/json"}))
+                self._send_too_large()
                 return None
             chunks.append(self.rfile.read(size))
             self.rfile.readline()
+
+    def _send_too_large(self) -> None:
+        error = encode_json({"errors": ["http: request body too large"]})
+        headers = {"Cache-Control": "no-store", "Content-Type": "application/json"}
+        self._send(HTTPResult(413, error, headers))
 
     def _send(self, result: HTTPResult) -> None:
         self.send_response(result.status)

@@ -208,6 +208,8 @@ class VaultState:
         self.faults: list[FaultRule] = []
         self.latency = 0.0
         self.received_jwts: dict[tuple[str, str], list[str]] = {}
+        # Logins reject a JWT whose `exp` claim is at or before the emulator's now.
+        self.check_jwt_expiry = True
         self.root_token_id = root_token
         self.issue_token(
             namespace=self.namespaces[""],

@@ -144,7 +144,7 @@ class AwsClientOptions:
     also slows the client down after throttling). When a request is still throttled after those,
     `AwsClients.call` sends it again up to `throttle_retries` times, sleeping a random time
     between 0 and `min(backoff_max, backoff_base * 2**n)` seconds before retry n (full jitter).
-    `sleep` and `random` are injectable so tests need not wait.
+    `sleep` and `jitter` (a random number in [0, 1)) are injectable so tests need not wait.
     """
 
     retry_mode: str = "adaptive"
@@ -156,11 +156,11 @@ class AwsClientOptions:
     backoff_max: float = 4.0
     role_duration_seconds: int | None = None
     sleep: Callable[[float], None] = time.sleep
-    random: Callable[[], float] = random.random
+    jitter: Callable[[], float] = random.random
 
     def backoff_delay(self, retry: int) -> float:
-        """The sleep before retry `retry` (0-based), with full jitter."""
-        return self.random() * min(self.backoff_max, self.backoff_base * 2**retry)
+        """Return the sleep before retry `retry` (0-based), with full jitter."""
+        return self.jitter() * min(self.backoff_max, self.backoff_base * 2**retry)
 
 
 class ThrottledError(StoreUnavailableError):
@@ -172,7 +172,8 @@ class PermissionDeniedError(AccessDeniedError):
 
 
 class RequestRejectedError(StoreError):
-    """AWS rejected this request as invalid (ValidationException and other 4xx codes)."""
+    """AWS (ValidationException and other 4xx codes) or botocore's parameter validation
+    rejected this request as invalid."""
 
 
 @dataclass(frozen=True)
@@ -397,10 +398,12 @@ class AwsClients:
                 method = getattr(client, botocore.xform_name(context.operation))
                 return method(**params)
             except StoreError as error:
-                # Raised inside a credential refresh (token file missing, STS denied): already
-                # mapped and counted under its own operation.
-                record.result = result_label(error)
-                raise
+                # Raised while building the session (no region, key file missing) or refreshing
+                # credentials (STS denied, counted under its own operation). It concerns the
+                # store, not this request.
+                wide = store_wide(error)
+                record.result = result_label(wide)
+                raise wide from None
             except (BotoCoreError, ClientError) as error:
                 mapped = self._map_error(error, context)
                 record.result = result_label(mapped)
@@ -446,7 +449,7 @@ class AwsClients:
                 **where,
             )
         if isinstance(error, ParamValidationError):
-            return StoreError(
+            return RequestRejectedError(
                 f"{operation} request is invalid and was not sent ({type(error).__name__})",
                 fix="check remoteRef.key and remoteRef.version",
                 **where,
@@ -649,6 +652,26 @@ def result_label(error: StoreError) -> str:
     if isinstance(error, RemoteKeyNotFoundError):
         return "not_found"
     return "error"
+
+
+def store_wide(error: StoreError) -> StoreError:
+    """The same error as one that concerns the whole store rather than one request.
+
+    A credential refresh fails inside whatever request needed the credentials. Callers treat
+    `PermissionDeniedError` and `RequestRejectedError` as per-request, and retry
+    `ThrottledError` with backoff, but STS already did its own retries, so those three become
+    their base classes.
+    """
+    for specific, general in (
+        (ThrottledError, StoreUnavailableError),
+        (PermissionDeniedError, AccessDeniedError),
+        (RequestRejectedError, StoreError),
+    ):
+        if isinstance(error, specific):
+            return general(
+                error.message, store=error.store, remote_key=error.remote_key, fix=error.fix
+            )
+    return error
 
 
 def chunked(items: list[Any], size: int) -> list[list[Any]]:

@@ -98,7 +98,7 @@ class ParameterStore(Store):
             )
         values: dict[str, RemoteValue] = {}
         params: dict[str, Any] = {
-            "Path": path,
+            "Path": path.rstrip("/") or "/",
             "Recursive": True,
             "WithDecryption": True,
             "MaxResults": MAX_RESULTS_PER_PAGE,

@@ -56,6 +56,8 @@ class SeenRequest:
     access_key_id: str
     # JSON protocol: the decoded body; query protocol (STS): the form fields.
     params: dict[str, Any]
+    # The X-Amz-Security-Token header: the session token of temporary credentials.
+    session_token: str = ""
 
     @classmethod
     def parse(cls, headers: Any, body: bytes) -> SeenRequest:
@@ -68,7 +70,8 @@ class SeenRequest:
             params = {name: values[0] for name, values in parse_qs(text).items()}
             operation = params.get("Action", "")
         match = re.search(r"Credential=([^/]+)/", headers.get("Authorization", ""))
-        return cls(operation, match.group(1) if match else "", params)
+        access_key_id = match.group(1) if match else ""
+        return cls(operation, access_key_id, params, headers.get("X-Amz-Security-Token", ""))
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,9 @@ class ScriptedEndpoint:
         self.requests: list[SeenRequest] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def url(self) -> str:

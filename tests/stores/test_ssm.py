@@ -231,6 +231,36 @@ def test_fetch_arn_key(ssm, open_store):
     assert fetched[RemoteKey("/shared/api-key")] == b"fake-api-key-1"
 
 
+def test_rejected_name_fails_alone(scripted, ssm, open_store, metrics):
+    put(ssm, "/app/good", "fake-good")
+
+    def script(request: SeenRequest):
+        if "/app/bad name" in request.params.get("Names", []):
+            return json_error("ValidationException", "Parameter name: can't be prefixed")
+        return None
+
+    scripted.script = script
+    bad = RemoteKey("/app/bad name")
+
+    fetched = open_store().fetch([RemoteKey("/app/good"), bad])
+
+    assert fetched[RemoteKey("/app/good")] == b"fake-good"
+    assert isinstance(fetched[bad], StoreError)
+    assert fetched[bad].transient is False
+    assert str(fetched[bad]) == (
+        "store aws-ssm: /app/bad name: GetParameters was rejected with HTTP 400 "
+        "(ValidationException); check remoteRef.key, remoteRef.version and the store's settings"
+    )
+    assert request_count(metrics, store=STORE, operation="GetParameters", result="error") == 2
+
+
+def test_fetch_prefix_trailing_slash(ssm, open_store):
+    put(ssm, "/svc/a", "fake-a")
+    put(ssm, "/svc/b/c", "fake-c")
+
+    assert open_store().fetch_prefix("/svc/") == {"/svc/a": b"fake-a", "/svc/b/c": b"fake-c"}
+
+
 def test_fetch_nothing_sends_nothing(aws, open_store, metrics):
     assert open_store().fetch([]) == {}
     assert request_count(metrics, store=STORE, operation="GetParameters") == 0

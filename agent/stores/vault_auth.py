@@ -42,7 +42,8 @@ from agent.stores.vault_client import (
 
 logger = logging.getLogger("agent.stores.vault")
 
-# A token is renewed once this fraction of its TTL has passed, as Vault Agent does.
+# A token is renewed once this fraction of its TTL has passed, which leaves a third of the TTL
+# to retry a failed renewal or login before the token expires.
 RENEW_AT_FRACTION = 2 / 3
 # After a failed renewal or login the next attempt waits this long, doubling up to the maximum,
 # but never past half of the time the current token has left.
@@ -348,7 +349,7 @@ class VaultConnection:
         delay = self._retry_delay
         token = self._token
         expiry = token.expires_at() if token is not None else None
-        if expiry is not None:
+        if expiry is not None and expiry > now:
             delay = min(delay, max(1.0, (expiry - now) / 2))
         self._retry_at = now + delay
         self._retry_delay = min(self._retry_delay * 2, RETRY_MAX_SECONDS)
@@ -383,6 +384,8 @@ class VaultConnection:
 
     def _set_token(self, token: VaultToken | None) -> None:
         self._token = token
+        self._retry_at = None
+        self._retry_delay = RETRY_MIN_SECONDS
         value = token.value if token is not None else ""
         assert self._client is not None and self._token_client is not None
         self._client.token = value
@@ -539,7 +542,6 @@ class VaultConnection:
             requested_ttl=0.0,
         )
         self._set_token(token)
-        self._retry_at = None
         assert self._token_client is not None
         try:
             response = self.request("lookup_self", self._token_client.auth.token.lookup_self)

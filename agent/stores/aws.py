@@ -1,7 +1,7 @@
 """Credentials, clients, retries and error mapping shared by the two AWS stores.
 
-`AwsClients` holds one boto3 session per store, created at the first request, and one client per
-service reused for the store's life. It resolves credentials from the declaration:
+`AwsClients` creates one boto3 session per store at the first request, and one client per service
+that it reuses for the store's life. It resolves credentials from the declaration:
 
 - no `auth`: boto3's default chain (IRSA from `AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE`, EKS
   Pod Identity, environment keys), as boto3 defines it;
@@ -178,7 +178,7 @@ class RequestRejectedError(StoreError):
 
 @dataclass(frozen=True)
 class ErrorContext:
-    """What a request was about, for the message of an error it may end in."""
+    """The subject of one request, named in the message of any error it ends in."""
 
     service: str
     operation: str
@@ -254,7 +254,7 @@ class AwsClients:
         return self._region
 
     def client(self, service: str) -> BaseClient:
-        """The store's client for `service`, created on first use and reused afterwards."""
+        """Return the store's client for `service`, creating it on first use."""
         client = self._clients.get(service)
         if client is None:
             if self._session is None:
@@ -276,7 +276,7 @@ class AwsClients:
         """Send one `operation` request (e.g. "GetParameters") and return botocore's response.
 
         Raises a `StoreError`: `ThrottledError` when throttling outlasts every retry,
-        `StoreUnavailableError` for connection failures and 5xx answers, `AccessDeniedError`,
+        `StoreUnavailableError` for connection failures and 5xx responses, `AccessDeniedError`,
         `RemoteKeyNotFoundError` (naming `noun` and `remote_key`, with `not_found_fix`), or
         `StoreError` otherwise.
         """
@@ -306,7 +306,7 @@ class AwsClients:
     ) -> StoreError:
         """Turn an AWS error code into our error, for whole responses and per-key batch errors.
 
-        `deleted` says that AWS reported the resource as scheduled for deletion, which is
+        `deleted` is true when AWS reported the resource as scheduled for deletion. That case is
         reported as not found.
         """
         where = {"store": self.store, "remote_key": context.remote_key}
@@ -622,27 +622,30 @@ class AwsClients:
 
 
 def error_code(error: ClientError) -> str:
-    """The AWS error code of a botocore ClientError, or "unknown" if it is not a plain name."""
+    """Return the AWS error code of a botocore ClientError, or "unknown" if it is not a name."""
     return error_code_text(error.response.get("Error", {}).get("Code"))
 
 
 def error_code_text(code: object) -> str:
-    """An AWS error code as it may appear in our messages: a plain name, else "unknown"."""
+    """Return `code` if it is a plain error code name, else "unknown".
+
+    Only such names go into our messages, because the text comes from the endpoint.
+    """
     text = str(code or "")
     return text if _SAFE_CODE.fullmatch(text) else "unknown"
 
 
 def reports_deletion(code: str, message: str) -> bool:
-    """Whether a Secrets Manager error says the secret is scheduled for deletion.
+    """Return whether a Secrets Manager error reports a secret scheduled for deletion.
 
-    AWS answers InvalidRequestException for that case. The message is read only to tell it
+    AWS returns InvalidRequestException for that case. The message is read only to tell it
     apart from other invalid requests and is never copied into ours.
     """
     return code == "InvalidRequestException" and "delet" in message.lower()
 
 
 def result_label(error: StoreError) -> str:
-    """The `result` label of `secrets_agent_backend_requests_total` for a failed request."""
+    """Return the `result` label of `secrets_agent_backend_requests_total` for a failure."""
     if isinstance(error, ThrottledError):
         return "throttled"
     if isinstance(error, StoreUnavailableError):
@@ -655,7 +658,7 @@ def result_label(error: StoreError) -> str:
 
 
 def store_wide(error: StoreError) -> StoreError:
-    """The same error as one that concerns the whole store rather than one request.
+    """Return the same error as one that concerns the whole store rather than one request.
 
     A credential refresh fails inside whatever request needed the credentials. Callers treat
     `PermissionDeniedError` and `RequestRejectedError` as per-request, and retry

@@ -84,8 +84,8 @@ class SecretsManagerStore(Store):
 
         Secret names have no hierarchy, so `path` is a plain name prefix: `prod/` matches
         `prod/db` and `prod/api/key`, and `prod` also matches `production`. Secrets scheduled
-        for deletion are left out. A secret that vanishes between listing and reading is left
-        out too; any other error for one secret fails the whole call, so a partial set is never
+        for deletion are left out, and so is a secret that vanishes between listing and
+        reading. Any other error for one secret fails the whole call, so a partial set is never
         returned as complete.
         """
         names = self._list_names(path)
@@ -234,8 +234,8 @@ class SecretsManagerStore(Store):
 
     def _list_names(self, path: str) -> list[str]:
         params: dict[str, Any] = {"MaxResults": MAX_RESULTS_PER_LIST}
-        # AWS's name filter is a case-insensitive prefix match and a leading '!' negates it, so
-        # the filter only narrows the listing; the exact prefix is checked below.
+        # AWS's name filter is a case-insensitive prefix match, and a leading '!' negates it.
+        # So the filter only narrows the listing, and the exact prefix is checked below.
         if path and not path.startswith("!"):
             params["Filters"] = [{"Key": "name", "Values": [path]}]
         names: list[str] = []

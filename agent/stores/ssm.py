@@ -65,7 +65,7 @@ class ParameterStore(Store):
         """Read `keys` with GetParameters, at most 10 distinct names per request.
 
         Raises a `StoreError` only when the store as a whole fails (connection, throttling,
-        credentials); a missing parameter, version or label is returned as that key's
+        credentials). A missing parameter, version or label is returned as that key's
         `RemoteKeyNotFoundError`.
         """
         results: dict[RemoteKey, RemoteValue | Exception] = {}
@@ -110,7 +110,7 @@ class ParameterStore(Store):
             )
             for parameter in response.get("Parameters", []):
                 values[parameter["Name"]] = parameter["Value"].encode("utf-8")
-            # Pages are best-effort: one may be short or empty while NextToken says more remain.
+            # Pages are best-effort: one may be short or empty while NextToken shows more remain.
             token = response.get("NextToken")
             if not token:
                 return values
@@ -169,7 +169,7 @@ class ParameterStore(Store):
         self, batch: list[_Request], response: dict[str, Any]
     ) -> dict[_Request, RemoteValue | Exception]:
         # Parameters come back in the service's own order, named without their selector. A batch
-        # holds at most one request per parameter, so the name (or ARN) identifies the request.
+        # contains at most one request per parameter, so the name (or ARN) identifies the request.
         by_name: dict[str, dict[str, Any]] = {}
         for parameter in response.get("Parameters", []):
             by_name[parameter["Name"]] = parameter
@@ -193,18 +193,18 @@ class ParameterStore(Store):
                 f"parameter missing from the GetParameters response in {region}",
                 store=self.name,
                 remote_key=request.base,
-                fix="check AWS_ENDPOINT_URL: the endpoint does not answer like SSM",
+                fix="check AWS_ENDPOINT_URL: the endpoint does not respond like SSM",
             )
         if request.selector is None:
-            what, fix = "parameter", "check remoteRef.key and the region"
+            subject, fix = "parameter", "check remoteRef.key and the region"
         elif request.selector.isdigit():
-            what = f"version {request.selector} of the parameter"
+            subject = f"version {request.selector} of the parameter"
             fix = "check remoteRef.version and that the parameter still keeps that version"
         else:
-            what = f"label {request.selector} of the parameter"
+            subject = f"label {request.selector} of the parameter"
             fix = "check remoteRef.version and the labels on the parameter's versions"
         return RemoteKeyNotFoundError(
-            f"{what} not found in {region}", store=self.name, remote_key=request.base, fix=fix
+            f"{subject} not found in {region}", store=self.name, remote_key=request.base, fix=fix
         )
 
 
@@ -233,7 +233,7 @@ def _plan_batches(requests: list[_Request]) -> list[list[_Request]]:
 
     Two selectors of one parameter (`/k:1` and `/k:2`) go to different batches, because the
     response names a parameter without its selector (moto 5.2 also omits `Selector`), so only
-    one request per parameter can be matched in each answer.
+    one request per parameter can be matched in each response.
     """
     batches: list[list[_Request]] = []
     bases: list[set[str]] = []

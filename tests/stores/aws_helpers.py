@@ -1,7 +1,7 @@
 """Helpers for the AWS store tests: store declarations, metric counts and a scripted endpoint.
 
 `ScriptedEndpoint` is a small HTTP server on loopback that sits between boto3 and moto's server.
-It answers the next requests from a script (a throttling error, an access denial, ...) and
+It returns scripted responses to some requests (a throttling error, an access denial, ...) and
 forwards every other request to moto unchanged, so the stores are tested over the real wire
 protocol without patching any client.
 """
@@ -75,46 +75,46 @@ class SeenRequest:
 
 
 @dataclass(frozen=True)
-class ScriptedAnswer:
-    """An HTTP answer the scripted endpoint sends instead of forwarding to moto."""
+class ScriptedResponse:
+    """An HTTP response the scripted endpoint sends instead of forwarding to moto."""
 
     status: int
     body: bytes
     content_type: str
 
 
-def json_answer(document: dict[str, Any]) -> ScriptedAnswer:
-    """A successful answer in the AWS JSON protocol."""
-    return ScriptedAnswer(200, json.dumps(document).encode(), "application/x-amz-json-1.1")
+def json_response(document: dict[str, Any]) -> ScriptedResponse:
+    """A successful response in the AWS JSON protocol."""
+    return ScriptedResponse(200, json.dumps(document).encode(), "application/x-amz-json-1.1")
 
 
-def json_error(error_type: str, message: str, *, status: int = 400) -> ScriptedAnswer:
+def json_error(error_type: str, message: str, *, status: int = 400) -> ScriptedResponse:
     """An error in the AWS JSON protocol (SSM, Secrets Manager)."""
     body = json.dumps({"__type": error_type, "message": message}).encode()
-    return ScriptedAnswer(status, body, "application/x-amz-json-1.1")
+    return ScriptedResponse(status, body, "application/x-amz-json-1.1")
 
 
-def query_error(code: str, message: str, *, status: int = 403) -> ScriptedAnswer:
+def query_error(code: str, message: str, *, status: int = 403) -> ScriptedResponse:
     """An error in the AWS query protocol (STS)."""
     body = (
         "<ErrorResponse><Error><Type>Sender</Type>"
         f"<Code>{code}</Code><Message>{message}</Message></Error>"
         "<RequestId>scripted-request</RequestId></ErrorResponse>"
     ).encode()
-    return ScriptedAnswer(status, body, "text/xml")
+    return ScriptedResponse(status, body, "text/xml")
 
 
 class ScriptedEndpoint:
-    """An HTTP endpoint on 127.0.0.1 that answers from a script, else forwards to moto.
+    """An HTTP endpoint on 127.0.0.1 that responds from a script, else forwards to moto.
 
-    `script(request)` is called for every request; it returns an answer or None to forward
+    `script(request)` is called for every request; it returns a response or None to forward
     the request to moto. `requests` lists every request seen, in order.
     """
 
     def __init__(
         self,
         forward_to: str,
-        script: Callable[[SeenRequest], ScriptedAnswer | None] | None = None,
+        script: Callable[[SeenRequest], ScriptedResponse | None] | None = None,
     ) -> None:
         self.forward_to = urlsplit(forward_to)
         self.script = script or (lambda request: None)
@@ -148,7 +148,7 @@ class ScriptedEndpoint:
         """Answer the next `count` requests for `operation` with ThrottlingException."""
         remaining = [count]
 
-        def script(seen: SeenRequest) -> ScriptedAnswer | None:
+        def script(seen: SeenRequest) -> ScriptedResponse | None:
             if seen.operation == operation and remaining[0] > 0:
                 remaining[0] -= 1
                 return json_error("ThrottlingException", "Rate exceeded")
@@ -166,22 +166,22 @@ class ScriptedEndpoint:
                 seen = SeenRequest.parse(self.headers, body)
                 with endpoint._lock:
                     endpoint.requests.append(seen)
-                    answer = endpoint.script(seen)
-                if answer is None:
-                    answer = endpoint._forward(self.command, self.path, self.headers, body)
-                self.send_response(answer.status)
-                self.send_header("Content-Type", answer.content_type)
-                self.send_header("Content-Length", str(len(answer.body)))
+                    response = endpoint.script(seen)
+                if response is None:
+                    response = endpoint._forward(self.command, self.path, self.headers, body)
+                self.send_response(response.status)
+                self.send_header("Content-Type", response.content_type)
+                self.send_header("Content-Length", str(len(response.body)))
                 self.send_header("x-amzn-RequestId", "scripted-request")
                 self.end_headers()
-                self.wfile.write(answer.body)
+                self.wfile.write(response.body)
 
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 pass
 
         return Handler
 
-    def _forward(self, method: str, path: str, headers: object, body: bytes) -> ScriptedAnswer:
+    def _forward(self, method: str, path: str, headers: object, body: bytes) -> ScriptedResponse:
         connection = http.client.HTTPConnection(
             self.forward_to.hostname, self.forward_to.port, timeout=30
         )
@@ -195,6 +195,6 @@ class ScriptedEndpoint:
             response = connection.getresponse()
             content = response.read()
             content_type = response.getheader("Content-Type", "application/octet-stream")
-            return ScriptedAnswer(response.status, content, content_type)
+            return ScriptedResponse(response.status, content, content_type)
         finally:
             connection.close()

@@ -242,7 +242,7 @@ def test_jwt_requires_role(endpoint, refs_dir, metrics):
     assert endpoint.requests == []
 
 
-def test_jwt_missing_token_names_field_and_path(endpoint, refs_dir, metrics):
+def test_jwt_missing_token_file(endpoint, refs_dir, metrics):
     with pytest.raises(MissingReferenceError) as raised:
         fetch_value(ssm_store(refs_dir, metrics, role=ROLE, auth=JWT_AUTH))
 

@@ -1,6 +1,6 @@
 """The Secrets Manager store against moto's server, over HTTP.
 
-moto 5.2 implements BatchGetSecretValue, so the batched path is the one tested here; the
+moto 5.2 implements BatchGetSecretValue, so the batched path is the one tested here. The
 fallback to GetSecretValue is tested by denying BatchGetSecretValue at a scripted endpoint.
 """
 
@@ -15,8 +15,8 @@ from aws_helpers import (
     ScriptedEndpoint,
     SeenRequest,
     aws_store,
-    json_answer,
     json_error,
+    json_response,
     request_count,
 )
 
@@ -180,7 +180,7 @@ def test_fetch_by_arn(secrets, open_store):
     assert fetched[RemoteKey(partial)] == b"fake-by-arn"
 
 
-def test_batch_denied_falls_back_to_single_reads(scripted, secrets, open_store, metrics, caplog):
+def test_batch_denied_reads_singly(scripted, secrets, open_store, metrics, caplog):
     for index in range(3):
         secrets.create_secret(Name=f"prod/key-{index}", SecretString=f"fake-{index}")
 
@@ -209,7 +209,7 @@ def test_denied_secret_in_batch_fails_alone(scripted, secrets, open_store):
     def script(request: SeenRequest):
         if request.operation != "BatchGetSecretValue":
             return None
-        return json_answer(
+        return json_response(
             {
                 "SecretValues": [
                     {"Name": "prod/open", "ARN": "arn:fake", "SecretString": "fake-open"}
@@ -272,7 +272,7 @@ def test_fetch_prefix_pages_listing(scripted, secrets, open_store, metrics):
 
     def script(request: SeenRequest):
         if request.operation == "ListSecrets":
-            return json_answer(next(pages))
+            return json_response(next(pages))
         return None
 
     scripted.script = script
@@ -290,7 +290,7 @@ def test_fetch_prefix_fails_on_denied_secret(scripted, secrets, open_store):
         if request.operation != "BatchGetSecretValue":
             return None
         error = {"SecretId": "app/one", "ErrorCode": "DecryptionFailure", "Message": "kms"}
-        return json_answer({"SecretValues": [], "Errors": [error]})
+        return json_response({"SecretValues": [], "Errors": [error]})
 
     scripted.script = script
 

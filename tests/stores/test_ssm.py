@@ -1,8 +1,8 @@
 """The SSM Parameter Store store against moto's server, over HTTP.
 
 Requests are counted through the agent's own metrics. Throttling, access denial and server
-errors come from `ScriptedEndpoint`, a loopback HTTP server that answers some requests itself
-and forwards the rest to moto.
+errors come from `ScriptedEndpoint`, a loopback HTTP server that returns scripted responses to
+some requests and forwards the rest to moto.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from aws_helpers import (
     ScriptedEndpoint,
     SeenRequest,
     aws_store,
-    json_answer,
     json_error,
+    json_response,
     request_count,
 )
 
@@ -109,7 +109,7 @@ def test_fetch_batches_ten_names_per_request(ssm, open_store, metrics):
     assert request_count(metrics, store=STORE, operation="GetParameters", result="success") == 3
 
 
-def test_fetch_maps_values_regardless_of_order(ssm, open_store, metrics):
+def test_fetch_ignores_response_order(ssm, open_store, metrics):
     names = [f"/app/{letter}" for letter in "qwertyuiopasdfghjklzxcvbnm"]
     for name in names:
         put(ssm, name, f"fake-{name}", kind="String")
@@ -133,7 +133,7 @@ def test_fetch_decrypts_securestring(ssm, open_store):
     assert fetched[RemoteKey("/production/payment/db-password")] == b"fake-db-password-1"
 
 
-def test_fetch_keeps_stringlist_and_unicode_raw(ssm, open_store):
+def test_fetch_keeps_stringlist_raw(ssm, open_store):
     put(ssm, "/app/hosts", "a.example,b.example,c.example", kind="StringList")
     put(ssm, "/app/greeting", "fake-grüße-✓", kind="String")
 
@@ -309,7 +309,7 @@ def test_fetch_prefix_pages_recursively(ssm, open_store, metrics):
     assert request_count(metrics, store=STORE, operation="GetParametersByPath") >= 3
 
 
-def test_fetch_prefix_follows_short_and_empty_pages(scripted, ssm, open_store, metrics):
+def test_fetch_prefix_short_empty_pages(scripted, ssm, open_store, metrics):
     for index in range(4):
         put(ssm, f"/paged/key-{index}", f"fake-value-{index}")
     pages = iter(
@@ -329,7 +329,7 @@ def test_fetch_prefix_follows_short_and_empty_pages(scripted, ssm, open_store, m
     def script(request: SeenRequest):
         if request.operation != "GetParametersByPath":
             return None
-        return json_answer(next(pages))
+        return json_response(next(pages))
 
     scripted.script = script
 

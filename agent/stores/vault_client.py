@@ -63,7 +63,8 @@ def load_ca_trust(provider: VaultProvider, *, refs: Refs, store: str) -> CATrust
         pem = decode_pem_bundle(
             provider.ca_bundle.encode(), store=store, field="spec.provider.vault.caBundle"
         )
-        return CATrust(*_write_private_file(pem), source="caBundle")
+        path = _write_private_file(pem)
+        return CATrust(verify=str(path), source="caBundle", temporary_file=path)
 
     if provider.ca_provider is not None:
         selector = provider.ca_provider
@@ -71,7 +72,8 @@ def load_ca_trust(provider: VaultProvider, *, refs: Refs, store: str) -> CATrust
         content = refs.read_secret(selector, store=store, field=field)
         pem = decode_pem_bundle(content, store=store, field=field)
         source = f"caProvider {selector.type} {selector.name} (key {selector.key})"
-        return CATrust(*_write_private_file(pem), source=source)
+        path = _write_private_file(pem)
+        return CATrust(verify=str(path), source=source, temporary_file=path)
 
     environment_ca = os.environ.get("VAULT_CACERT")
     if environment_ca:
@@ -108,14 +110,12 @@ def decode_pem_bundle(content: bytes, *, store: str, field: str) -> bytes:
     )
 
 
-def _write_private_file(content: bytes) -> tuple[str, Path]:
+def _write_private_file(content: bytes) -> Path:
     # mkstemp creates the file with mode 0600, readable by this user only.
     descriptor, name = tempfile.mkstemp(prefix="secrets-agent-vault-ca-", suffix=".pem")
-    try:
-        os.write(descriptor, content)
-    finally:
-        os.close(descriptor)
-    return name, Path(name)
+    with os.fdopen(descriptor, "wb") as stream:
+        stream.write(content)
+    return Path(name)
 
 
 def vault_namespace(provider: VaultProvider) -> str | None:

@@ -104,7 +104,6 @@ CREDENTIALS_REJECTED_CODES = frozenset(
         "ExpiredTokenException",
         "InvalidIdentityToken",
         "IDPRejectedClaim",
-        "IDPCommunicationError",
     }
 )
 NOT_FOUND_CODES = frozenset(
@@ -119,6 +118,8 @@ SERVER_ERROR_CODES = frozenset(
         "InternalServiceErrorException",
         "ServiceUnavailable",
         "ServiceUnavailableException",
+        # STS could not reach the cluster's OIDC issuer to check a web identity token.
+        "IDPCommunicationError",
     }
 )
 # boto3's service-specific endpoint variables; AWS_ENDPOINT_URL applies to every service.

@@ -222,6 +222,8 @@ def _lookup(by_name: dict[str, dict[str, Any]], base: str) -> dict[str, Any] | N
     if parameter is None and base.startswith("arn:"):
         # An ARN request may come back under the plain name: `parameter/app/key` is `/app/key`
         # and `parameter/key` is `key` (a name without a leading slash).
+        # NOTE: moto returns the plain name; which of the two AWS returns was not checked, so
+        # both are matched.
         resource = base.split(":", _ARN_FIELDS - 1)[-1]
         short = resource.removeprefix("parameter")
         parameter = by_name.get(short) or by_name.get(short.removeprefix("/"))

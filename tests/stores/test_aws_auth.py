@@ -293,6 +293,25 @@ def test_jwt_denied_by_trust_policy(endpoint, refs_dir, metrics):
     assert f"allow this service account in the trust policy of {ROLE}" in str(raised.value)
 
 
+def test_jwt_issuer_unreachable_is_transient(endpoint, refs_dir, metrics):
+    write_token(
+        refs_dir, "payment-api", fake_service_account_token(namespace="a", service_account="b")
+    )
+    endpoint.script = lambda request: (
+        query_error("IDPCommunicationError", "could not reach the issuer", status=400)
+        if request.operation == "AssumeRoleWithWebIdentity"
+        else None
+    )
+
+    with pytest.raises(StoreUnavailableError) as raised:
+        fetch_value(ssm_store(refs_dir, metrics, role=ROLE, auth=JWT_AUTH))
+
+    assert raised.value.transient is True
+    assert "AssumeRoleWithWebIdentity failed with HTTP 400 (IDPCommunicationError)" in str(
+        raised.value
+    )
+
+
 # --- auth.secretRef ----------------------------------------------------------------------------
 
 

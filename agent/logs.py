@@ -66,6 +66,7 @@ def configure_logging(*, level: str = "info", log_format: str = "text") -> None:
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # Library chatter at debug level can include request bodies; keep it out of our stream.
-    for noisy in ("botocore", "boto3", "urllib3", "hvac"):
-        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
+    # These libraries log request and response bodies at debug level, and those bodies carry
+    # secret values, so they stay at warning whatever the agent's own level is.
+    for library in ("botocore", "boto3", "urllib3", "hvac", "requests"):
+        logging.getLogger(library).setLevel(logging.WARNING)

@@ -9,6 +9,7 @@ values masked, and stops everything it started.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -85,6 +86,8 @@ spec:
 
 def main() -> int:
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
 
     from agent.testing.vault_emulator import VaultEmulator
 

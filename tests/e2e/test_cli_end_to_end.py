@@ -323,3 +323,13 @@ def _ready(port: int) -> bool:
 def _target_status(port: int, target: str) -> str:
     _, body = http_get(f"http://127.0.0.1:{port}/readyz")
     return json.loads(body)["targets"][target]["status"]
+
+
+def test_debug_logs_carry_no_values(stand_ins):
+    for log_format in ("text", "json"):
+        result = agent(
+            "once", "--log-level", "debug", "--log-format", log_format, env=stand_ins["env"]
+        )
+        assert result.returncode == 0, result.stderr
+        assert "event" in result.stderr
+        assert_no_values(result.stdout + result.stderr)

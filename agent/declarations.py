@@ -48,10 +48,10 @@ DECLARATION_SUFFIXES = (".yaml", ".yml", ".json")
 KINDS = (*STORE_KINDS, "ExternalSecret")
 # `status` is accepted and ignored so that the output of `kubectl get -o yaml` loads.
 _TOP_LEVEL_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
-# A declaration is a few levels deep. The limits stop YAML aliases that expand a small file
-# exponentially ("billion laughs") and alias cycles.
+# A declaration is a few levels deep and has dozens of values, so these limits are far above any
+# real one. They stop YAML aliases that expand a small file exponentially, and alias cycles.
 _MAX_DEPTH = 64
-_MAX_NODES_PER_DOCUMENT = 1_000_000
+_MAX_NODES_PER_DOCUMENT = 100_000
 # How often a directory is read again when its `..data` link switched during the read.
 _GENERATION_ATTEMPTS = 3
 _MAX_SHOWN_LENGTH = 80
@@ -458,7 +458,8 @@ class _Loader:
         metadata = document.get("metadata")
         name = metadata.get("name") if isinstance(metadata, dict) else None
         kind = document.get("kind")
-        subject = _Subject(origin, kind=_name_text(kind), name=_name_text(name))
+        kind_text = kind if isinstance(kind, str) and _KIND_NAME.fullmatch(kind) else ""
+        subject = _Subject(origin, kind=kind_text, name=_name_text(name))
         if kind not in KINDS:
             problem = _kind_problem(kind)
             fix = "a declaration file holds only SecretStore, ClusterSecretStore and ExternalSecret"
@@ -639,7 +640,7 @@ def _kind_problem(kind: Any) -> str:
         return "required field is missing"
     if isinstance(kind, str) and _KIND_NAME.fullmatch(kind):
         return f"{kind} is not supported"
-    return "not supported"
+    return "not a supported kind"
 
 
 def _parents(key: str) -> list[str]:

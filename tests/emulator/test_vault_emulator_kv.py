@@ -175,9 +175,7 @@ def test_v2_deleted_version_through_hvac(emulator: VaultEmulator, root_client: h
     emulator.kv_put("secret", "app", {"k": "v"})
     root_client.secrets.kv.v2.delete_latest_version_of_secret("app")
 
-    tolerant = root_client.secrets.kv.v2.read_secret_version(
-        "app", raise_on_deleted_version=False
-    )
+    tolerant = root_client.secrets.kv.v2.read_secret_version("app", raise_on_deleted_version=False)
     assert tolerant["data"]["data"] is None
     assert tolerant["data"]["metadata"]["deletion_time"] != ""
     with pytest.raises(hvac.exceptions.InvalidPath) as caught:

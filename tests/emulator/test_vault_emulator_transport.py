@@ -112,9 +112,7 @@ def test_unknown_method_is_405(raw: RawClient) -> None:
 
 
 def test_bad_json_body(raw: RawClient) -> None:
-    response = raw.request(
-        "POST", "/v1/secret/data/x", token=ROOT_TOKEN, raw_body=b"{not json"
-    )
+    response = raw.request("POST", "/v1/secret/data/x", token=ROOT_TOKEN, raw_body=b"{not json")
     assert response.status == 400
     assert response.json == {"errors": ["error parsing JSON"]}
 
@@ -134,8 +132,7 @@ def test_oversized_body_is_413(emulator: VaultEmulator) -> None:
     host, port = emulator.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as connection:
         connection.sendall(
-            b"POST /v1/secret/data/x HTTP/1.1\r\nHost: x\r\n"
-            b"Content-Length: 40000000\r\n\r\n{}"
+            b"POST /v1/secret/data/x HTTP/1.1\r\nHost: x\r\nContent-Length: 40000000\r\n\r\n{}"
         )
         reply = b""
         while chunk := connection.recv(4096):

@@ -135,13 +135,13 @@ def load_declarations(paths: Sequence[Path | str], *, allow_nested: bool = False
     `allow_nested` admits secret keys with `/` (nested files), as the writer setting does.
     Nothing is returned unless every document is valid.
     """
-    loader = _Loader(allow_nested=allow_nested)
-    for origin, document in _read_documents(paths, loader.errors):
-        loader.add_document(origin, document)
-    loader.check_references()
-    if loader.errors:
-        raise DeclarationErrors(loader.errors)
-    return loader.result
+    checker = _Checker(allow_nested=allow_nested)
+    for origin, document in _read_documents(paths, checker.errors):
+        checker.add_document(origin, document)
+    checker.check_references()
+    if checker.errors:
+        raise DeclarationErrors(checker.errors)
+    return checker.result
 
 
 def declaration_files(paths: Sequence[Path | str]) -> list[Path]:
@@ -324,7 +324,10 @@ def _parse_documents(
         try:
             document = _Pruner().copy(document, depth=0)
         except _SyntaxProblem as problem:
-            errors.append(DeclarationError(str(problem), source=origin.source, document=index))
+            fix = "check the document's YAML aliases (&name and *name) and nesting"
+            errors.append(
+                DeclarationError(str(problem), source=origin.source, document=index, fix=fix)
+            )
             continue
         if document is not None:  # an empty document, e.g. between two `---` lines
             yield origin, document
@@ -383,9 +386,7 @@ class _Pruner:
         if depth > _MAX_DEPTH:
             raise _SyntaxProblem(f"document is nested more than {_MAX_DEPTH} levels deep")
         if self.nodes > _MAX_NODES_PER_DOCUMENT:
-            raise _SyntaxProblem(
-                f"document has more than {_MAX_NODES_PER_DOCUMENT} values; check its YAML aliases"
-            )
+            raise _SyntaxProblem(f"document has more than {_MAX_NODES_PER_DOCUMENT} values")
         if isinstance(value, dict):
             return {
                 key: self.copy(item, depth=depth + 1)
@@ -420,7 +421,7 @@ class _Subject:
         )
 
 
-class _Loader:
+class _Checker:
     """Checks documents one by one into `result`, then their references; collects `errors`."""
 
     def __init__(self, *, allow_nested: bool) -> None:
@@ -441,10 +442,10 @@ class _Loader:
         )
         if meta is None or spec is None:
             if is_store:
-                self.invalid_stores.add((subject.kind, subject.name))
+                self.invalid_stores.add((subject.kind, _metadata_name(document)))
             return
         if isinstance(spec, StoreSpec):
-            self._add_store(subject, spec)
+            self._add_store(subject, meta, spec)
         else:
             self._add_external_secret(subject, meta, spec)
 
@@ -455,11 +456,9 @@ class _Loader:
             fix = "check the document's indentation"
             self.errors.append(_Subject(origin).error(problem, fix=fix))
             return None
-        metadata = document.get("metadata")
-        name = metadata.get("name") if isinstance(metadata, dict) else None
         kind = document.get("kind")
         kind_text = kind if isinstance(kind, str) and _KIND_NAME.fullmatch(kind) else ""
-        subject = _Subject(origin, kind=kind_text, name=_name_text(name))
+        subject = _Subject(origin, kind=kind_text, name=_name_text(_metadata_name(document)))
         if kind not in KINDS:
             problem = _kind_problem(kind)
             fix = "a declaration file holds only SecretStore, ClusterSecretStore and ExternalSecret"
@@ -490,9 +489,9 @@ class _Loader:
                 self.errors.append(subject.error(problem, field=field_path, fix=fix))
             return None
 
-    def _add_store(self, subject: _Subject, spec: StoreSpec) -> None:
+    def _add_store(self, subject: _Subject, meta: ObjectMeta, spec: StoreSpec) -> None:
         store = StoreDeclaration(
-            kind=subject.kind, name=subject.name, spec=spec, origin=subject.origin
+            kind=subject.kind, name=meta.name, spec=spec, origin=subject.origin
         )
         first = self.result.stores.get(store.ref)
         if first is not None:
@@ -782,9 +781,15 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _metadata_name(document: dict[Any, Any]) -> Any:
+    """Return `metadata.name` as it was loaded, whatever its type, or None."""
+    metadata = document.get("metadata")
+    return metadata.get("name") if isinstance(metadata, dict) else None
+
+
 def _name_text(value: Any) -> str:
-    """Return a name for messages when `value` is a plain string, else ""."""
-    return value[:_MAX_SHOWN_LENGTH] if isinstance(value, str) and value.isprintable() else ""
+    """Return a name for messages when `value` is a printable string, else ""."""
+    return value if isinstance(value, str) and value.isprintable() else ""
 
 
 def _quoted_key(key: Any) -> str:

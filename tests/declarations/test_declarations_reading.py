@@ -309,6 +309,7 @@ def test_alias_expansion_limited(tmp_path: Path) -> None:
     assert len(errors) == 1
     assert errors[0].document == 1
     assert "more than 100000 values" in errors[0].problem
+    assert "YAML aliases" in errors[0].fix
 
 
 def test_alias_cycle_rejected(tmp_path: Path) -> None:

@@ -174,3 +174,14 @@ def test_secret_keys_of_different_targets_may_repeat(tmp_path: Path) -> None:
 
     first, second = declarations.external_secrets
     assert first.spec.data[0].secret_key == second.spec.data[0].secret_key
+
+
+def test_long_store_name_referenced(tmp_path: Path) -> None:
+    documents = base_documents()
+    long_name = "aws-parameter-store-" + "x" * 200  # Kubernetes allows 253 characters
+    documents[0]["metadata"]["name"] = long_name
+    documents[2]["spec"]["secretStoreRef"]["name"] = long_name
+
+    declarations = load_declarations([write(tmp_path, "declarations.yaml", dump(documents))])
+
+    assert declarations.external_secrets[0].store_ref in declarations.stores

@@ -1,6 +1,6 @@
 """An in-process HashiCorp Vault API emulator for tests, the demo and benchmarks.
 
-It answers over real HTTP (or HTTPS) the way Vault 1.1x does, closely enough that hvac 2.4
+It responds over real HTTP (or HTTPS) the way Vault 1.1x does, closely enough that hvac 2.4
 cannot tell the difference for: the `/v1/` transport (LIST and `?list=true`, `X-Vault-Token`
 and `Authorization: Bearer`, namespaces), the success and error envelopes, `sys/health`,
 `sys/seal-status`, `sys/mounts`, `sys/internal/ui/mounts`, policies, token auth, Kubernetes,

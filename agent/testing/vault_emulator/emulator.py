@@ -48,7 +48,7 @@ def _normalize_prefix(prefix: str | None) -> str | None:
 
 
 class VaultEmulator:
-    """An HTTP server that answers like HashiCorp Vault, with helpers to set it up and observe it.
+    """An HTTP server that responds like HashiCorp Vault, with helpers to set up and observe it.
 
     `secret/` is a KV version 2 mount from the start, as on a Vault dev server.
     """
@@ -123,7 +123,7 @@ class VaultEmulator:
         return self._state.sealed
 
     def set_standby(self, standby: bool) -> None:
-        """Make `sys/health` report a standby node (429 by default). Other routes still answer."""
+        """Make `sys/health` report a standby node (429 by default). Other routes still respond."""
         with self._state.lock:
             self._state.standby = standby
 
@@ -496,7 +496,7 @@ class VaultEmulator:
     # -- faults and observability --------------------------------------------------------------
 
     def fail_next(self, count: int, *, status: int = 503, path_prefix: str | None = None) -> None:
-        """Answer the next `count` requests whose path starts with `path_prefix` with `status`.
+        """Fail the next `count` requests whose path starts with `path_prefix` with `status`.
 
         The path is Vault's (`secret/data/app`, with or without a leading `/v1/`); None matches
         every request. Bodies are Vault's for that status (503 "Vault is sealed", 429 quota...).
@@ -548,7 +548,7 @@ class VaultEmulator:
     # -- seed ----------------------------------------------------------------------------------
 
     def apply_seed(self, seed: Mapping[str, Any]) -> None:
-        """Apply a seed document: each key names a helper and holds a list of its keyword args.
+        """Apply a seed document: each key names a helper and contains a list of its keyword args.
 
         Keys: namespaces (a list of paths) and enable_kv, enable_database, set_policy, kv_put,
         add_kubernetes_role, add_approle, add_jwt_role, add_database_role, create_token. They

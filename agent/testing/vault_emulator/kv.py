@@ -1,11 +1,11 @@
-"""KV secrets engines, version 1 (`passthrough`) and version 2 (versioned), as Vault answers them.
+"""KV secrets engines, version 1 (`passthrough`) and version 2 (versioned), as Vault serves them.
 
 KV v2 keeps every version with its created and deletion times, honours check-and-set, soft delete,
-undelete, destroy, `max_versions` trimming and `delete_version_after`, and answers reads of
+undelete, destroy, `max_versions` trimming and `delete_version_after`, and responds to reads of
 deleted or destroyed versions with the 404 success envelope that hvac's
 `raise_on_deleted_version=False` relies on. Paths that do not fit the versioned API get the
 404 warning envelope Vault sends. Limitation: the `subkeys` endpoint is not implemented and
-answers as an invalid path.
+gets the invalid-path reply.
 """
 
 from __future__ import annotations
@@ -242,7 +242,7 @@ class KV2Engine(Engine):
         metadata = self._version_metadata(number, version, secret)
         deleted = version.deletion_time is not None and version.deletion_time <= now
         if deleted or version.destroyed:
-            # Vault answers 404 with a full success envelope (no `errors` key) here.
+            # Vault returns 404 with a full success envelope (no `errors` key) here.
             return Reply(status=404, data={"data": None, "metadata": metadata}, mount_type="")
         return Reply(data={"data": copy.deepcopy(version.data), "metadata": metadata})
 

@@ -1,11 +1,13 @@
 """Dynamic secrets and their leases: the `database` secrets engine and `sys/leases/*`.
 
 Each `database/creds/<role>` read registers a lease owned by the calling token. A renewal counts
-from now and is capped at the lease's issue time plus the role's max TTL, with Vault's warning
-once capped; past the cap a renewal is rejected. When a lease is revoked (explicitly, by expiry,
-or because its token was revoked) the credential is dropped and the `on_credentials_revoked`
-hook runs. Limitation: static roles and connection verification are not implemented; `config/`
-writes are stored as given and nothing connects to a database unless a hook does.
+from now and is capped at the lease's issue time plus the role's max TTL. A capped renewal
+carries Vault's warning, and a renewal past the cap is rejected. When a lease is revoked
+(explicitly, by expiry, or because its token was revoked), the credential is dropped and the
+`on_credentials_revoked` hook runs.
+
+Limitation: static roles and connection verification are not implemented. `config/` writes are
+stored as given, and nothing connects to a database unless a hook does.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Login auth methods: Kubernetes, AppRole and JWT, each mountable at any path.
 
 A login returns an orphan service token whose TTL is the role's `ttl` (the system default 768h
-when 0), capped at the role's `max_ttl`; renewals re-read the role, as Vault's plugins do.
-JWTs are decoded without checking the signature: the emulator has no Kubernetes API to send a
-TokenReview to and no issuer keys, so it checks only claims (subject, expiry, audience, bound
-claims). Every JWT a login receives is recorded in `VaultState.received_jwts` so tests can
+when 0), capped at the role's `max_ttl`. Renewals re-read the role, as Vault's plugins do.
+JWTs are decoded without checking the signature, because the emulator has no Kubernetes API to
+send a TokenReview to and no issuer keys. It checks only claims (subject, expiry, audience,
+bound claims). Every JWT a login receives is recorded in `VaultState.received_jwts` so tests can
 tell whether a rotated token file was read again.
 """
 
@@ -316,7 +316,7 @@ class KubernetesEngine(LoginEngine):
                 "not match any expected audience",
             )
         if jwt in self.rejected_jwts:
-            # Stands in for the TokenReview API rejecting a revoked service account token.
+            # This emulates the TokenReview API rejecting a revoked service account token.
             raise VaultHTTPError(403, PERMISSION_DENIED)
         namespace, name = _service_account(claims)
         if not any(formats.glob_match(p, namespace) for p in role.bound_service_account_namespaces):

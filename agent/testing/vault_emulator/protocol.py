@@ -75,7 +75,7 @@ class Reply:
     # sys/mounts and similar routes copy every key of `data` to the top level as well.
     data_at_top_level: bool = False
     headers: dict[str, str] = field(default_factory=dict)
-    # None means "the type of the mount that answered", filled in by the router.
+    # None means "the type of the mount that handled the request", filled in by the router.
     mount_type: str | None = None
 
 
@@ -91,7 +91,7 @@ class Request:
     namespace: Namespace
     token: Token | None
     query: dict[str, str]
-    # The path inside the mount that answered ("app/db" for "secret/data/app/db" is "data/app/db").
+    # The path inside the mount that handles the request: "data/app/db" for "secret/data/app/db".
     rest: str = ""
     mount_path: str = ""
 
@@ -118,7 +118,7 @@ def capability_for(operation: str, *, exists: bool) -> str:
 
 
 class Engine:
-    """Base for whatever answers requests under a mount: a secrets engine or an auth method."""
+    """Base for the handler of a mount's requests: a secrets engine or an auth method."""
 
     type = ""
 

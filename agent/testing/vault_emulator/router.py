@@ -1,10 +1,14 @@
-"""Turn one HTTP request into Vault's answer: method mapping, sealing, namespaces, tokens, ACLs.
+"""Turn one HTTP request into Vault's reply: method mapping, sealing, namespaces, tokens, ACLs.
 
-The order of checks follows Vault's request handling: an open `sys/` route answers first; then a
-sealed server rejects everything with 503; then the namespace is resolved, the token checked
-(403 `permission denied` when missing, unknown, expired, revoked or from an unrelated
-namespace), the route found, the ACL applied (403 with the multierror text), and only then does
-the handler run. Each call is handled under the state lock and recorded without token or values.
+The checks run in the order of Vault's request handling:
+1. an open `sys/` route (health, seal status) responds at once;
+2. a sealed server rejects everything else with 503;
+3. the namespace is resolved;
+4. the token is checked: 403 `permission denied` when it is missing, unknown, expired, revoked
+   or from an unrelated namespace;
+5. the route is found and the ACL applied (403 with the multierror text);
+6. the handler runs.
+Each request is handled under the state lock and recorded without its token or any value.
 """
 
 from __future__ import annotations
@@ -82,7 +86,7 @@ class Router:
     def dispatch(
         self, method: str, target: str, headers: Mapping[str, str], body: bytes
     ) -> HTTPResult:
-        """Answer one HTTP request; never raises."""
+        """Handle one HTTP request and return the reply. Never raises."""
         url = urlsplit(target)
         path = unquote(url.path)
         query = dict(parse_qsl(url.query, keep_blank_values=True))
@@ -245,7 +249,7 @@ class Router:
 
 @dataclass
 class _Context:
-    """What the router learns about a request while handling it, for rendering and records."""
+    """Facts the router collects about a request while handling it, for rendering and records."""
 
     method: str
     namespace: str

@@ -41,8 +41,8 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def __getattr__(self, name: str) -> Any:
-        # http.server looks up `do_<METHOD>`; Vault accepts LIST and answers 405 for the others,
-        # so every method goes to one entry point and the router decides.
+        # http.server looks up `do_<METHOD>`. Vault accepts LIST and returns 405 for other unknown
+        # methods, so every method goes to one entry point and the router decides.
         if name.startswith("do_"):
             return self._serve
         raise AttributeError(name)

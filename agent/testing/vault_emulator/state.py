@@ -1,12 +1,12 @@
 """The emulator's whole state: clock, namespaces, mounts, tokens, leases, request records.
 
 Guarantees:
-- One re-entrant lock (`VaultState.lock`) guards everything; the router holds it while a request
-  is handled, so each request sees and leaves a consistent state.
-- Expiry is exact with respect to the emulator's clock: every request, `advance()` and every
-  observability helper first revokes tokens and leases whose expire time has passed, so a test
-  that advances the clock past a TTL sees the revocation at once, without sleeping.
-- Revoking a token revokes its child tokens and every lease it created; revoking a lease runs the
+- One re-entrant lock (`VaultState.lock`) guards everything. The router takes it for the whole
+  of a request, so each request starts from and leaves a consistent state.
+- Expiry is exact on the emulator's clock. Every request, `advance()` and every observability
+  helper first revokes the tokens and leases whose expire time has passed. A test that advances
+  the clock past a TTL therefore observes the revocation at once, without sleeping.
+- Revoking a token revokes its child tokens and every lease it created. Revoking a lease runs the
   engine's revoke step (for the database engine, the `on_credentials_revoked` hook).
 """
 
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RequestRecord:
-    """One request as the emulator saw it. It never holds a token or a secret value."""
+    """One request as the emulator received it. It never contains a token or a secret value."""
 
     method: str
     path: str
@@ -49,7 +49,7 @@ class FaultRule:
 
 @dataclass(frozen=True)
 class RoleRef:
-    """Where a login token's role lives, so renewal can re-read its TTLs."""
+    """Location of a login token's role, so renewal can re-read its TTLs."""
 
     namespace: str
     mount_path: str
@@ -108,7 +108,7 @@ class Lease:
 
 @dataclass
 class Mount:
-    """A secrets engine mount. `engine` is the object whose `handle` answers its requests."""
+    """A secrets engine or auth method mount. `engine.handle` serves its requests."""
 
     path: str
     type: str

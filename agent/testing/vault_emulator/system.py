@@ -1,6 +1,6 @@
 """The `sys/` backend: health, seal status, mounts, auth methods, policies, leases, namespaces.
 
-`sys/health`, `sys/seal-status`, `sys/init` and `sys/leader` answer with plain JSON bodies and
+`sys/health`, `sys/seal-status`, `sys/init` and `sys/leader` respond with plain JSON bodies and
 need no token; every other route uses the success envelope. The listing routes that Vault
 duplicates at the top level of the body (`sys/mounts`, `sys/auth`, `sys/policy`,
 `sys/capabilities*`) are duplicated here too.
@@ -32,7 +32,7 @@ from .protocol import (
 )
 from .state import Mount, Namespace, Token, VaultState, normalize_namespace
 
-# Routes that answer without a token and while sealed.
+# Routes that respond without a token and while sealed.
 OPEN_ROUTES = frozenset({"health", "seal-status", "init", "leader", "unseal"})
 
 _HEALTH_CODE_PARAMETERS = (
@@ -138,6 +138,7 @@ class SystemEngine(Engine):
     def handle(self, request: Request) -> Reply | None:
         rest = request.rest
         head, _, tail = rest.partition("/")
+
         if rest == "health":
             return self._health(request)
         if rest == "seal-status" and request.operation == READ:
@@ -153,6 +154,7 @@ class SystemEngine(Engine):
             request.require_sudo()
             request.state.sealed = True
             return None
+
         if head == "mounts":
             return self._mounts(request, tail)
         if head == "auth":
@@ -161,6 +163,7 @@ class SystemEngine(Engine):
             return self._ui_mounts(request, rest[len("internal/ui/mounts") :].strip("/"))
         if head in ("policy", "policies"):
             return self._policies(request, rest)
+
         if head == "leases":
             return leases.handle_sys_leases(request, tail)
         if head in ("renew", "revoke"):

@@ -1,8 +1,9 @@
 """The token auth method (`auth/token/...`): lookup, renew, revoke and create.
 
-TTL arithmetic follows Vault's `CalculateTTL`: a renewal counts from now, not from the old expire
-time, and is capped at the token's issue time plus its effective max TTL (the system maximum,
-lowered by the login role's max TTL or by `explicit_max_ttl`), with Vault's capping warning.
+TTL arithmetic follows Vault's `CalculateTTL`. A renewal counts from now, not from the old expire
+time. It is capped at the token's issue time plus its effective max TTL, which is the system
+maximum lowered by the login role's max TTL or by `explicit_max_ttl`, and the reply then carries
+Vault's capping warning.
 Limitation: batch tokens, token roles, accessors endpoints and response wrapping are not
 implemented; asking for them gets a 400 naming the missing feature.
 """
@@ -294,6 +295,9 @@ class _CreateSettings:
             settings.num_uses = int(request.field("num_uses", 0))
         except (formats.DurationError, TypeError, ValueError) as error:
             raise bad_request(str(error)) from None
+        if settings.num_uses < 0:
+            raise bad_request("number of uses cannot be negative")
+
         for name in ("renewable", "no_parent", "no_default_policy"):
             raw = request.field(name)
             if raw is not None:
@@ -301,21 +305,23 @@ class _CreateSettings:
                 if flag is None:
                     raise bad_request(f"invalid value for {name}")
                 setattr(settings, name, flag)
-        if settings.num_uses < 0:
-            raise bad_request("number of uses cannot be negative")
+
         token_type = request.field("type", "service")
         if token_type not in ("service", "default", ""):
             raise bad_request(f"token type {token_type!r} is not supported by this emulator")
+
         display_name = request.field("display_name")
         if display_name:
             settings.display_name = "token-" + "".join(
                 c if c.isascii() and (c.isalnum() or c == "-") else "-" for c in str(display_name)
             ).rstrip("-")
+
         meta = request.field("meta")
         if meta is not None:
             if not isinstance(meta, dict):
                 raise bad_request("meta must be a map of strings")
             settings.meta = {str(key): str(value) for key, value in meta.items()}
+
         token_id = request.field("id")
         if token_id:
             if "." in str(token_id):

@@ -693,7 +693,16 @@ def _describe(
     `prefix` is the path of the validated part (`spec`). Inputs are never included.
     """
     for item in error.errors(include_url=False, include_input=False):
-        field_path = _field_path(prefix, item["loc"])
+        loc = item["loc"]
+        if loc[-1:] == ("[key]",):  # pydantic marks a problem with a map key this way
+            field_path = f"{_field_path(prefix, loc[:-2])}[{_quoted_key(loc[-2])}]"
+            yield "map key must be a string", field_path, "quote the key"
+            continue
+        if item["type"] == "invalid_key":  # the last part is a field name, not a list index
+            field_path = f"{_field_path(prefix, loc[:-1])}[{_quoted_key(loc[-1])}]"
+            yield "field name must be a string", field_path, "quote it or remove the field"
+            continue
+        field_path = _field_path(prefix, loc)
         problem, fix = _explain(item, model, field_path)
         yield problem, field_path, fix
 

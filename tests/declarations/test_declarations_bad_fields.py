@@ -103,6 +103,22 @@ EXTERNAL_SECRET_CASES = [
         "quote the value",
     ),
     es(
+        "label key a number",
+        "metadata.labels",
+        {1: "payment"},
+        "map key must be a string",
+        "quote the key",
+        field='metadata.labels["1"]',
+    ),
+    es(
+        "field name a number",
+        f"{REMOTE_REF}",
+        {"key": "/production/payment/db-password", 1: "x"},
+        "field name must be a string",
+        "quote it",
+        field=f'{REMOTE_REF}["1"]',
+    ),
+    es(
         "file-mode annotation not octal",
         'metadata.annotations["secrets-agent.io/file-mode"]',
         "rw-r",

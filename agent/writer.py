@@ -31,6 +31,12 @@ What the writer guarantees:
 - A failed projection leaves the previous generation current and removes its own temporary
   generation directory. Leftovers of a crash (`..data_tmp`, generation directories that
   `..data` does not point to) are removed by the next projection.
+- A superseded generation stays on disk for a grace period (1 s by default) and is removed by
+  the first projection after that, changed or not. Unlike the kubelet, which removes it at
+  once, this lets a reader whose path lookup read the old `..data` a moment before the switch
+  still open its file. With immediate removal, a reader of a visible name preempted during
+  its lookup got ENOENT (5 times in about 69,000 reads during 10,000 back-to-back switches on
+  2 CPUs). A grace of 0 restores the kubelet's behaviour.
 
 What it does not guarantee:
 - Concurrent writers on one target. Callers serialise writes per target. The per-target lock
@@ -38,8 +44,9 @@ What it does not guarantee:
 - A reader that opens two visible names one after the other may get them from two
   generations. To read a consistent set, resolve `..data` once and open every file through
   that generation directory.
-- The old generation is removed right after the switch, so a reader still inside it gets
-  ENOENT and must resolve `..data` again.
+- A reader that stays inside a superseded generation longer than the grace period gets
+  ENOENT and must resolve `..data` again. Old contents, including those of removed secret
+  keys, stay in the hidden superseded generation until it is removed.
 - A new secret key is in `..data` a moment before its visible link exists, and the link of a
   removed key dangles for a moment after the switch.
 """
@@ -57,7 +64,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import AgentError
@@ -253,6 +260,18 @@ _FIX_RESERVED = "remove it, because names starting with '..' are reserved for th
 _FIX_LINK_NAME = "remove the directory, because the visible link of a secret key goes there"
 
 
+@dataclass
+class _TargetState:
+    """What one Writer remembers about a target between projections."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    # Generations this Writer superseded, with the time.monotonic() of the switch.
+    superseded: dict[str, float] = field(default_factory=dict)
+    # Visible names of the last complete projection. None until a projection completed in
+    # this process, and after a failed one, so that the next cleanup scans the directory.
+    visible: set[str] | None = None
+
+
 class Writer:
     """Projects snapshots into `<output dir>/<target>/`; see the module docstring for guarantees.
 
@@ -260,6 +279,10 @@ class Writer:
     (it may be a symbolic link to the mount point) and the application cannot replace a mount
     point. Nothing below it is ever followed. It is created with mode 0755 when missing.
     Callers serialise projections of one target; the per-target lock covers one process only.
+
+    `old_generation_grace_seconds` is how long a superseded generation stays before a
+    projection removes it. Generations this Writer did not supersede itself (crash leftovers,
+    or those of an init container) count as expired.
     """
 
     def __init__(
@@ -268,12 +291,16 @@ class Writer:
         *,
         ownership: FileOwnership = FileOwnership(),
         allow_nested: bool = False,
+        old_generation_grace_seconds: float = 1.0,
     ) -> None:
+        if old_generation_grace_seconds < 0:
+            raise ValueError("old_generation_grace_seconds must be 0 or more")
         self.output_dir = Path(os.path.realpath(output_dir))
         self.ownership = ownership
         self.allow_nested = allow_nested
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
+        self.old_generation_grace_seconds = old_generation_grace_seconds
+        self._states: dict[str, _TargetState] = {}
+        self._states_guard = threading.Lock()
         self._create_output_dir()
 
     def project(
@@ -296,35 +323,14 @@ class Writer:
         ownership = self.ownership if ownership is None else ownership
         top_names = self._check_snapshot(target, files)
 
-        with self._lock_for(target), self._open_target(target, create=True) as found:
+        state = self._state_for(target)
+        with state.lock, self._open_target(target, create=True) as found:
             assert found is not None  # create=True never returns None
-            entries = _list_directory(found)
-            current = _current_generation(found)
-            attributes = _expected_attributes(found, ownership)
-            if current is not None and _generation_matches(found, current, files, attributes):
-                repaired = _link_visible_names(found, entries, top_names)
-                if repaired:
-                    with found.step("sync target directory", None, fix=_FIX_VOLUME):
-                        os.fsync(found.fd)
-                _remove_leftovers(found, keep=current, top_names=top_names)
-                return False
-
-            _check_names_free(found, entries, top_names)
-            started = time.monotonic()
-            generation = _build_generation(found, files, ownership)
-            _switch(found, generation)
-            _link_visible_names(found, entries, top_names)
-            with found.step("sync target directory", None, fix=_FIX_VOLUME):
-                os.fsync(found.fd)
-            _remove_leftovers(found, keep=generation, top_names=top_names)
-            log.debug(
-                "event=projection_switched target=%s keys=%d generation=%s duration_ms=%.1f",
-                target,
-                len(files),
-                generation,
-                (time.monotonic() - started) * 1000,
-            )
-            return True
+            try:
+                return self._project_locked(found, state, files, ownership, top_names)
+            except BaseException:
+                state.visible = None  # the next cleanup scans the whole directory
+                raise
 
     def read(self, target: str) -> GenerationContents | None:
         """Return the current generation's files, or None when the target has no complete one.
@@ -376,9 +382,69 @@ class Writer:
                 fix=fix,
             )
 
-    def _lock_for(self, target: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(target, threading.Lock())
+    def _project_locked(
+        self,
+        found: _Target,
+        state: _TargetState,
+        files: Mapping[str, bytes],
+        ownership: FileOwnership,
+        top_names: list[str],
+    ) -> bool:
+        current = _current_generation(found)
+        attributes = _expected_attributes(found, ownership)
+        links = _plan_links(found, top_names)
+        if current is not None and _generation_matches(found, current, files, attributes):
+            if links:
+                _create_links(found, links)
+                with found.step("sync target directory", None, fix=_FIX_VOLUME):
+                    os.fsync(found.fd)
+            self._clean_up(found, state, current=current, top_names=top_names)
+            return False
+
+        started = time.monotonic()
+        generation = _build_generation(found, files, ownership)
+        _switch(found, generation)
+        if current is not None:
+            state.superseded[current] = time.monotonic()
+        _create_links(found, links)
+        with found.step("sync target directory", None, fix=_FIX_VOLUME):
+            os.fsync(found.fd)
+        self._clean_up(found, state, current=generation, top_names=top_names)
+        log.debug(
+            "event=projection_switched target=%s keys=%d generation=%s duration_ms=%.1f",
+            found.name,
+            len(files),
+            generation,
+            (time.monotonic() - started) * 1000,
+        )
+        return True
+
+    def _clean_up(
+        self, found: _Target, state: _TargetState, *, current: str, top_names: list[str]
+    ) -> None:
+        """Remove expired superseded generations and the links of removed secret keys.
+
+        The whole directory is scanned only when this Writer has no complete projection of the
+        target behind it, so that the cost of a projection does not grow with the number of
+        generations kept for their grace period.
+        """
+        expired_before = time.monotonic() - self.old_generation_grace_seconds
+        expired = {name for name, at in state.superseded.items() if at <= expired_before}
+        if state.visible is None:
+            recent = set(state.superseded) - expired
+            _remove_leftovers(found, keep={current, *recent}, top_names=top_names)
+        else:
+            for generation in sorted(expired):
+                _remove_generation(found, generation)
+            for name in sorted(state.visible.difference(top_names)):
+                _remove_own_link(found, name)
+        for generation in expired | {current}:
+            state.superseded.pop(generation, None)
+        state.visible = set(top_names)
+
+    def _state_for(self, target: str) -> _TargetState:
+        with self._states_guard:
+            return self._states.setdefault(target, _TargetState())
 
     def _check_target_name(self, target: str) -> None:
         reason = check_secret_key(target)
@@ -673,28 +739,48 @@ def _read_generation(found: _Target, generation: str) -> GenerationContents | No
     return GenerationContents(name=generation, files=files, ownership=ownership)
 
 
-def _list_directory(found: _Target) -> dict[str, os.DirEntry[str]]:
-    """Return the entries of the target directory by name; their type comes from one listing."""
-    with found.step("list target directory", None, fix=_FIX_VOLUME):
-        with os.scandir(found.fd) as listing:
-            return {entry.name: entry for entry in listing}
+def _plan_links(found: _Target, top_names: list[str]) -> dict[str, str | None]:
+    """Return the visible names whose link is missing or wrong, each with the type found there.
 
-
-def _check_names_free(
-    found: _Target, entries: Mapping[str, os.DirEntry[str]], top_names: list[str]
-) -> None:
-    """Raise before building a generation if a directory sits where `..data` or a link belongs.
-
-    Checking first keeps the previous generation current with its links intact. A directory
-    planted after the listing makes the later step fail instead.
+    The type is None for a missing name. Raises when a directory sits where `..data` or a link
+    belongs. Checking before anything is built keeps the previous generation current with its
+    links intact. A directory planted after this check makes _create_links fail instead.
     """
-    for name in [DATA_LINK, *top_names]:
-        entry = entries.get(name)
-        if entry is not None and entry.is_dir(follow_symlinks=False):
-            fix = _FIX_RESERVED if name == DATA_LINK else _FIX_LINK_NAME
+    with found.step("inspect", DATA_LINK, fix=_FIX_VOLUME):
+        data_status = _lstat_or_none(found, DATA_LINK)
+    if data_status is not None and stat.S_ISDIR(data_status.st_mode):
+        raise found.error(
+            "a directory is in the way", step="check link name", name=DATA_LINK, fix=_FIX_RESERVED
+        )
+
+    plan: dict[str, str | None] = {}
+    for name in top_names:
+        with found.step("inspect visible link", name, fix=_FIX_VOLUME):
+            try:
+                # One system call for the usual case, a link that is already right.
+                if os.readlink(name, dir_fd=found.fd) != f"{DATA_LINK}/{name}":
+                    plan[name] = "link"
+                continue
+            except FileNotFoundError:
+                plan[name] = None
+                continue
+            except OSError as err:
+                if err.errno != errno.EINVAL:  # EINVAL: the entry is not a link
+                    raise
+            status = _lstat_or_none(found, name)
+        if status is not None and stat.S_ISDIR(status.st_mode):
             raise found.error(
-                "a directory is in the way", step="check link name", name=name, fix=fix
+                "a directory is in the way", step="check link name", name=name, fix=_FIX_LINK_NAME
             )
+        plan[name] = None if status is None else _file_type(status.st_mode)
+    return plan
+
+
+def _lstat_or_none(found: _Target, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=found.fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
 
 
 def _new_generation_name() -> str:
@@ -851,124 +937,101 @@ def _clear_data_tmp(found: _Target) -> None:
         log.info("event=projection_leftover_removed target=%s entry=%s", found.name, DATA_TMP_LINK)
 
 
-def _link_visible_names(
-    found: _Target, entries: Mapping[str, os.DirEntry[str]], top_names: list[str]
-) -> list[str]:
-    """Make each visible name a link `name -> ..data/name`; return the names fixed or created.
+def _create_links(found: _Target, plan: Mapping[str, str | None]) -> None:
+    """Make each planned visible name a link `name -> ..data/name`.
 
-    `entries` is a listing taken before the projection changed anything. Anything other than
-    the right link at a name is replaced atomically: a new link under a temporary `..` name is
+    Whatever is at the name is replaced atomically: a new link under a temporary `..` name is
     renamed over it, so a planted file or FIFO is never opened or written through.
     """
-    changed = []
-    for name in top_names:
-        link_target = f"{DATA_LINK}/{name}"
-        entry = entries.get(name)
-        if entry is not None and entry.is_symlink():
-            with found.step("read visible link", name, fix=_FIX_VOLUME):
-                try:
-                    if os.readlink(name, dir_fd=found.fd) == link_target:
-                        continue
-                except FileNotFoundError:
-                    pass
-        if entry is not None and entry.is_dir(follow_symlinks=False):
-            raise found.error(
-                "a directory is in the way",
-                step="create visible link",
-                name=name,
-                fix=_FIX_LINK_NAME,
-            )
-
-        replaced = None
-        if entry is not None and not entry.is_symlink():
-            replaced = _file_type(entry)
+    for name, replaced in plan.items():
         temporary = LINK_TMP_PREFIX + secrets.token_hex(8)
-        with found.step("create visible link", name, fix=_FIX_VOLUME):
-            os.symlink(link_target, temporary, dir_fd=found.fd)
+        with found.step("create visible link", name, fix=_FIX_LINK_NAME):
+            os.symlink(f"{DATA_LINK}/{name}", temporary, dir_fd=found.fd)
             try:
                 os.rename(temporary, name, src_dir_fd=found.fd, dst_dir_fd=found.fd)
             except BaseException:
                 _unlink_quietly(found, temporary)
                 raise
-        if replaced is not None:
+        if replaced not in (None, "link"):
             log.warning(
                 "event=visible_link_replaced target=%s secret_key=%s replaced=%s",
                 found.name,
                 name,
                 replaced,
             )
-        changed.append(name)
-    return changed
 
 
-def _remove_leftovers(found: _Target, *, keep: str, top_names: list[str]) -> None:
-    """Remove old generations, temporary links and the visible links of removed secret keys.
+def _remove_leftovers(found: _Target, *, keep: set[str], top_names: list[str]) -> None:
+    """Scan the target directory and remove every entry the writer left behind.
 
-    Only entries the writer creates are removed: real directories with a generation name
-    (recursively, never following a link), `..data_tmp` and `..link_tmp.*` links, and visible
-    links whose target is `..data/<own name>`. Anything else the application put here stays.
-    Failures are logged, not raised, because the projection itself already succeeded.
+    Only entries the writer creates are removed: real directories with a generation name not
+    in `keep` (recursively, never following a link), `..data_tmp` and `..link_tmp.*` links,
+    and visible links whose target is `..data/<own name>` for names not in `top_names`.
+    Anything else the application put here stays. Failures are logged, not raised, because
+    the projection itself already succeeded.
     """
     visible = set(top_names)
-    with os.scandir(found.fd) as listing:
-        entries = list(listing)
+    with found.step("list target directory", None, fix=_FIX_VOLUME):
+        with os.scandir(found.fd) as listing:
+            entries = list(listing)
     for entry in entries:
         name = entry.name
-        if name in (DATA_LINK, keep) or name in visible:
+        if name in keep or name == DATA_LINK or name in visible:
             continue
-        try:
-            if name.startswith(".."):
-                if _GENERATION_NAME.fullmatch(name) and entry.is_dir(follow_symlinks=False):
-                    _remove_generation(found, name, quiet=False)
-                elif entry.is_symlink() and (
-                    name == DATA_TMP_LINK or _LINK_TMP_NAME.fullmatch(name)
-                ):
-                    os.unlink(name, dir_fd=found.fd)
-            elif entry.is_symlink() and os.readlink(name, dir_fd=found.fd) == f"{DATA_LINK}/{name}":
-                os.unlink(name, dir_fd=found.fd)
-        except OSError as err:
-            log.warning(
-                "event=projection_cleanup_failed target=%s entry=%s error=%s",
-                found.name,
-                name,
-                err.strerror or type(err).__name__,
-            )
+        if not name.startswith(".."):
+            if entry.is_symlink():
+                _remove_own_link(found, name)
+        elif _GENERATION_NAME.fullmatch(name) and entry.is_dir(follow_symlinks=False):
+            _remove_generation(found, name)
+        elif entry.is_symlink() and (name == DATA_TMP_LINK or _LINK_TMP_NAME.fullmatch(name)):
+            _unlink_quietly(found, name)
 
 
-def _remove_generation(found: _Target, generation: str, *, quiet: bool = True) -> None:
-    """Remove a generation directory recursively without following links.
+def _remove_own_link(found: _Target, name: str) -> None:
+    """Remove the visible link `name` if it is the writer's (`..data/<name>`), else leave it."""
+    try:
+        if os.readlink(name, dir_fd=found.fd) == f"{DATA_LINK}/{name}":
+            os.unlink(name, dir_fd=found.fd)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        if err.errno != errno.EINVAL:  # EINVAL: the application replaced it with a non-link
+            _log_cleanup_failure(found, name, err)
+
+
+def _remove_generation(found: _Target, generation: str) -> None:
+    """Remove a generation directory recursively without following links; log a failure.
 
     On Linux shutil.rmtree.avoids_symlink_attacks is true: it walks with descriptors, unlinks
-    links inside instead of following them, and raises on a link at the top. With `quiet`, a
-    failure is logged instead of raised.
+    links inside instead of following them, and raises on a link at the top.
     """
     try:
         shutil.rmtree(generation, dir_fd=found.fd)
     except FileNotFoundError:
         pass
     except OSError as err:
-        if not quiet:
-            raise
-        log.warning(
-            "event=projection_cleanup_failed target=%s entry=%s error=%s",
-            found.name,
-            generation,
-            err.strerror or type(err).__name__,
-        )
+        _log_cleanup_failure(found, generation, err)
+
+
+def _log_cleanup_failure(found: _Target, name: str, err: OSError) -> None:
+    log.warning(
+        "event=projection_cleanup_failed target=%s entry=%s error=%s",
+        found.name,
+        name,
+        err.strerror or type(err).__name__,
+    )
 
 
 def _unlink_quietly(found: _Target, name: str) -> None:
     try:
         os.unlink(name, dir_fd=found.fd)
-    except OSError:
+    except FileNotFoundError:
         pass
+    except OSError as err:
+        _log_cleanup_failure(found, name, err)
 
 
-def _file_type(entry: os.DirEntry[str]) -> str:
-    try:
-        mode = entry.stat(follow_symlinks=False).st_mode
-    except OSError:
-        return "unknown"
+def _file_type(mode: int) -> str:
     if stat.S_ISREG(mode):
         return "file"
     if stat.S_ISFIFO(mode):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -166,5 +167,9 @@ def test_reader_never_sees_mix(output_dir: Path) -> None:
     final = writer.read("payment")
     assert final is not None
     assert dict(final) == snapshot(GENERATIONS)
+
+    # Superseded generations stay for the grace period; the next projection after it removes them.
+    time.sleep(writer.old_generation_grace_seconds)
+    assert writer.project("payment", snapshot(GENERATIONS)) is False
     generations = [name for name in os.listdir(target_dir) if name.startswith("..2")]
     assert generations == [writer.generation("payment")]

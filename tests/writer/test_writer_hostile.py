@@ -147,7 +147,7 @@ def test_key_link_to_outside(
 def test_link_inside_generation(
     output_dir: Path, outside_dir: Path, outside_state: dict[str, tuple[bytes, int, int]]
 ) -> None:
-    writer = Writer(output_dir)
+    writer = Writer(output_dir, old_generation_grace_seconds=0)
     writer.project("payment", SNAPSHOT)
     target_dir = output_dir / "payment"
     generation = writer.generation("payment")
@@ -195,10 +195,27 @@ def test_orphan_generation_with_link(
     os.symlink(outside_dir, orphan / "to-outside")
     os.symlink(outside_dir / "marker", orphan / "marker")
 
-    writer.project("payment", CHANGED)
+    restarted = Writer(output_dir)
+    restarted.project("payment", CHANGED)
 
     assert not os.path.lexists(orphan)
     assert read_state(outside_dir) == outside_state
+
+
+def test_failed_projection_rescans_directory(output_dir: Path) -> None:
+    writer = Writer(output_dir)
+    writer.project("payment", SNAPSHOT)
+    target_dir = output_dir / "payment"
+    (target_dir / "new-key").mkdir()
+    with pytest.raises(ProjectionError):
+        writer.project("payment", {**SNAPSHOT, "new-key": b"fake-new-1"})
+    os.rmdir(target_dir / "new-key")
+    orphan = target_dir / "..2020_01_01_00_00_00.orphan"
+    orphan.mkdir()
+
+    assert writer.project("payment", SNAPSHOT) is False
+
+    assert not os.path.lexists(orphan)
 
 
 @pytest.mark.timeout(30)

@@ -6,6 +6,7 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -142,7 +143,7 @@ def test_ownership_change_is_change(output_dir: Path, changed: FileOwnership) ->
 
 
 def test_value_change_switches(output_dir: Path) -> None:
-    writer = Writer(output_dir)
+    writer = Writer(output_dir, old_generation_grace_seconds=0)
     writer.project("payment", SNAPSHOT)
     first = writer.generation("payment")
     changed = {**SNAPSHOT, "db-password": b"fake-db-password-2"}
@@ -153,6 +154,29 @@ def test_value_change_switches(output_dir: Path) -> None:
     assert (target_dir / "db-password").read_bytes() == b"fake-db-password-2"
     assert writer.generation("payment") != first
     assert generation_dirs(target_dir) == [writer.generation("payment")]
+
+
+def test_superseded_generation_kept_for_grace(output_dir: Path) -> None:
+    writer = Writer(output_dir, old_generation_grace_seconds=0.3)
+    writer.project("payment", SNAPSHOT)
+    first = writer.generation("payment")
+    assert first is not None
+    target_dir = output_dir / "payment"
+    changed = {**SNAPSHOT, "db-password": b"fake-db-password-2"}
+
+    assert writer.project("payment", changed) is True
+    assert writer.project("payment", changed) is False
+    assert (target_dir / first / "db-password").read_bytes() == SNAPSHOT["db-password"]
+    assert generation_dirs(target_dir) == sorted([first, writer.generation("payment")])
+
+    time.sleep(0.35)
+    assert writer.project("payment", changed) is False
+    assert generation_dirs(target_dir) == [writer.generation("payment")]
+
+
+def test_negative_grace_rejected(output_dir: Path) -> None:
+    with pytest.raises(ValueError):
+        Writer(output_dir, old_generation_grace_seconds=-1)
 
 
 def test_removed_and_new_keys(output_dir: Path) -> None:
@@ -169,7 +193,7 @@ def test_removed_and_new_keys(output_dir: Path) -> None:
 
 
 def test_empty_snapshot(output_dir: Path) -> None:
-    writer = Writer(output_dir)
+    writer = Writer(output_dir, old_generation_grace_seconds=0)
     writer.project("payment", SNAPSHOT)
 
     assert writer.project("payment", {}) is True
@@ -312,7 +336,8 @@ def test_crash_leftovers_removed(output_dir: Path) -> None:
     os.symlink("elsewhere", target_dir / "application-link")
     (target_dir / "..application-reserved").mkdir()
 
-    assert writer.project("payment", SNAPSHOT) is False
+    restarted = Writer(output_dir)  # leftovers of a crash meet a new process
+    assert restarted.project("payment", SNAPSHOT) is False
 
     names = set(os.listdir(target_dir))
     assert orphan.name not in names

@@ -131,6 +131,8 @@ class VaultStore(Store):
         fails with 5xx, AccessDeniedError when the login is rejected, and TLSVerificationError
         when Vault's certificate is not trusted.
         """
+        if not keys:
+            return {}
         self.connection.ensure_token()
         self._token_checked = False
         results: dict[RemoteKey, RemoteValue | Exception] = {}

@@ -302,6 +302,13 @@ def test_key_without_path_in_mount(vault, token_store) -> None:
 # -- several keys, one read each ---------------------------------------------------------------
 
 
+def test_fetch_nothing_sends_nothing(vault, token_store) -> None:
+    store = token_store()
+
+    assert store.fetch([]) == {}
+    assert vault.count() == 0
+
+
 def test_missing_key_beside_found_keys(vault, token_store) -> None:
     vault.kv_put("secret", "order-service", ORDER_SERVICE)
     vault.kv_put("secret", "payment", {"api-key": "fake-api-key-1"})

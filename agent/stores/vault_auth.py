@@ -4,7 +4,8 @@
 - One login per store, reused: a token created by login is renewed (`renew-self`) once about
   two thirds of its TTL has passed, checked before each use and by `maintain()`.
 - When renewal is refused, or the max TTL stops the token from growing, it logs in again and
-  then revokes the old token, so at most one token created by this store is alive between calls.
+  then revokes the old token. So at most one token created by this store is alive between
+  calls, unless a revocation fails (logged as `vault_token_revoke_failed`).
 - A token read from `tokenSecretRef` belongs to someone else: it is renewed when renewable, read
   again from its file at every use (so a rotated token is picked up), and never revoked.
 - Credentials are read from their files at every login (a rotated service account token is used

@@ -1,7 +1,8 @@
 """The sync loop: fetch what the declarations name, build snapshots, project them, on schedule.
 
 One round takes every due target, groups them by store, fetches each store's remote keys in one
-batched call, then builds and writes each target on its own: a target whose keys all arrived is
+batched call (different stores in parallel threads), then builds and writes each target on its
+own: a target whose keys all arrived is
 switched, a target with any failed key keeps its previous generation (last good wins).
 
 `run_once` serves the init container: it retries transient failures until a deadline and reports
@@ -18,6 +19,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +39,7 @@ BACKOFF_MIN_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 300.0
 REFRESH_JITTER = 0.10
 STORE_RETRY_SECONDS = 10.0
+MAX_PARALLEL_STORES = 8
 
 
 def backoff_delay(failures: int, *, rng: Callable[[], float] = random.random) -> float:
@@ -141,13 +144,29 @@ class Syncer:
 
     def sync(self, states: list[TargetState]) -> RoundResult:
         """Fetch, build and write the given targets once; update their state and metrics."""
-        result = RoundResult()
         groups: dict[tuple[str, str], list[TargetState]] = defaultdict(list)
         for state in states:
             groups[state.declaration.store_ref].append(state)
-        for ref, group in groups.items():
+        results = [RoundResult() for _ in groups]
+        work = list(zip(groups.items(), results, strict=True))
+        if len(work) == 1:
+            (ref, group), result = work[0]
             self._sync_store(ref, group, result)
-        return result
+        else:
+            # Stores are independent, so their requests overlap; each store and each target is
+            # still handled by one thread only.
+            with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_STORES, len(work)),
+                                    thread_name_prefix="sync") as pool:
+                futures = [pool.submit(self._sync_store, ref, group, result)
+                           for (ref, group), result in work]
+                for future in futures:
+                    future.result()
+        merged = RoundResult()
+        for result in results:
+            merged.changed += result.changed
+            merged.unchanged += result.unchanged
+            merged.failed.update(result.failed)
+        return merged
 
     def _sync_store(
         self, ref: tuple[str, str], group: list[TargetState], result: RoundResult

@@ -143,10 +143,17 @@ class _Builder:
     ) -> dict[str, bytes] | None:
         value = fetched.get(RemoteKey(ref.key, ref.version))
         if isinstance(value, RemoteKeyNotFoundError) and ref.version is None:
-            # The key may name a path prefix: import every remote key beneath it.
-            imported = self.prefix(ref.key, read_prefix, ref.decoding_strategy, field_path)
-            if imported:
-                return imported
+            # The key may name a path prefix: import every remote key beneath it. When the
+            # prefix cannot be listed either, the user is told about the missing key, unless
+            # the listing failed for a transient reason worth a retry.
+            try:
+                values = read_prefix(ref.key)
+            except StoreError as error:
+                values = {}
+                if error.transient:
+                    value = error
+            if values:
+                return self.import_values(ref.key, values, ref.decoding_strategy, field_path)
         if value is None or isinstance(value, Exception):
             self.fail(
                 value
@@ -199,6 +206,17 @@ class _Builder:
         except StoreError as error:
             self.fail(error, field_path)
             return None
+        return self.import_values(path, values, strategy, field_path, name_filter=name_filter)
+
+    def import_values(
+        self,
+        path: str,
+        values: Mapping[str, RemoteValue],
+        strategy: DecodingStrategy,
+        field_path: str,
+        *,
+        name_filter: re.Pattern[str] | None = None,
+    ) -> dict[str, bytes]:
         imported: dict[str, bytes] = {}
         for remote_key, value in sorted(values.items()):
             if name_filter is not None and name_filter.search(remote_key) is None:

@@ -237,3 +237,41 @@ def test_any_failed_key_fails_whole_target():
 )
 def test_relative_key_name(prefix, key, name):
     assert relative_key_name(prefix, key) == name
+
+
+def test_extract_reports_missing_key_when_listing_denied():
+    from agent.errors import AccessDeniedError
+
+    decl = declaration({"dataFrom": [{"extract": {"key": "app/config"}}]})
+    missing = RemoteKeyNotFoundError("not found", store="s", remote_key="app/config")
+
+    def read_prefix(path: str) -> dict:
+        raise AccessDeniedError("list denied", store="s", remote_key=path)
+
+    with pytest.raises(SnapshotError) as caught:
+        build_snapshot(
+            decl,
+            store_name="s",
+            fetched={RemoteKey("app/config"): missing},
+            read_prefix=read_prefix,
+        )
+    assert caught.value.errors == [missing]
+
+
+def test_extract_retries_when_listing_unavailable():
+    decl = declaration({"dataFrom": [{"extract": {"key": "app/config"}}]})
+    missing = RemoteKeyNotFoundError("not found", store="s", remote_key="app/config")
+    outage = StoreUnavailableError("sealed", store="s")
+
+    def read_prefix(path: str) -> dict:
+        raise outage
+
+    with pytest.raises(SnapshotError) as caught:
+        build_snapshot(
+            decl,
+            store_name="s",
+            fetched={RemoteKey("app/config"): missing},
+            read_prefix=read_prefix,
+        )
+    assert caught.value.errors == [outage]
+    assert caught.value.transient

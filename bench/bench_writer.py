@@ -4,8 +4,10 @@ Usage: python bench/bench_writer.py [--generations N] [--directory DIR]
 
 For 10 and 100 secret keys of 1 KiB each, it measures:
 - `writer`: Writer.project with new content each time (compare with the current generation,
-  build and fsync a generation directory, switch `..data`, fsync, remove the old generation);
-- `unchanged`: Writer.project with the same content (read and compare only, no switch);
+  build and fsync a generation directory, switch `..data`, fsync, remove the old generation).
+  The Writer runs with a grace of 0, so each switch also pays for removing the generation it
+  superseded. With the default 1 s grace, a short run would defer that removal past its end.
+- `unchanged`: Writer.project with the same content (read and compare only, no switch).
 - `naive`: each file written to a temporary name, fsynced and renamed over its final name, then
   one fsync of the directory. Each file is atomic, the set is not, so readers can see a mix.
 
@@ -74,7 +76,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def measure(base: Path, key_count: int, generations: int) -> dict[str, list[float]]:
     snapshots = [make_snapshot(key_count, number) for number in range(generations + 1)]
-    writer = Writer(base / f"writer-{key_count}")
+    writer = Writer(base / f"writer-{key_count}", old_generation_grace_seconds=0)
     target = f"bench-{key_count}"
     writer.project(target, snapshots[0])
 
@@ -110,8 +112,11 @@ def main() -> None:
 
     base = Path(tempfile.mkdtemp(prefix="bench-writer-", dir=arguments.directory))
     try:
-        print(f"directory {base}, {arguments.generations} generations per case, ")
-        print(f"values of {VALUE_SIZE} bytes, {os.cpu_count()} CPUs")
+        print(
+            f"directory {base}, {arguments.generations} generations per case, "
+            f"values of {VALUE_SIZE} bytes, {os.cpu_count()} CPUs, load average "
+            f"{os.getloadavg()[0]:.2f}"
+        )
         print()
         header = (
             f"{'keys':>5} {'writer p50':>11} {'p95':>7} {'unchanged p50':>14} {'p95':>7} "

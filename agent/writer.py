@@ -29,14 +29,17 @@ What the writer guarantees:
   no generation and changes no mtime. Missing or wrong visible links are still repaired, as the
   kubelet does after a restart halfway through a write.
 - A failed projection leaves the previous generation current and removes its own temporary
-  generation directory. Leftovers of a crash (`..data_tmp`, generation directories that
-  `..data` does not point to) are removed by the next projection.
+  generation directory. Leftovers of a crash (`..data_tmp`, `..link_tmp.*`, generation
+  directories that `..data` does not point to, links of removed keys) are removed by the
+  first projection of the target in a new process, and by the one after a failed projection.
+  Between those, a projection removes only the entries this Writer recorded as its own.
 - A superseded generation stays on disk for a grace period (1 s by default) and is removed by
   the first projection after that, changed or not. Unlike the kubelet, which removes it at
   once, this lets a reader whose path lookup read the old `..data` a moment before the switch
   still open its file. With immediate removal, a reader of a visible name preempted during
   its lookup got ENOENT (5 times in about 69,000 reads during 10,000 back-to-back switches on
-  2 CPUs). A grace of 0 restores the kubelet's behaviour.
+  2 loaded CPUs, in tests/writer/test_writer_concurrent_readers.py). A grace of 0 restores the
+  kubelet's behaviour.
 
 What it does not guarantee:
 - Concurrent writers on one target. Callers serialise writes per target. The per-target lock
@@ -262,7 +265,7 @@ _FIX_LINK_NAME = "remove the directory, because the visible link of a secret key
 
 @dataclass
 class _TargetState:
-    """What one Writer remembers about a target between projections."""
+    """State one Writer keeps per target between projections."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     # Generations this Writer superseded, with the time.monotonic() of the switch.
@@ -879,8 +882,8 @@ def _write_file(
     content: bytes,
     ownership: FileOwnership,
 ) -> None:
-    # The file is created with mode 0 and gets its owner before its mode, so nobody outside the
-    # configured owner and group can read it at any instant, and the umask plays no part.
+    # The file is created with mode 0 and gets its owner before its mode. At no instant can a
+    # user outside the configured owner and group read it, and the umask plays no part.
     with found.step("create file", relative, fix=_FIX_VOLUME):
         fd = os.open(name, _CREATE_FLAGS, 0, dir_fd=dir_fd)
     try:

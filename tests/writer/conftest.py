@@ -14,16 +14,14 @@ SHARED_MEMORY = Path("/dev/shm")
 
 
 @pytest.fixture
-def tmpfs_dir(tmp_path: Path) -> Iterator[Path]:
-    """A fresh directory on /dev/shm (tmpfs) when present, else pytest's tmp_path.
+def tmpfs_dir() -> Iterator[Path]:
+    """A fresh directory on /dev/shm (tmpfs), or in the system temporary directory without it.
 
-    Its mode is 0755 so that a reader running with another uid can traverse it.
+    Its mode is 0755 so that a reader running with another uid can traverse it. pytest's
+    tmp_path would not do for that: its parent directories are 0700.
     """
-    if not SHARED_MEMORY.is_dir():
-        tmp_path.chmod(0o755)
-        yield tmp_path
-        return
-    directory = Path(tempfile.mkdtemp(prefix="writer-test-", dir=SHARED_MEMORY))
+    base = SHARED_MEMORY if SHARED_MEMORY.is_dir() else None
+    directory = Path(tempfile.mkdtemp(prefix="writer-test-", dir=base))
     directory.chmod(0o755)
     try:
         yield directory

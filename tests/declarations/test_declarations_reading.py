@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 from declaration_manifests import base_documents, dump, error_at, load_errors, write
 
 import agent.declarations
@@ -344,3 +345,37 @@ def test_error_rendering_names_everything(tmp_path: Path) -> None:
         "must not be empty; give it a value"
     )
     assert str(caught.value).startswith("1 invalid declaration(s):")
+
+
+YAML_SAMPLES = {
+    "scalars": "a: yes\nb: off\nc: ~\nd: 0o17\ne: 0x1f\nf: 1_000\ng: 1.5e3\nh: .inf\ni: '1'\n",
+    "timestamps": "date: 2024-05-01\ntime: 2024-05-01T10:00:00Z\n",
+    "explicit tags": "a: !!str 123\nb: !!int '7'\nc: !!binary aGVsbG8=\nd: !!float 1\n",
+    "block strings": "a: |\n  line one\n  line two\nb: >-\n  folded\n  text\n",
+    "anchors": "base: &b {x: 1, y: [1, 2]}\nuse: *b\nlist: &l [a, b]\nagain: *l\n",
+    "merge keys": "base: &b {x: 1, y: 2}\nd: {<<: *b, y: 3}\ne:\n  <<: [*b, {z: 4}]\n",
+    "collection tags": "s: !!set {a, b}\no: !!omap [{a: 1}, {b: 2}]\n",
+    "non-string keys": "1: one\ntrue: yes\n~: null key\n",
+    "several documents": "---\na: 1\n---\n---\n- x\n- y\n",
+    "unicode": 'name: zahlungsdienst-ü\nemoji: "\\u263A"\n',
+}
+
+
+@pytest.mark.parametrize("text", YAML_SAMPLES.values(), ids=YAML_SAMPLES.keys())
+def test_yaml_values_match_pyyaml(text: str) -> None:
+    assert agent.declarations._yaml_documents(text) == list(yaml.load_all(text, yaml.SafeLoader))
+
+
+def test_yaml_anchor_shared_not_copied() -> None:
+    [document] = agent.declarations._yaml_documents("a: &x {k: v}\nb: *x\n")
+
+    assert document["a"] is document["b"]
+
+
+def test_yaml_mapping_as_key_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path, "key.yaml", "? {a: 1}\n: value\n")
+
+    errors = load_errors(path)
+
+    assert len(errors) == 1
+    assert "line 1, column 3: found a mapping or list as a key" in errors[0].problem

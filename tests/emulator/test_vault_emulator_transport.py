@@ -36,6 +36,7 @@ def test_success_envelope_fields_and_headers(emulator: VaultEmulator, raw: RawCl
     assert response.status == 200
     assert response.headers["Content-Type"] == "application/json"
     assert response.headers["Cache-Control"] == "no-store"
+    assert "Server" not in response.headers
     assert response.body.endswith(b"}\n")
     document = response.json
     assert list(document) == ENVELOPE_KEYS

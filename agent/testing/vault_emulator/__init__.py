@@ -1,10 +1,10 @@
 """An in-process HashiCorp Vault API emulator for tests, the demo and benchmarks.
 
-It responds over real HTTP (or HTTPS) the way Vault 1.1x does, closely enough that hvac 2.4
-cannot tell the difference for: the `/v1/` transport (LIST and `?list=true`, `X-Vault-Token`
-and `Authorization: Bearer`, namespaces), the success and error envelopes, `sys/health`,
-`sys/seal-status`, `sys/mounts`, `sys/internal/ui/mounts`, policies, token auth, Kubernetes,
-AppRole and JWT logins, KV v1 and v2, the `database` engine and `sys/leases`.
+It responds over real HTTP (or HTTPS) the way Vault 1.1x does. Its conformance tests drive it
+with hvac 2.4 and check Vault's replies for: the `/v1/` transport (LIST and `?list=true`,
+`X-Vault-Token` and `Authorization: Bearer`, namespaces), the success and error envelopes,
+`sys/health`, `sys/seal-status`, `sys/mounts`, `sys/internal/ui/mounts`, policies, token auth,
+Kubernetes, AppRole and JWT logins, KV v1 and v2, the `database` engine and `sys/leases`.
 
 Use it as a context manager:
 

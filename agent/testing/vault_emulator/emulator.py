@@ -522,7 +522,11 @@ class VaultEmulator:
 
     @property
     def requests(self) -> list[RequestRecord]:
-        """Return a copy of the request records, oldest first."""
+        """Return a copy of the request records, oldest first.
+
+        Records accumulate for the emulator's lifetime (about 320 bytes each), so a long
+        benchmark should call `clear_requests()` between rounds.
+        """
         with self._state.lock:
             return list(self._state.records)
 

@@ -90,7 +90,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(HTTPResult(413, error, headers))
 
     def _send(self, result: HTTPResult) -> None:
-        self.send_response(result.status)
+        # Vault sends no Server header, so this skips the one send_response() would add.
+        self.log_request(result.status)
+        self.send_response_only(result.status)
+        self.send_header("Date", self.date_time_string())
         for name, value in result.headers.items():
             self.send_header(name, value)
         if result.status != 204:

@@ -157,6 +157,8 @@ class Model(BaseModel):
         extra="forbid",
         frozen=True,
         strict=False,
+        # str(ValidationError) would otherwise quote each rejected value, which may be a secret.
+        hide_input_in_errors=True,
     )
 
 
@@ -440,7 +442,7 @@ class ExternalSecretSpec(Model):
 class ObjectMeta(BaseModel):
     """Kubernetes metadata. Fields other than these are accepted and have no effect here."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, hide_input_in_errors=True)
 
     name: str = Field(min_length=1)
     namespace: str | None = None

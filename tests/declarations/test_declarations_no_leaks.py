@@ -22,6 +22,9 @@ from declaration_manifests import (
     with_field,
     write,
 )
+from pydantic import ValidationError
+
+from agent.models import ExternalSecretSpec
 
 FAKE = "fake-vault-token-1"
 VAULT = "spec.provider.vault"
@@ -104,3 +107,13 @@ FILE_CASES = [
 @pytest.mark.parametrize(("name", "text"), FILE_CASES, ids=[name for name, _ in FILE_CASES])
 def test_broken_file_content_not_shown(tmp_path: Path, name: str, text: str) -> None:
     assert_value_not_shown(load_errors(write(tmp_path, name, text)))
+
+
+def test_validation_error_text_hides_input() -> None:
+    spec = {"secretStoreRef": {"name": "store"}, "data": [{"secretKey": "a", "remoteRef": FAKE}]}
+
+    with pytest.raises(ValidationError) as caught:
+        ExternalSecretSpec.model_validate(spec)
+
+    assert "fake-vault-token" not in str(caught.value)
+    assert "fake-vault-token" not in repr(caught.value)

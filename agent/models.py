@@ -6,8 +6,8 @@ a field secrets-agent does not support is reported instead of being silently ign
 `UNSUPPORTED_FIELDS` and `DEFAULT_ONLY_FIELDS` give the fix for the common ones. Loading
 files and reporting errors lives in `agent.declarations`; this module holds only the shapes.
 
-No validator here puts the input value into its error message, so a token pasted into the wrong
-field cannot leak through an error.
+No validator here puts a rejected input into its error message (the declaration tests check
+this), so a token pasted into the wrong field cannot leak through an error.
 """
 
 from __future__ import annotations

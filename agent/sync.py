@@ -139,6 +139,7 @@ class Syncer:
         self.lock = threading.Lock()
         self.states = {d.target: TargetState(d) for d in declarations.external_secrets}
         self._store_due: dict[str, float] = {}
+        self._cleanup_due: float | None = None
 
     # --- one round ------------------------------------------------------------------------------
 
@@ -155,10 +156,13 @@ class Syncer:
         else:
             # Stores are independent, so their requests overlap; each store and each target is
             # still handled by one thread only.
-            with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_STORES, len(work)),
-                                    thread_name_prefix="sync") as pool:
-                futures = [pool.submit(self._sync_store, ref, group, result)
-                           for (ref, group), result in work]
+            with ThreadPoolExecutor(
+                max_workers=min(MAX_PARALLEL_STORES, len(work)), thread_name_prefix="sync"
+            ) as pool:
+                futures = [
+                    pool.submit(self._sync_store, ref, group, result)
+                    for (ref, group), result in work
+                ]
                 for future in futures:
                     future.result()
         merged = RoundResult()
@@ -338,7 +342,15 @@ class Syncer:
             if due:
                 self.sync(due)
             self._maintain_stores()
+            self._remove_superseded(changed=bool(due))
             stop.wait(self._seconds_until_next())
+
+    def _remove_superseded(self, *, changed: bool) -> None:
+        """Remove old generations once their grace period has passed (see Writer)."""
+        if not changed and (self._cleanup_due is None or self._cleanup_due > self.clock()):
+            return
+        delay = self.writer.remove_superseded()
+        self._cleanup_due = None if delay is None else self.clock() + delay
 
     def _maintain_stores(self) -> None:
         """Let stores that keep credentials alive (Vault tokens) renew them when due."""
@@ -367,6 +379,8 @@ class Syncer:
     def _seconds_until_next(self) -> float | None:
         deadlines = [s.next_due for s in self.states.values() if not s.finished]
         deadlines += list(self._store_due.values())
+        if self._cleanup_due is not None:
+            deadlines.append(self._cleanup_due)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - self.clock())

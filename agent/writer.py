@@ -362,6 +362,35 @@ class Writer:
         with self._open_target(target, create=False) as found:
             return None if found is None else _current_generation(found)
 
+    def remove_superseded(self) -> float | None:
+        """Remove superseded generations whose grace period has passed, in every target.
+
+        Returns the seconds until the next kept generation expires, or None when none is kept.
+        The sync loop calls this on that schedule, so old values leave the volume soon after a
+        switch even when no later projection of the target comes. A failed removal is logged,
+        and the leftover scan of a later first projection in a process removes the directory.
+        """
+        grace = self.old_generation_grace_seconds
+        next_expiry: float | None = None
+        with self._states_guard:
+            targets = list(self._states.items())
+        for target, state in targets:
+            if not state.superseded:
+                continue
+            with state.lock, self._open_target(target, create=False) as found:
+                if found is None:
+                    state.superseded.clear()
+                    continue
+                now = time.monotonic()
+                for generation, superseded_at in sorted(state.superseded.items()):
+                    remaining = superseded_at + grace - now
+                    if remaining <= 0:
+                        _remove_generation(found, generation)
+                        del state.superseded[generation]
+                    elif next_expiry is None or remaining < next_expiry:
+                        next_expiry = remaining
+        return next_expiry
+
     def _create_output_dir(self) -> None:
         fix = "set the output directory to a writable path, usually the shared volume's mount"
         try:

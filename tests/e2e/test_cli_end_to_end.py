@@ -263,6 +263,8 @@ def test_run_adopts_refreshes_and_stops(stand_ins):
         )
         assert changed, "the changed value did not reach the file within the interval"
         assert (target / "api-key").read_bytes() == b"fake-api-key-1"
+        old_removed = wait_for(lambda: len(_generations(target)) == 1, seconds=5)
+        assert old_removed, "the superseded generation must leave the volume after its grace"
 
         status, metrics = http_get(f"http://127.0.0.1:{port}/metrics")
         assert status == 200
@@ -311,6 +313,14 @@ def test_run_keeps_last_good_files_while_store_fails(stand_ins):
         stdout, stderr = sidecar.communicate(timeout=10)
     assert "event=sync_failed" in stderr
     assert_no_values(stdout + stderr)
+
+
+def _generations(target: Path) -> list[str]:
+    return [
+        entry.name
+        for entry in target.iterdir()
+        if entry.name.startswith("..") and entry.name[2:3].isdigit()
+    ]
 
 
 def _ready(port: int) -> bool:

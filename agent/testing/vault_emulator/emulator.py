@@ -378,7 +378,7 @@ class VaultEmulator:
         role: str,
         *,
         policies: list[str],
-        bound_audiences: list[str] = (),
+        bound_audiences: Iterable[str] = (),
         user_claim: str = "sub",
         bound_subject: str = "",
         bound_claims: Mapping[str, Any] | None = None,

@@ -43,10 +43,12 @@ MAX_PARALLEL_STORES = 8
 
 
 def backoff_delay(failures: int, *, rng: Callable[[], float] = random.random) -> float:
-    """Delay before retry number `failures` (1-based): exponential from 1 s, capped at 5 min,
-    with jitter over the upper half so that many agents do not retry in step."""
-    ceiling = min(BACKOFF_MAX_SECONDS, BACKOFF_MIN_SECONDS * 2 ** max(0, failures - 1))
-    return ceiling / 2 + ceiling / 2 * rng()
+    """Delay before retry number `failures` (1-based): drawn between half the ceiling and the
+    ceiling, which doubles from 2 s up to 5 min, so delays stay between 1 s and 5 min and
+    many agents do not retry in step."""
+    ceiling = min(BACKOFF_MAX_SECONDS, 2 * BACKOFF_MIN_SECONDS * 2 ** max(0, failures - 1))
+    floor = max(BACKOFF_MIN_SECONDS, ceiling / 2)
+    return floor + (ceiling - floor) * rng()
 
 
 @dataclass

@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -24,6 +25,9 @@ from agent.logs import configure_logging, log_event
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INVALID = 2
+
+# How long `run` waits after SIGTERM for the current round and the store cleanup.
+STOP_SECONDS = 0.8
 
 if TYPE_CHECKING:
     from agent.declarations import Declarations
@@ -195,13 +199,42 @@ def _run(settings: Settings, declarations: Declarations) -> int:
         targets=len(syncer.states),
         listen=f"{host}:{port}",
     )
-    try:
-        syncer.run_forever(stop)
-    finally:
-        server.stop()
-        syncer.stores.close()
+    crashed: list[BaseException] = []
+
+    def keep_in_sync() -> None:
+        try:
+            syncer.run_forever(stop)
+        except Exception as error:  # a defect, not a store failure: stop instead of hanging
+            crashed.append(error)
+            log_event(
+                logger, logging.CRITICAL, "agent_crashed", error=f"{type(error).__name__}: {error}"
+            )
+        finally:
+            stop.set()
+
+    loop = threading.Thread(target=keep_in_sync, name="sync", daemon=True)
+    loop.start()
+    stop.wait()  # signal handlers still run while the main thread waits here
+    server.stop()
+    _finish_within(STOP_SECONDS, loop, syncer)
     log_event(logger, logging.INFO, "agent_stopped")
-    return EXIT_OK
+    return EXIT_FAILED if crashed else EXIT_OK
+
+
+def _finish_within(seconds: float, loop: threading.Thread, syncer: Syncer) -> None:
+    """Let the sync loop finish its round and close the stores (revoking Vault tokens), but
+    exit after `seconds` whatever is still in flight. Files stay consistent either way: an
+    interrupted projection leaves only a temporary directory that the next start removes."""
+    deadline = time.monotonic() + seconds
+    loop.join(timeout=seconds)
+    if loop.is_alive():
+        log_event(logger, logging.WARNING, "agent_stop_forced", step="sync round")
+        return
+    closer = threading.Thread(target=syncer.stores.close, name="close-stores", daemon=True)
+    closer.start()
+    closer.join(timeout=max(0.0, deadline - time.monotonic()))
+    if closer.is_alive():
+        log_event(logger, logging.WARNING, "agent_stop_forced", step="close stores")
 
 
 if __name__ == "__main__":  # pragma: no cover

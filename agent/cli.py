@@ -185,6 +185,7 @@ def _run(settings: Settings, declarations: Declarations) -> int:
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         log_event(logger, logging.INFO, "agent_stopping", signal=signal.Signals(signum).name)
+        syncer.request_stop()
         stop.set()
 
     signal.signal(signal.SIGTERM, request_stop)
@@ -203,7 +204,7 @@ def _run(settings: Settings, declarations: Declarations) -> int:
 
     def keep_in_sync() -> None:
         try:
-            syncer.run_forever(stop)
+            syncer.run_forever()
         except Exception as error:  # a defect, not a store failure: stop instead of hanging
             crashed.append(error)
             log_event(

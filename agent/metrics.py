@@ -60,6 +60,19 @@ class Metrics:
             registry=self.registry,
         )
 
+    def forget_target(self, target: str) -> None:
+        """Drop every series of a target that is no longer declared."""
+        for metric in (self.last_success, self.target_ready):
+            try:
+                metric.remove(target)
+            except KeyError:
+                pass
+        for result in ("success", "unchanged", "error"):
+            try:
+                self.sync_total.remove(target, result)
+            except KeyError:
+                pass
+
     @contextmanager
     def backend_request(self, store: str, operation: str) -> Iterator[BackendCall]:
         """Time one backend request and count it; an exception counts as `error`

@@ -13,6 +13,7 @@ the next deadline instead of polling. Stores are used from this thread only.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import threading
@@ -62,10 +63,26 @@ class TargetState:
     finished: bool = False
     last_error: AgentError | None = None
     last_success: float | None = None
+    digests: dict[str, bytes] | None = None
 
     @property
     def target(self) -> str:
         return self.declaration.target
+
+
+@dataclass(frozen=True)
+class Change:
+    """A target switched to a new generation, with the names (never values) of its secret keys
+    that were added, changed or removed. A target's first write lists every key as added."""
+
+    target: str
+    added: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(sorted((*self.added, *self.changed, *self.removed)))
 
 
 @dataclass
@@ -75,6 +92,16 @@ class RoundResult:
     changed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     failed: dict[str, AgentError] = field(default_factory=dict)
+    changes: list[Change] = field(default_factory=list)
+
+
+# Called in the sync thread after a round that switched at least one target. A listener must
+# return quickly (hand the work to its own thread) and must not raise.
+ChangeListener = Callable[[list[Change]], None]
+
+# Called in the sync thread when its deadline has come; returns the seconds until it wants to
+# run again, or None when it has nothing scheduled.
+PeriodicTask = Callable[[], float | None]
 
 
 class StorePool:
@@ -98,19 +125,28 @@ class StorePool:
     def opened(self) -> list[Store]:
         return list(self._open.values())
 
+    def replace(self, declarations: Declarations, *, close: set[tuple[str, str]]) -> None:
+        """Use new declarations; close the open stores in `close` (changed or removed) so that
+        they are opened again from their new declaration on next use."""
+        for ref in close:
+            store = self._open.pop(ref, None)
+            if store is not None:
+                self._close(store)
+        self._declarations = declarations
+
     def close(self) -> None:
         for store in self._open.values():
-            try:
-                store.close()
-            except AgentError as error:
-                log_event(
-                    logger,
-                    logging.WARNING,
-                    "store_close_failed",
-                    store=store.name,
-                    error=str(error),
-                )
+            self._close(store)
         self._open.clear()
+
+    @staticmethod
+    def _close(store: Store) -> None:
+        try:
+            store.close()
+        except AgentError as error:
+            log_event(
+                logger, logging.WARNING, "store_close_failed", store=store.name, error=str(error)
+            )
 
 
 class Syncer:
@@ -142,6 +178,11 @@ class Syncer:
         self.states = {d.target: TargetState(d) for d in declarations.external_secrets}
         self._store_due: dict[str, float] = {}
         self._cleanup_due: float | None = None
+        self.listeners: list[ChangeListener] = []
+        self._tasks: list[tuple[PeriodicTask, list[float]]] = []
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._pending_declarations: Declarations | None = None
 
     # --- one round ------------------------------------------------------------------------------
 
@@ -172,7 +213,23 @@ class Syncer:
             merged.changed += result.changed
             merged.unchanged += result.unchanged
             merged.failed.update(result.failed)
+            merged.changes += result.changes
+        if merged.changes:
+            self._announce(merged.changes)
         return merged
+
+    def _announce(self, changes: list[Change]) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(changes)
+            except Exception as error:  # a listener's defect must not stop syncing
+                log_event(
+                    logger,
+                    logging.ERROR,
+                    "change_listener_failed",
+                    listener=getattr(listener, "__qualname__", repr(listener)),
+                    error=f"{type(error).__name__}: {error}",
+                )
 
     def _sync_store(
         self, ref: tuple[str, str], group: list[TargetState], result: RoundResult
@@ -230,6 +287,10 @@ class Syncer:
         except (SnapshotError, ProjectionError) as error:
             self._record_failure(state, error, result)
             return
+        digests = _digests(snapshot.data)
+        if changed:
+            result.changes.append(_compare(state.target, state.digests, digests))
+        state.digests = digests
         self._record_success(
             state,
             changed=changed,
@@ -329,23 +390,140 @@ class Syncer:
         """Mark targets that already have a complete generation on disk (an init container's
         work) as complete, so readiness holds from the start and nothing is rewritten."""
         for state in self.states.values():
-            if self.writer.generation(state.target) is not None:
-                state.complete = True
-                self.metrics.target_ready.labels(state.target).set(1)
-            else:
-                self.metrics.target_ready.labels(state.target).set(0)
+            self._adopt_target(state)
 
-    def run_forever(self, stop: threading.Event) -> None:
-        """Keep every target in sync until `stop` is set; returns within a moment of it."""
+    def _adopt_target(self, state: TargetState) -> None:
+        try:
+            current = self.writer.read(state.target)
+        except ProjectionError as error:
+            log_event(
+                logger, logging.WARNING, "adopt_failed", target=state.target, error=str(error)
+            )
+            current = None
+        if current is not None:
+            state.complete = True
+            state.digests = _digests(current)
+            self.metrics.target_ready.labels(state.target).set(1)
+        else:
+            self.metrics.target_ready.labels(state.target).set(0)
+
+    def run_forever(self) -> None:
+        """Keep every target in sync until `request_stop` is called; returns within a moment of
+        it unless a round is in progress."""
         self.adopt()
-        while not stop.is_set():
+        while not self._stopping.is_set():
+            # Cleared before the work, so a wake-up requested during the work is not lost.
+            self._wake.clear()
+            self._apply_pending_declarations()
             now = self.clock()
             due = [s for s in self.states.values() if not s.finished and s.next_due <= now]
             if due:
                 self.sync(due)
             self._maintain_stores()
             self._remove_superseded(changed=bool(due))
-            stop.wait(self._seconds_until_next())
+            self._run_tasks()
+            self._wake.wait(self._seconds_until_next())
+
+    def request_stop(self) -> None:
+        """Make `run_forever` return after the current step; safe from any thread."""
+        self._stopping.set()
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Make the loop look at its deadlines now; safe from any thread."""
+        self._wake.set()
+
+    def add_task(self, task: PeriodicTask) -> None:
+        """Run `task` in the sync thread at the next turn of the loop and then on its schedule."""
+        self._tasks.append((task, [0.0]))
+        self.wake()
+
+    def _run_tasks(self) -> None:
+        for task, due in self._tasks:
+            if due[0] > self.clock() or due[0] == float("inf"):
+                continue
+            try:
+                delay = task()
+            except Exception as error:  # one task's defect must not stop syncing
+                log_event(
+                    logger,
+                    logging.ERROR,
+                    "task_failed",
+                    task=getattr(task, "__qualname__", repr(task)),
+                    error=f"{type(error).__name__}: {error}",
+                )
+                delay = STORE_RETRY_SECONDS
+            due[0] = float("inf") if delay is None else self.clock() + max(0.0, delay)
+
+    def reschedule_task(self, task: PeriodicTask, delay: float = 0.0) -> None:
+        """Run a registered task after `delay` seconds; safe from any thread."""
+        for registered, due in self._tasks:
+            if registered is task:
+                due[0] = self.clock() + delay
+        self.wake()
+
+    # --- declarations reload ------------------------------------------------------------------
+
+    def replace_declarations(self, declarations: Declarations) -> None:
+        """Switch to a new, already validated set of declarations at the next turn of the loop;
+        safe from any thread."""
+        with self.lock:
+            self._pending_declarations = declarations
+        self.wake()
+
+    def _apply_pending_declarations(self) -> None:
+        with self.lock:
+            declarations, self._pending_declarations = self._pending_declarations, None
+        if declarations is None:
+            return
+        old_stores = self.declarations.stores
+        changed_stores = {
+            ref
+            for ref, store in old_stores.items()
+            if declarations.stores.get(ref) is None or declarations.stores[ref].spec != store.spec
+        }
+        self.stores.replace(declarations, close=changed_stores)
+        added, updated, removed = [], [], []
+        states: dict[str, TargetState] = {}
+        for declaration in declarations.external_secrets:
+            previous = self.states.get(declaration.target)
+            if previous is None:
+                state = TargetState(declaration)
+                self._adopt_target(state)
+                added.append(declaration.target)
+            elif (
+                previous.declaration.spec != declaration.spec
+                or previous.declaration.metadata.annotations != declaration.metadata.annotations
+                or declaration.store_ref in changed_stores
+            ):
+                state = TargetState(
+                    declaration,
+                    complete=previous.complete,
+                    digests=previous.digests,
+                    last_success=previous.last_success,
+                )
+                updated.append(declaration.target)
+            else:
+                state = previous
+                state.declaration = declaration
+            states[declaration.target] = state
+        removed = [target for target in self.states if target not in states]
+        for target in removed:
+            # Limitation: the files of a removed target stay on disk (last good wins); only
+            # its metrics and readiness entry go.
+            self.metrics.forget_target(target)
+        with self.lock:
+            self.declarations = declarations
+            self.states = states
+        log_event(
+            logger,
+            logging.INFO,
+            "declarations_applied",
+            added=len(added),
+            updated=len(updated),
+            removed=len(removed),
+            targets=",".join(sorted(added + updated + removed)) or "-",
+        )
 
     def _remove_superseded(self, *, changed: bool) -> None:
         """Remove old generations once their grace period has passed (see Writer)."""
@@ -383,6 +561,7 @@ class Syncer:
         deadlines += list(self._store_due.values())
         if self._cleanup_due is not None:
             deadlines.append(self._cleanup_due)
+        deadlines += [due[0] for _, due in self._tasks if due[0] != float("inf")]
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - self.clock())
@@ -413,3 +592,19 @@ def _is_transient(error: AgentError) -> bool:
     if isinstance(error, SnapshotError):
         return error.transient
     return bool(getattr(error, "transient", False))
+
+
+def _digests(data: Mapping[str, bytes]) -> dict[str, bytes]:
+    """Fingerprints of each value, so the loop can name changed keys without keeping values."""
+    return {key: hashlib.sha256(value).digest() for key, value in data.items()}
+
+
+def _compare(target: str, before: dict[str, bytes] | None, after: dict[str, bytes]) -> Change:
+    if before is None:
+        return Change(target, added=tuple(sorted(after)))
+    return Change(
+        target,
+        added=tuple(sorted(set(after) - set(before))),
+        changed=tuple(sorted(k for k in after if k in before and before[k] != after[k])),
+        removed=tuple(sorted(set(before) - set(after))),
+    )

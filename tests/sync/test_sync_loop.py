@@ -216,15 +216,126 @@ def test_run_forever_stops_promptly(vault, tmp_path: Path):
     syncer = make_syncer(
         tmp_path, [VAULT_STORE.format(url=vault.url), external_secret("app", "vault-kv", ["app"])]
     )
-    stop = threading.Event()
-    loop = threading.Thread(target=syncer.run_forever, args=(stop,))
+    loop = threading.Thread(target=syncer.run_forever)
     loop.start()
     deadline = time.monotonic() + 10
     while not syncer.readiness()[0] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert syncer.readiness()[0]
 
-    stop.set()
+    syncer.request_stop()
     loop.join(timeout=1.0)
     assert not loop.is_alive()
     syncer.stores.close()
+
+
+def test_listeners_receive_changed_key_names(aws, tmp_path: Path):
+    ssm = boto3.client("ssm", endpoint_url=aws, region_name="us-east-1")
+    for key in ("/c/a", "/c/b"):
+        ssm.put_parameter(Name=key, Value=f"fake-{key}-1", Type="String")
+    documents = [SSM_STORE, external_secret("app", "aws-ssm", ["/c/a", "/c/b"])]
+    syncer = make_syncer(tmp_path, documents)
+    seen: list = []
+    syncer.listeners.append(seen.append)
+
+    syncer.sync(list(syncer.states.values()))
+    assert [(c.target, c.added, c.changed, c.removed) for c in seen[0]] == [
+        ("app", ("c-a", "c-b"), (), ())
+    ]
+
+    syncer.sync(list(syncer.states.values()))
+    assert len(seen) == 1, "an unchanged round must not announce anything"
+
+    ssm.put_parameter(Name="/c/b", Value="fake-/c/b-2", Type="String", Overwrite=True)
+    syncer.sync(list(syncer.states.values()))
+    assert seen[1][0].changed == ("c-b",)
+    assert seen[1][0].keys == ("c-b",)
+    assert "fake" not in repr(seen)
+    syncer.stores.close()
+
+
+def test_adopted_target_announces_only_real_changes(aws, tmp_path: Path):
+    ssm = boto3.client("ssm", endpoint_url=aws, region_name="us-east-1")
+    ssm.put_parameter(Name="/d/a", Value="fake-a-1", Type="String")
+    documents = [SSM_STORE, external_secret("app", "aws-ssm", ["/d/a"])]
+    first = make_syncer(tmp_path, documents)
+    first.run_once(timeout=10)
+    first.stores.close()
+
+    second = make_syncer(tmp_path, documents)
+    seen: list = []
+    second.listeners.append(seen.append)
+    second.adopt()
+    second.sync(list(second.states.values()))
+    assert seen == []
+    ssm.put_parameter(Name="/d/a", Value="fake-a-2", Type="String", Overwrite=True)
+    second.sync(list(second.states.values()))
+    assert seen[0][0].changed == ("d-a",)
+    second.stores.close()
+
+
+def test_replace_declarations_adds_updates_removes(aws, tmp_path: Path):
+    ssm = boto3.client("ssm", endpoint_url=aws, region_name="us-east-1")
+    for key in ("/r/a", "/r/b", "/r/c"):
+        ssm.put_parameter(Name=key, Value=f"fake-{key}", Type="String")
+    syncer = make_syncer(
+        tmp_path,
+        [
+            SSM_STORE,
+            external_secret("kept", "aws-ssm", ["/r/a"]),
+            external_secret("gone", "aws-ssm", ["/r/a"]),
+        ],
+    )
+    loop = threading.Thread(target=syncer.run_forever)
+    loop.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not syncer.readiness()[0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        config = tmp_path / "new.yaml"
+        config.write_text(
+            "---\n".join(
+                [
+                    SSM_STORE,
+                    external_secret("kept", "aws-ssm", ["/r/a", "/r/b"]),
+                    external_secret("new", "aws-ssm", ["/r/c"]),
+                ]
+            )
+        )
+        syncer.replace_declarations(load_declarations([config]))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (tmp_path / "out" / "new" / "r-c").exists():
+            time.sleep(0.05)
+        assert (tmp_path / "out" / "new" / "r-c").read_bytes() == b"fake-/r/c"
+        assert (tmp_path / "out" / "kept" / "r-b").read_bytes() == b"fake-/r/b"
+        assert sorted(syncer.states) == ["kept", "new"]
+        assert (tmp_path / "out" / "gone" / "r-a").exists(), "a removed target keeps its files"
+    finally:
+        syncer.request_stop()
+        loop.join(timeout=5)
+        syncer.stores.close()
+
+
+def test_periodic_task_runs_on_its_schedule(tmp_path: Path, vault):
+    refs = tmp_path / "refs" / "vault-token"
+    refs.mkdir(parents=True)
+    (refs / "token").write_text(vault.root_token)
+    vault.kv_put("secret", "app", {"v": "fake-v"})
+    syncer = make_syncer(
+        tmp_path, [VAULT_STORE.format(url=vault.url), external_secret("app", "vault-kv", ["app"])]
+    )
+    calls: list[float] = []
+
+    def task() -> float | None:
+        calls.append(time.monotonic())
+        return 0.2 if len(calls) < 3 else None
+
+    syncer.add_task(task)
+    loop = threading.Thread(target=syncer.run_forever)
+    loop.start()
+    time.sleep(1.0)
+    syncer.request_stop()
+    loop.join(timeout=5)
+    syncer.stores.close()
+    assert len(calls) == 3
+    assert calls[2] - calls[1] >= 0.15

@@ -1,4 +1,4 @@
-"""Loading declarations: SecretStore, ClusterSecretStore and ExternalSecret documents from files.
+"""Loading declarations: SecretStore, ClusterSecretStore, ExternalSecret and NotifyTarget documents.
 
 `load_declarations` reads files and directories, parses multi-document YAML and JSON, checks every
 document against `agent.models` and the documents against each other (unknown store, duplicate
@@ -36,16 +36,19 @@ from agent.models import (
     FILE_GID_ANNOTATION,
     FILE_MODE_ANNOTATION,
     FILE_UID_ANNOTATION,
+    NOTIFY_TARGET_API_VERSION,
+    NOTIFY_TARGET_KIND,
     STORE_KINDS,
     UNSUPPORTED_FIELDS,
     ExternalSecretSpec,
+    NotifyTargetSpec,
     ObjectMeta,
     StoreSpec,
 )
 from agent.writer import FileOwnership, check_secret_key
 
 DECLARATION_SUFFIXES = (".yaml", ".yml", ".json")
-KINDS = (*STORE_KINDS, "ExternalSecret")
+KINDS = (*STORE_KINDS, "ExternalSecret", NOTIFY_TARGET_KIND)
 # `status` is accepted and ignored so that the output of `kubectl get -o yaml` loads.
 _TOP_LEVEL_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
 # A declaration is a few levels deep and has dozens of values, so these limits are far above any
@@ -60,6 +63,9 @@ _PLAIN_FIELD_NAME = re.compile(r"[A-Za-z0-9_-]+")
 # Kubernetes kinds are CamelCase words. Anything else in `kind` is not quoted in a message.
 _KIND_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{0,62}")
 _LIST_INDEX = re.compile(r"\[\d+\]")
+# A notify target's name is a metric label and a log field, so it follows Kubernetes' rule for
+# object names (a DNS subdomain), which every applied manifest meets anyway.
+_NOTIFY_TARGET_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 
 try:  # libyaml's parser is several times faster; PyYAML without it still works.
     _BaseLoader: Any = yaml.CSafeLoader
@@ -124,12 +130,22 @@ class ExternalSecretDeclaration:
         return (self.spec.secret_store_ref.kind, self.spec.secret_store_ref.name)
 
 
+@dataclass(frozen=True)
+class NotifyTargetDeclaration:
+    """A NotifyTarget document: whom to tell, and how, after a target's content changed."""
+
+    name: str
+    spec: NotifyTargetSpec
+    origin: Origin
+
+
 @dataclass
 class Declarations:
-    """Every valid declaration, stores keyed by (kind, name), ExternalSecrets in file order."""
+    """Every valid declaration, stores keyed by (kind, name), the others in file order."""
 
     stores: dict[tuple[str, str], StoreDeclaration] = field(default_factory=dict)
     external_secrets: list[ExternalSecretDeclaration] = field(default_factory=list)
+    notify_targets: list[NotifyTargetDeclaration] = field(default_factory=list)
 
 
 def load_declarations(paths: Sequence[Path | str], *, allow_nested: bool = False) -> Declarations:
@@ -479,15 +495,19 @@ class _Checker:
             return
         meta = self._validate(ObjectMeta, document, "metadata", subject)
         is_store = subject.kind in STORE_KINDS
-        spec = self._validate(
-            StoreSpec if is_store else ExternalSecretSpec, document, "spec", subject
-        )
+        if subject.kind == NOTIFY_TARGET_KIND:
+            spec_model: type[BaseModel] = NotifyTargetSpec
+        else:
+            spec_model = StoreSpec if is_store else ExternalSecretSpec
+        spec = self._validate(spec_model, document, "spec", subject)
         if meta is None or spec is None:
             if is_store:
                 self.invalid_stores.add((subject.kind, _metadata_name(document)))
             return
         if isinstance(spec, StoreSpec):
             self._add_store(subject, meta, spec)
+        elif isinstance(spec, NotifyTargetSpec):
+            self._add_notify_target(subject, meta, spec)
         else:
             self._add_external_secret(subject, meta, spec)
 
@@ -503,10 +523,18 @@ class _Checker:
         subject = _Subject(origin, kind=kind_text, name=_name_text(_metadata_name(document)))
         if kind not in KINDS:
             problem = _kind_problem(kind)
-            fix = "a declaration file holds only SecretStore, ClusterSecretStore and ExternalSecret"
+            fix = (
+                "a declaration file holds only SecretStore, ClusterSecretStore, ExternalSecret "
+                "and NotifyTarget"
+            )
             self.errors.append(subject.error(problem, field="kind", fix=fix))
             return None
         api_version = document.get("apiVersion")
+        if kind == NOTIFY_TARGET_KIND and api_version in API_VERSIONS - {NOTIFY_TARGET_API_VERSION}:
+            problem = "not supported for NotifyTarget, a secrets-agent kind"
+            fix = f"use {NOTIFY_TARGET_API_VERSION}"
+            self.errors.append(subject.error(problem, field="apiVersion", fix=fix))
+            return None
         if not isinstance(api_version, str) or api_version not in API_VERSIONS:
             problem = "required field is missing" if api_version is None else "not supported"
             fix = f"use one of {', '.join(sorted(API_VERSIONS))}"
@@ -564,6 +592,26 @@ class _Checker:
         )
         self.result.external_secrets.append(declaration)
 
+    def _add_notify_target(
+        self, subject: _Subject, meta: ObjectMeta, spec: NotifyTargetSpec
+    ) -> None:
+        if not _NOTIFY_TARGET_NAME.fullmatch(meta.name):
+            problem = f"invalid notify target name {_shown(meta.name)}"
+            fix = "use lowercase letters, digits, '-' and '.', e.g. spring-refresh"
+            self.errors.append(subject.error(problem, field="metadata.name", fix=fix))
+            return
+        for first in self.result.notify_targets:
+            if first.name == meta.name:
+                problem = (
+                    f"duplicate NotifyTarget {_shown(meta.name)}, first declared in "
+                    f"{first.origin.source} document {first.origin.document}"
+                )
+                fix = "give each notify target a unique name, or remove one of them"
+                self.errors.append(subject.error(problem, field="metadata.name", fix=fix))
+                return
+        notify_target = NotifyTargetDeclaration(name=meta.name, spec=spec, origin=subject.origin)
+        self.result.notify_targets.append(notify_target)
+
     def _ownership_overrides(self, subject: _Subject, meta: ObjectMeta) -> dict[str, int] | None:
         """Read the file mode, uid and gid annotations that are present; None after errors."""
         overrides: dict[str, int] = {}
@@ -593,6 +641,20 @@ class _Checker:
             self._check_store_ref(subject, declaration)
             self._check_target(subject, declaration, targets)
             self._check_secret_keys(subject, declaration)
+        for notify_target in self.result.notify_targets:
+            self._check_watched_targets(notify_target, targets)
+
+    def _check_watched_targets(
+        self, notify_target: NotifyTargetDeclaration, targets: dict[str, ExternalSecretDeclaration]
+    ) -> None:
+        """Check that every target a notify target watches is written by an ExternalSecret."""
+        subject = _Subject(notify_target.origin, kind=NOTIFY_TARGET_KIND, name=notify_target.name)
+        known = ", ".join(sorted(targets)) or "none"
+        for index, target in enumerate(notify_target.spec.targets or ()):
+            if target not in targets:
+                problem = f"unknown target {_shown(target)}"
+                fix = f"name a target of an ExternalSecret (declared targets: {known})"
+                self.errors.append(subject.error(problem, field=f"spec.targets[{index}]", fix=fix))
 
     def _check_store_ref(self, subject: _Subject, declaration: ExternalSecretDeclaration) -> None:
         stores = self.result.stores
@@ -724,6 +786,9 @@ _GENERIC_PROBLEMS = {
     "model_attributes_type": ("expected a mapping", "check the indentation"),
     "dict_type": ("expected a mapping", "check the indentation"),
     "list_type": ("expected a list", "start each entry with '- '"),
+    "too_short": ("must not be empty", "add at least one entry"),
+    "int_type": ("expected a whole number", "write a number without quotes, e.g. 3"),
+    "float_type": ("expected a number", "write a number without quotes, e.g. 5 or 0.5"),
 }
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import datetime
 import re
+from signal import Signals
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -23,6 +25,8 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictFloat,
+    StrictInt,
     field_validator,
     model_validator,
 )
@@ -509,3 +513,214 @@ DEFAULT_ONLY_FIELDS: dict[str, str] = {
     "extract.conversionStrategy": "remove it",
     "find.conversionStrategy": "remove it",
 }
+
+# --- NotifyTarget: a secrets-agent kind with no External Secrets Operator counterpart -----------
+
+NOTIFY_TARGET_KIND = "NotifyTarget"
+NOTIFY_TARGET_API_VERSION = "secrets-agent.io/v1alpha1"
+_SIGNAL_EXAMPLES = "use a name such as SIGHUP, SIGUSR1 or SIGTERM"
+# An HTTP header name is an RFC 9110 token.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# http.client computes these from the request itself; a declared value would contradict it.
+_HEADERS_SET_BY_AGENT = ("content-length", "transfer-encoding")
+_MAX_NOTIFY_TIMEOUT_SECONDS = 3600.0
+_MAX_NOTIFY_RETRIES = 10
+
+
+def signal_from_name(text: str) -> Signals:
+    """Parse a signal name (`SIGHUP`, `HUP`, `sigusr1`) into a signal a program can catch.
+
+    Raises ValueError, worded "problem; fix", for unknown names and for SIGKILL and SIGSTOP,
+    which no program can handle, so neither can ask one to reload.
+    """
+    name = text.strip().upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        number = Signals[name]
+    except KeyError:
+        raise ValueError(f"unknown signal name; {_SIGNAL_EXAMPLES}") from None
+    if number in (Signals.SIGKILL, Signals.SIGSTOP):
+        raise ValueError(
+            f"{number.name} cannot be caught, so a program cannot react to it; {_SIGNAL_EXAMPLES}"
+        )
+    return number
+
+
+def _signal_name(value: str) -> str:
+    return signal_from_name(value).name
+
+
+def _seconds_up_to(maximum: float) -> AfterValidator:
+    def check(value: float) -> float:
+        if not 0 < value <= maximum:
+            raise ValueError(
+                f"must be more than 0 and at most {maximum:g} seconds; write e.g. 5 or 0.5"
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+def _retry_count(value: int) -> int:
+    if not 0 <= value <= _MAX_NOTIFY_RETRIES:
+        raise ValueError(f"must be from 0 to {_MAX_NOTIFY_RETRIES}; write e.g. 3")
+    return value
+
+
+SignalName = Annotated[str, AfterValidator(_signal_name)]
+RetryCount = Annotated[StrictInt, AfterValidator(_retry_count)]
+
+
+class NotifySignal(Model):
+    """`spec.signal`: a signal to a process of the pod, found by name or by pid file."""
+
+    process_name: str | None = None
+    pid_file: str | None = None
+    signal: SignalName = "SIGHUP"
+
+    @field_validator("process_name")
+    @classmethod
+    def _plain_process_name(cls, value: str) -> str:
+        if not value or "/" in value or not value.isprintable():
+            raise ValueError(
+                "must be a program name without '/', as /proc/<pid>/comm or the last part of "
+                "argv[0] shows it; write e.g. nginx or java"
+            )
+        return value
+
+    @field_validator("pid_file")
+    @classmethod
+    def _absolute_path(cls, value: str) -> str:
+        if not value.startswith("/") or "\x00" in value:
+            raise ValueError("must be an absolute path; write e.g. /var/run/app/app.pid")
+        return value
+
+    @model_validator(mode="after")
+    def _one_process_source(self) -> NotifySignal:
+        _exactly_one(self, ("process_name", "pid_file"), "way to find the process")
+        return self
+
+
+class HeaderValueSource(Model):
+    """`valueFrom` of a header: a key of a Secret mounted at `<refs dir>/<name>/<key>`."""
+
+    secret_key_ref: SecretKeySelector
+
+
+class HttpHeader(Model):
+    """One request header, with its value written inline or read from a mounted Secret."""
+
+    name: str
+    value: str | None = None
+    value_from: HeaderValueSource | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _token(cls, value: str) -> str:
+        if not _HEADER_NAME.fullmatch(value):
+            raise ValueError("invalid header name; use letters, digits and '-', e.g. Authorization")
+        if value.lower() in _HEADERS_SET_BY_AGENT:
+            raise ValueError("this header is set by the agent for each request; remove it")
+        return value
+
+    @field_validator("value")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if any(character in value for character in "\r\n\x00"):
+            raise ValueError("a header value must be one line; remove line breaks and NUL bytes")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> HttpHeader:
+        hint = "and use valueFrom.secretKeyRef for credentials"
+        _exactly_one(self, ("value", "value_from"), "header value", hint=hint)
+        return self
+
+
+class NotifyHttp(Model):
+    """`spec.http`: an HTTP request; any 2xx status is success, anything else is retried."""
+
+    url: str
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    headers: list[HttpHeader] = []
+    timeout_seconds: Annotated[StrictFloat, _seconds_up_to(300.0)] = 5.0
+    retries: RetryCount = 3
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        problem = _url_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _unique_names(cls, value: list[HttpHeader]) -> list[HttpHeader]:
+        names = [header.name.lower() for header in value]
+        if len(set(names)) != len(names):
+            raise ValueError("a header name appears twice; keep one entry per header name")
+        return value
+
+
+def _url_problem(url: str) -> str | None:
+    """Return what is wrong with a notify URL ("problem; fix"), or None when it is usable."""
+    example = "write e.g. http://127.0.0.1:8080/actuator/refresh"
+    if any(character.isspace() or not character.isprintable() for character in url):
+        return f"the URL contains a space or a control character; {example}"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number up to 65535
+    except ValueError:
+        return f"invalid URL; {example}"
+    if parts.scheme not in ("http", "https"):
+        return f"not an http:// or https:// URL; {example}"
+    if not parts.hostname:
+        return f"the URL has no host; {example}"
+    if parts.username is not None or parts.password is not None:
+        return (
+            "the URL contains a user name or password; send credentials in a header with "
+            "valueFrom.secretKeyRef"
+        )
+    return None
+
+
+class NotifyCommand(Model):
+    """`spec.command`: a program run without a shell; exit status 0 is success."""
+
+    argv: list[str] = Field(min_length=1)
+    timeout_seconds: Annotated[StrictFloat, _seconds_up_to(_MAX_NOTIFY_TIMEOUT_SECONDS)] = 30.0
+    retries: RetryCount = 3
+
+    @field_validator("argv")
+    @classmethod
+    def _runnable(cls, value: list[str]) -> list[str]:
+        if not value[0]:
+            raise ValueError("the program name (the first item) is empty; write e.g. [nginx, -s]")
+        if any("\x00" in item for item in value):
+            raise ValueError("an argument contains a NUL byte; remove it")
+        return value
+
+
+class NotifyTargetSpec(Model):
+    """A NotifyTarget's `spec`: which targets it watches and exactly one way to notify."""
+
+    targets: list[Annotated[str, Field(min_length=1)]] | None = None
+    signal: NotifySignal | None = None
+    http: NotifyHttp | None = None
+    command: NotifyCommand | None = None
+
+    @field_validator("targets")
+    @classmethod
+    def _named_once(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("the list is empty; name at least one target, or remove targets")
+        if len(set(value)) != len(value):
+            raise ValueError("a target is named twice; name each target once")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> NotifyTargetSpec:
+        _exactly_one(self, ("signal", "http", "command"), "kind of notification")
+        return self

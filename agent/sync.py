@@ -73,12 +73,16 @@ class TargetState:
 @dataclass(frozen=True)
 class Change:
     """A target switched to a new generation, with the names (never values) of its secret keys
-    that were added, changed or removed. A target's first write lists every key as added."""
+    that were added, changed or removed. A target's first write lists every key as added.
+
+    `first` is true when the target had no generation before, neither written by this process
+    nor adopted from disk, so readers have had no older values from it."""
 
     target: str
     added: tuple[str, ...] = ()
     changed: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
+    first: bool = False
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -601,7 +605,7 @@ def _digests(data: Mapping[str, bytes]) -> dict[str, bytes]:
 
 def _compare(target: str, before: dict[str, bytes] | None, after: dict[str, bytes]) -> Change:
     if before is None:
-        return Change(target, added=tuple(sorted(after)))
+        return Change(target, added=tuple(sorted(after)), first=True)
     return Change(
         target,
         added=tuple(sorted(set(after) - set(before))),

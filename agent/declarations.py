@@ -45,6 +45,7 @@ from agent.models import (
     ObjectMeta,
     StoreSpec,
 )
+from agent.templates import check_template
 from agent.writer import FileOwnership, check_secret_key
 
 DECLARATION_SUFFIXES = (".yaml", ".yml", ".json")
@@ -641,6 +642,7 @@ class _Checker:
             self._check_store_ref(subject, declaration)
             self._check_target(subject, declaration, targets)
             self._check_secret_keys(subject, declaration)
+            self._check_template(subject, declaration)
         for notify_target in self.result.notify_targets:
             self._check_watched_targets(notify_target, targets)
 
@@ -710,6 +712,16 @@ class _Checker:
             files[key] = index
             for parent in _parents(key):
                 directories.setdefault(parent, index)
+
+    def _check_template(self, subject: _Subject, declaration: ExternalSecretDeclaration) -> None:
+        """Check `spec.target.template`: template names and syntax (see agent.templates)."""
+        secret_keys = [item.secret_key for item in declaration.spec.data]
+        for problem in check_template(
+            declaration.spec.target.template,
+            secret_keys=secret_keys,
+            allow_nested=self.allow_nested,
+        ):
+            self.errors.append(subject.error(problem.problem, field=problem.field, fix=problem.fix))
 
     def _secret_key_problem(
         self, key: str, files: dict[str, int], directories: dict[str, int]

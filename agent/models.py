@@ -408,10 +408,34 @@ _FORBIDDEN_POLICIES = {
 }
 
 
+class TemplateMetadata(Model):
+    """`spec.target.template.metadata`: labels and annotations of the controller's Secret."""
+
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+    finalizers: list[str] = []
+
+
+class TargetTemplate(Model):
+    """`spec.target.template`: files rendered from Jinja2 templates, see `agent.templates`.
+
+    `engineVersion` names External Secrets Operator's Go template engine. Templates here are
+    always Jinja2, so only its default is accepted. `type` and `metadata` shape the controller's
+    Kubernetes Secret and do not change the files.
+    """
+
+    engine_version: Literal["v2"] = "v2"
+    type: str | None = None
+    metadata: TemplateMetadata = TemplateMetadata()
+    merge_policy: Literal["Replace", "Merge"] = "Replace"
+    data: dict[str, str] = {}
+
+
 class Target(Model):
     """`spec.target`. The agent writes files; the policies matter only to the controller."""
 
     name: str | None = None
+    template: TargetTemplate | None = None
     creation_policy: Literal["Owner", "Orphan", "Merge", "None"] = "Owner"
     deletion_policy: Literal["Retain", "Delete", "Merge"] = "Retain"
     immutable: StrictBool = False
@@ -465,7 +489,8 @@ _METADATA = "remove it (reading a remote key's metadata is not supported)"
 
 # Field path -> the fix. The problem reported is "not supported by secrets-agent yet".
 UNSUPPORTED_FIELDS: dict[str, str] = {
-    "spec.target.template": "remove it and declare each file as a spec.data entry",
+    "spec.target.template.templateFrom": "remove it and write each template in "
+    "spec.target.template.data (templates kept in a ConfigMap or Secret are not supported)",
     "spec.target.manifest": "remove it (a target is always a directory of files or a Secret)",
     "spec.syncWindows": "remove it (every target is refreshed every spec.refreshInterval)",
     "spec.data[].sourceRef": "remove it and name the store in spec.secretStoreRef",
@@ -512,7 +537,10 @@ DEFAULT_ONLY_FIELDS: dict[str, str] = {
     "remoteRef.conversionStrategy": "remove it",
     "extract.conversionStrategy": "remove it",
     "find.conversionStrategy": "remove it",
+    "template.engineVersion": "remove it (templates are always rendered with Jinja2, "
+    "see docs/templates.md)",
 }
+
 
 # --- NotifyTarget: a secrets-agent kind with no External Secrets Operator counterpart -----------
 

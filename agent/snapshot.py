@@ -3,7 +3,8 @@
 This module gives a declaration its meaning: which remote keys it needs, how `property`,
 `decodingStrategy`, `dataFrom.extract`, `dataFrom.find` and `rewrite` turn remote values into
 secret keys, and in which order entries override each other (`dataFrom` in order, then `data`).
-Both the agent and the controller build snapshots here, so they cannot disagree.
+Both the agent and the controller build snapshots here, so they cannot disagree. The last step
+applies `spec.target.template` (`agent.templates`), so rendered files are part of the snapshot.
 
 A snapshot is all or nothing: `build_snapshot` raises `SnapshotError` listing every failed key
 when any required key is missing, so a partial set is never published.
@@ -15,14 +16,15 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agent.declarations import ExternalSecretDeclaration
 from agent.errors import AgentError, InvalidValueError, RemoteKeyNotFoundError, StoreError
 from agent.models import DecodingStrategy, RemoteRef
 from agent.stores import RemoteKey, RemoteValue
+from agent.templates import TemplateError, TemplateErrors, render_files
 from agent.writer import check_secret_key
 
 # Reads every remote key beneath a path, as `Store.fetch_prefix` does; results may be cached.
@@ -39,9 +41,10 @@ class Snapshot:
 
 
 class SnapshotError(AgentError):
-    """A target could not be built; `errors` are the per-key failures, none with a value."""
+    """A target could not be built; `errors` are the per-key and per-template failures, none
+    with a value."""
 
-    def __init__(self, target: str, errors: list[StoreError]) -> None:
+    def __init__(self, target: str, errors: Sequence[StoreError | TemplateError]) -> None:
         self.target = target
         self.errors = errors
         details = "; ".join(str(error) for error in errors)
@@ -76,7 +79,7 @@ def build_snapshot(
 
     `fetched` holds every key of `remote_keys(declaration)`; `read_prefix` is called for
     `dataFrom.find` and for an `extract` key that names a path prefix rather than one value.
-    Raises SnapshotError when any entry fails.
+    Raises SnapshotError when any entry or template fails.
     """
     builder = _Builder(declaration, store_name=store_name, allow_nested=allow_nested)
     for index, item in enumerate(declaration.spec.data_from):
@@ -90,7 +93,12 @@ def build_snapshot(
             builder.merge(_rewrite(imported, item.rewrite), field_path)
     for index, data_item in enumerate(declaration.spec.data):
         builder.single(data_item.secret_key, data_item.remote_ref, fetched, f"spec.data[{index}]")
-    return builder.finish()
+    snapshot = builder.finish()
+    try:
+        files = render_files(declaration, snapshot.data)
+    except TemplateErrors as error:
+        raise SnapshotError(declaration.target, error.errors) from None
+    return replace(snapshot, data=files)
 
 
 class _Builder:

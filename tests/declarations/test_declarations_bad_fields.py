@@ -182,11 +182,25 @@ EXTERNAL_SECRET_CASES = [
     ),
     # target
     es(
-        "target.template",
-        "spec.target.template",
-        {"data": {"application.properties": "x={{ .x }}"}},
+        "target.template.templateFrom",
+        "spec.target.template.templateFrom",
+        [{"configMap": {"name": "templates", "items": [{"key": "app.properties"}]}}],
         NOT_YET,
-        "declare each file as a spec.data entry",
+        "write each template in spec.target.template.data",
+    ),
+    es(
+        "target.template.engineVersion v1",
+        "spec.target.template.engineVersion",
+        "v1",
+        "only the default 'v2' is supported by secrets-agent yet",
+        "rendered with Jinja2",
+    ),
+    es(
+        "target.template.mergePolicy invalid",
+        "spec.target.template.mergePolicy",
+        "Overwrite",
+        "invalid value",
+        "use 'Replace' or 'Merge'",
     ),
     es("target.manifest", "spec.target.manifest", {"kind": "ConfigMap"}, NOT_YET, "remove it"),
     es(

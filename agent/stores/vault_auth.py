@@ -5,7 +5,9 @@
   two thirds of its TTL has passed, checked before each use and by `maintain()`.
 - When renewal is refused, or the max TTL stops the token from growing, it logs in again and
   then revokes the old token. So at most one token created by this store is alive between
-  calls, unless a revocation fails (logged as `vault_token_revoke_failed`).
+  calls, unless a revocation fails (logged as `vault_token_revoke_failed`), or unless
+  `on_token_replaced` is set: the old token then goes to that callback instead, because the
+  leases it created would be revoked with it (see `agent.leases`).
 - A token read from `tokenSecretRef` belongs to someone else: it is renewed when renewable, read
   again from its file at every use (so a rotated token is picked up), and never revoked.
 - Credentials are read from their files at every login (a rotated service account token is used
@@ -121,6 +123,9 @@ class VaultConnection:
         self.method = auth_method(provider.auth)
         # Revoke the token created by login when the store closes; a setting may turn it off.
         self.revoke_on_close = True
+        # When set, a token created by login and replaced by a new login is passed here instead
+        # of being revoked; the callee then owns its revocation.
+        self.on_token_replaced: Callable[[VaultToken], None] | None = None
         self._trust: CATrust | None = None
         self._session: requests.Session | None = None
         self._status: StatusRecorder | None = None
@@ -255,6 +260,23 @@ class VaultConnection:
         self._trust = self._session = self._status = None
         self._client = self._token_client = None
 
+    @property
+    def token(self) -> VaultToken | None:
+        """The token requests carry now, or None before the first login or adoption."""
+        return self._token
+
+    def replace_token(self, *, reason: str) -> None:
+        """Log in again now (a token created by login only); the old token is handled as in
+        any replacement. Raises StoreError when the login fails."""
+        self._open()
+        if self.method != "token":
+            self._replace_token(reason=reason)
+
+    def revoke(self, token: VaultToken) -> None:
+        """Revoke `token` (one handed to `on_token_replaced`); failures are logged."""
+        self._open()
+        self._revoke(token)
+
     def identity(self) -> str:
         """Name the identity whose Vault policies decide access, for messages."""
         auth = self.provider.auth
@@ -332,7 +354,8 @@ class VaultConnection:
             self._replace_token(reason="max_ttl")
 
     def _replace_token(self, *, reason: str) -> None:
-        """Log in, then revoke the previous token if this store created it.
+        """Log in, then revoke the previous token if this store created it, or hand it to
+        `on_token_replaced` when that is set.
 
         A token Vault rejected is revoked too unless it has expired by our clock: a token
         without the default policy is rejected by `lookup-self` and `renew-self` while alive.
@@ -340,6 +363,9 @@ class VaultConnection:
         old = self._token
         self._login(reason=reason)
         if old is None or not old.created_by_login:
+            return
+        if self.on_token_replaced is not None:
+            self.on_token_replaced(old)
             return
         expiry = old.expires_at()
         if expiry is None or self.clock() < expiry:

@@ -21,7 +21,7 @@ import difflib
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
@@ -40,6 +40,7 @@ from agent.models import (
     NOTIFY_TARGET_KIND,
     STORE_KINDS,
     UNSUPPORTED_FIELDS,
+    ClusterStoreSpec,
     ExternalSecretSpec,
     NotifyTargetSpec,
     ObjectMeta,
@@ -162,6 +163,36 @@ def load_declarations(paths: Sequence[Path | str], *, allow_nested: bool = False
     if checker.errors:
         raise DeclarationErrors(checker.errors)
     return checker.result
+
+
+def load_manifest(
+    document: Mapping[str, Any], *, source: str
+) -> StoreDeclaration | ExternalSecretDeclaration:
+    """Check one SecretStore, ClusterSecretStore or ExternalSecret read from the Kubernetes API.
+
+    The controller calls this, so an object means what the same document means in a file. The
+    checks of one document apply (fields, target name, `spec.data` secret keys), and a
+    ClusterSecretStore may carry `spec.conditions`. Raises DeclarationErrors.
+    """
+    checker = _Checker(allow_nested=False)
+    checker.store_specs["ClusterSecretStore"] = ClusterStoreSpec
+    origin = Origin(source, 1)
+    try:
+        copied = _Pruner().copy(document, depth=0)
+    except _SyntaxProblem as problem:
+        raise DeclarationErrors([DeclarationError(str(problem), source=source)]) from None
+    checker.add_document(origin, copied)
+    for declaration in checker.result.external_secrets:
+        subject = _Subject(origin, kind="ExternalSecret", name=declaration.name)
+        checker._check_target(subject, declaration, {})
+        checker._check_secret_keys(subject, declaration)
+    found = [*checker.result.stores.values(), *checker.result.external_secrets]
+    if not checker.errors and len(found) != 1:
+        problem = "not a SecretStore, ClusterSecretStore or ExternalSecret"
+        checker.errors.append(DeclarationError(problem, source=source, field="kind"))
+    if checker.errors:
+        raise DeclarationErrors(checker.errors)
+    return found[0]
 
 
 def declaration_files(paths: Sequence[Path | str]) -> list[Path]:
@@ -489,6 +520,8 @@ class _Checker:
         self.errors: list[DeclarationError] = []
         # Stores whose documents are invalid: a reference to one is not reported as unknown too.
         self.invalid_stores: set[tuple[str, str]] = set()
+        # The model of each store kind's `spec`; the controller reads ClusterSecretStore conditions.
+        self.store_specs: dict[str, type[StoreSpec]] = dict.fromkeys(STORE_KINDS, StoreSpec)
 
     def add_document(self, origin: Origin, document: Any) -> None:
         subject = self._check_header(origin, document)
@@ -499,7 +532,7 @@ class _Checker:
         if subject.kind == NOTIFY_TARGET_KIND:
             spec_model: type[BaseModel] = NotifyTargetSpec
         else:
-            spec_model = StoreSpec if is_store else ExternalSecretSpec
+            spec_model = self.store_specs[subject.kind] if is_store else ExternalSecretSpec
         spec = self._validate(spec_model, document, "spec", subject)
         if meta is None or spec is None:
             if is_store:

@@ -27,6 +27,7 @@ from pydantic import (
     StrictBool,
     StrictFloat,
     StrictInt,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -143,7 +144,8 @@ def _duration_seconds(value: object) -> object:
     raise ValueError(f"expected a duration string; {_DURATION_EXAMPLES}")
 
 
-Duration = Annotated[float, BeforeValidator(_duration_seconds)]
+# In a JSON schema (the controller's CRDs) a duration is the Go duration string.
+Duration = Annotated[float, BeforeValidator(_duration_seconds), WithJsonSchema({"type": "string"})]
 
 # --- common --------------------------------------------------------------------------------------
 
@@ -328,6 +330,39 @@ class StoreSpec(Model):
     provider: Provider
 
 
+class LabelSelectorRequirement(Model):
+    """One `matchExpressions` entry of a Kubernetes label selector."""
+
+    key: str = Field(min_length=1)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] = []
+
+
+class LabelSelector(Model):
+    """A Kubernetes label selector: every `matchLabels` pair and every expression must hold."""
+
+    match_labels: dict[str, str] = {}
+    match_expressions: list[LabelSelectorRequirement] = []
+
+
+class ClusterStoreCondition(Model):
+    """One `conditions[]` entry: the namespaces whose ExternalSecrets may use the store."""
+
+    namespace_selector: LabelSelector | None = None
+    namespaces: list[str] = []
+    namespace_regexes: list[Regexp] = []
+
+
+class ClusterStoreSpec(StoreSpec):
+    """A ClusterSecretStore's `spec` as the controller reads it, with namespace conditions.
+
+    Inside a pod there are no namespaces to compare, so the file loader keeps using `StoreSpec`
+    and reports `conditions` as unsupported.
+    """
+
+    conditions: list[ClusterStoreCondition] = []
+
+
 # --- ExternalSecret ------------------------------------------------------------------------------
 
 DecodingStrategy = Literal["None", "Base64", "Base64URL", "Auto"]
@@ -504,7 +539,8 @@ UNSUPPORTED_FIELDS: dict[str, str] = {
     "spec.controller": "remove it (it selects an External Secrets Operator instance)",
     "spec.retrySettings": "remove it (secrets-agent retries with its own backoff)",
     "spec.refreshInterval": "remove it from the store and set it on each ExternalSecret",
-    "spec.conditions": "remove it (secrets-agent does not limit a store to namespaces)",
+    "spec.conditions": "remove it (only the controller limits a store to namespaces; "
+    "inside a pod every store serves every ExternalSecret)",
     "spec.provider.*": "use provider.aws or provider.vault",
     "provider.aws.additionalRoles": _AWS_ROLE_OPTION,
     "provider.aws.externalID": _AWS_ROLE_OPTION,

@@ -9,6 +9,7 @@ are read again at every use, so a rotated projected token or Secret is picked up
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 from agent.errors import StoreError
 from agent.models import CAProvider, SecretKeySelector, ServiceAccountSelector
@@ -19,6 +20,31 @@ MAX_REFERENCE_BYTES = 1024 * 1024
 
 class MissingReferenceError(StoreError):
     """A referenced Secret, ConfigMap or token is not mounted where the agent looks for it."""
+
+
+class ReferenceResolver(Protocol):
+    """What a store needs to read the Kubernetes objects its declaration references.
+
+    `Refs` reads mounted files inside a pod; the controller reads through the Kubernetes API.
+    Both raise MissingReferenceError (a StoreError) naming `field` when a reference cannot be
+    read, and neither puts the content into a message.
+    """
+
+    def read_secret(
+        self, selector: SecretKeySelector | CAProvider, *, store: str, field: str
+    ) -> bytes: ...
+
+    def read_token(
+        self, selector: ServiceAccountSelector | None, *, store: str, field: str
+    ) -> str: ...
+
+    def secret_location(self, selector: SecretKeySelector | CAProvider) -> str:
+        """Describe where a referenced key is read from, for messages."""
+        ...
+
+    def token_location(self, selector: ServiceAccountSelector | None) -> str:
+        """Describe where a service account token is read from, for messages."""
+        ...
 
 
 class Refs:
@@ -35,6 +61,12 @@ class Refs:
         if selector is None:
             return self.pod_token
         return self.refs_dir / "serviceaccount" / selector.name / "token"
+
+    def secret_location(self, selector: SecretKeySelector | CAProvider) -> str:
+        return f"file {self.secret_path(selector)}"
+
+    def token_location(self, selector: ServiceAccountSelector | None) -> str:
+        return f"file {self.token_path(selector)}"
 
     def read_secret(
         self, selector: SecretKeySelector | CAProvider, *, store: str, field: str

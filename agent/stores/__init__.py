@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from agent.declarations import StoreDeclaration
     from agent.metrics import Metrics
-    from agent.refs import Refs
+    from agent.refs import ReferenceResolver
 
 # A remote value: raw bytes (AWS parameters and secrets) or a decoded JSON object (Vault KV data).
 RemoteValue = bytes | Mapping[str, Any]
@@ -43,7 +43,9 @@ class Store(abc.ABC):
     not hide the others of the same batch.
     """
 
-    def __init__(self, declaration: StoreDeclaration, *, refs: Refs, metrics: Metrics) -> None:
+    def __init__(
+        self, declaration: StoreDeclaration, *, refs: ReferenceResolver, metrics: Metrics
+    ) -> None:
         self.declaration = declaration
         self.name = declaration.display_name
         self.refs = refs
@@ -68,7 +70,9 @@ class Store(abc.ABC):
         """Release the connection and any credentials the store created (e.g. revoke a token)."""
 
 
-def open_store(declaration: StoreDeclaration, *, refs: Refs, metrics: Metrics) -> Store:
+def open_store(
+    declaration: StoreDeclaration, *, refs: ReferenceResolver, metrics: Metrics
+) -> Store:
     """Create the store for a declaration, importing only the backend it needs."""
     provider = declaration.spec.provider
     if provider.vault is not None:

@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from agent.declarations import StoreDeclaration
     from agent.metrics import Metrics
     from agent.models import AwsProvider, AwsSecretRefAuth, ServiceAccountSelector
-    from agent.refs import Refs
+    from agent.refs import ReferenceResolver
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class AwsClients:
         self,
         declaration: StoreDeclaration,
         *,
-        refs: Refs,
+        refs: ReferenceResolver,
         metrics: Metrics,
         options: AwsClientOptions | None = None,
     ) -> None:
@@ -557,7 +557,7 @@ class AwsClients:
             text = ""
         if not text:
             raise MissingReferenceError(
-                f"{field_path}: file {self.refs.secret_path(selector)} is empty or not UTF-8 text",
+                f"{field_path}: {self.refs.secret_location(selector)} is empty or not UTF-8 text",
                 store=self.store,
                 fix=f"store the key as plain text in Secret {selector.name}, key {selector.key}",
             )
@@ -591,7 +591,7 @@ class AwsClients:
             token = self.refs.read_token(selector, store=self.store, field=_TOKEN_FIELD)
             if not token:
                 raise MissingReferenceError(
-                    f"{_TOKEN_FIELD}: file {self.refs.token_path(selector)} is empty",
+                    f"{_TOKEN_FIELD}: {self.refs.token_location(selector)} is empty",
                     store=self.store,
                     fix=f"mount a projected token of service account {selector.name} there",
                 )

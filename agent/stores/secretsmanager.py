@@ -34,7 +34,7 @@ from agent.stores.aws import (
 if TYPE_CHECKING:
     from agent.declarations import StoreDeclaration
     from agent.metrics import Metrics
-    from agent.refs import Refs
+    from agent.refs import ReferenceResolver
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class SecretsManagerStore(Store):
         self,
         declaration: StoreDeclaration,
         *,
-        refs: Refs,
+        refs: ReferenceResolver,
         metrics: Metrics,
         options: AwsClientOptions | None = None,
     ) -> None:

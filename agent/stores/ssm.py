@@ -26,7 +26,7 @@ from agent.stores.aws import (
 if TYPE_CHECKING:
     from agent.declarations import StoreDeclaration
     from agent.metrics import Metrics
-    from agent.refs import Refs
+    from agent.refs import ReferenceResolver
 
 MAX_NAMES_PER_REQUEST = 10
 MAX_RESULTS_PER_PAGE = 10
@@ -54,7 +54,7 @@ class ParameterStore(Store):
         self,
         declaration: StoreDeclaration,
         *,
-        refs: Refs,
+        refs: ReferenceResolver,
         metrics: Metrics,
         options: AwsClientOptions | None = None,
     ) -> None:

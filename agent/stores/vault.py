@@ -42,7 +42,7 @@ from agent.stores.vault_client import vault_errors
 if TYPE_CHECKING:
     from agent.declarations import StoreDeclaration
     from agent.metrics import Metrics
-    from agent.refs import Refs
+    from agent.refs import ReferenceResolver
 
 _VERSION = re.compile(r"[0-9]+")
 _VaultErrors = (hvac.exceptions.VaultError, requests.RequestException)
@@ -97,7 +97,7 @@ class VaultStore(Store):
         self,
         declaration: StoreDeclaration,
         *,
-        refs: Refs,
+        refs: ReferenceResolver,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

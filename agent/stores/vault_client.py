@@ -26,7 +26,7 @@ import requests
 
 from agent.errors import StoreError, StoreUnavailableError
 from agent.models import VaultProvider
-from agent.refs import Refs
+from agent.refs import ReferenceResolver
 
 REQUEST_TIMEOUT_SECONDS = 30
 # Vault error strings are short; a longer one is cut so that a message stays readable.
@@ -57,7 +57,7 @@ class CATrust:
             self.temporary_file = None
 
 
-def load_ca_trust(provider: VaultProvider, *, refs: Refs, store: str) -> CATrust:
+def load_ca_trust(provider: VaultProvider, *, refs: ReferenceResolver, store: str) -> CATrust:
     """Resolve the CAs to trust for `provider`, writing an in-memory bundle to a private file."""
     if provider.ca_bundle is not None:
         pem = decode_pem_bundle(

@@ -1,0 +1,526 @@
+"""A Kubernetes API emulator for the controller's tests and benchmark, built on kmock.
+
+kmock's `KubernetesEmulator` keeps objects in memory and serves discovery, list, watch, get,
+create, merge patch and delete over HTTP. It keeps no resourceVersion, ignores label selectors
+and never answers 409 Conflict to an update. `KubernetesApiEmulator` adds the API server
+behaviour the controller depends on:
+
+- `metadata.uid`, `creationTimestamp` and `resourceVersion` (one counter for every object,
+  moved only by a write that changes something), and `metadata.generation` for resources of a
+  named API group, moved when anything outside `metadata` and `status` changes;
+- optimistic concurrency: a write that names a stale `metadata.resourceVersion` gets 409
+  Conflict, a JSON patch whose `test` operation fails gets 422;
+- JSON merge patch as RFC 7386 defines it, JSON patch, and PUT to replace an object;
+- the status subresource: a write to `/status` changes only `status`, and a write to the object
+  itself leaves `status` alone;
+- label selectors (`k=v`, `k!=v`, `k in (a,b)`, `k notin (a)`, `k`, `!k`) on list and watch;
+  a watch reports an object that starts or stops matching as ADDED or DELETED;
+- garbage collection: deleting an object deletes, in the background, every object whose
+  `ownerReferences` all point to deleted objects;
+- the TokenRequest subresource: `POST .../serviceaccounts/NAME/token` returns an unsigned
+  JWT-shaped token for an existing service account (see `agent.testing.jwt`).
+
+Limitation: strategic merge patch is treated as a JSON merge patch (lists are replaced, never
+merged by key), field selectors and `resourceVersion` on watch requests are ignored (a watch
+starts with every current object as ADDED, as in kmock), and admission (CRD schemas, defaults,
+RBAC) is not emulated.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import importlib.resources
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp.web
+import attrs
+import jsonpatch
+from kmock import KubernetesEmulator, KubernetesError, ResourceInfo, resource
+from kmock._internal import rendering
+
+from agent.testing.jwt import fake_jwt
+
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+DEFAULT_TOKEN_SECONDS = 3600
+CONTROLLER_RESOURCES: dict[str, ResourceInfo] = {
+    "secrets-agent.io/v1alpha1/externalsecrets": ResourceInfo(
+        kind="ExternalSecret", singular="externalsecret", namespaced=True,
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+        subresources={"status"},
+    ),
+    "secrets-agent.io/v1alpha1/secretstores": ResourceInfo(
+        kind="SecretStore", singular="secretstore", namespaced=True,
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+        subresources={"status"},
+    ),
+    "secrets-agent.io/v1alpha1/clustersecretstores": ResourceInfo(
+        kind="ClusterSecretStore", singular="clustersecretstore", namespaced=False,
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+        subresources={"status"},
+    ),
+    "kopf.dev/v1/clusterkopfpeerings": ResourceInfo(
+        kind="ClusterKopfPeering", singular="clusterkopfpeering", namespaced=False,
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+        subresources={"status"},
+    ),
+}  # fmt: skip
+
+_SELECTOR_TERM = re.compile(
+    r"^\s*(?P<negated>!)?\s*(?P<key>[A-Za-z0-9./_-]+)\s*"
+    r"(?:(?P<operator>==|=|!=|\bin\b|\bnotin\b)\s*(?P<value>\([^)]*\)|[A-Za-z0-9._-]*))?\s*$"
+)
+
+
+class KubernetesConflictError(KubernetesError):
+    """409: the write named a stale resourceVersion, or the object already exists."""
+
+
+class KubernetesInvalidError(KubernetesError):
+    """422: the request cannot be applied (a failed JSON patch test, an invalid body)."""
+
+
+@dataclass(frozen=True)
+class LabelRequirement:
+    key: str
+    operator: str  # "in", "notin", "exists", "!exists"
+    values: frozenset[str] = frozenset()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        present = self.key in labels
+        if self.operator == "exists":
+            return present
+        if self.operator == "!exists":
+            return not present
+        if self.operator == "in":
+            return present and labels[self.key] in self.values
+        return not present or labels[self.key] not in self.values
+
+
+def parse_label_selector(text: str) -> list[LabelRequirement]:
+    """Parse a label selector as the API server does; raise KubernetesInvalidError if invalid."""
+    requirements = []
+    for term in _split_terms(text):
+        match = _SELECTOR_TERM.match(term)
+        if match is None or (match["negated"] and match["operator"]):
+            raise KubernetesInvalidError(status=400, reason="BadRequest", message="bad selector")
+        key, operator, value = match["key"], match["operator"], match["value"]
+        if operator is None:
+            requirements.append(LabelRequirement(key, "!exists" if match["negated"] else "exists"))
+        elif operator in ("in", "notin"):
+            values = frozenset(v.strip() for v in value.strip("()").split(",") if v.strip())
+            requirements.append(LabelRequirement(key, operator, values))
+        else:
+            kind = "notin" if operator == "!=" else "in"
+            requirements.append(LabelRequirement(key, kind, frozenset({value})))
+    return requirements
+
+
+def _split_terms(text: str) -> list[str]:
+    """Split a selector at the commas outside parentheses."""
+    terms, depth, current = [], 0, ""
+    for char in text:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            terms.append(current)
+            current = ""
+        else:
+            current += char
+    if current.strip():
+        terms.append(current)
+    return [term for term in terms if term.strip()]
+
+
+def selector_matches(requirements: list[LabelRequirement], body: Mapping[str, Any] | None) -> bool:
+    if body is None:
+        return False
+    labels = body.get("metadata", {}).get("labels") or {}
+    return all(requirement.matches(labels) for requirement in requirements)
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """Apply a JSON merge patch (RFC 7386): objects merge, null removes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A token the TokenRequest subresource returned, for assertions."""
+
+    namespace: str
+    service_account: str
+    audiences: tuple[str, ...]
+    token: str
+
+
+@attrs.define(kw_only=True)
+class KubernetesApiEmulator(KubernetesEmulator):
+    """kmock's emulator with resource versions, conflicts, selectors, GC and TokenRequest."""
+
+    _counter: int = attrs.field(default=0, init=False)
+    issued_tokens: list[IssuedToken] = attrs.field(factory=list, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        # kmock's own resource list, as `resources.load_bundled()` reads it, without the
+        # deprecated importlib call that method makes.
+        bundled = importlib.resources.files("kmock._internal") / "resources.json.gz"
+        with importlib.resources.as_file(bundled) as path:
+            self.resources.load_path(path)
+        for key, info in CONTROLLER_RESOURCES.items():
+            self.resources[key] = attrs.evolve(info)
+
+    @property
+    def resource_version(self) -> int:
+        """The resourceVersion of the latest change to any object."""
+        return self._counter
+
+    def body(self, plural: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """Return a deep copy of an object as the API serves it, or None when it does not exist.
+
+        `plural` is `group/version/plural`, or `v1/plural` for the core group.
+        """
+        key = (resource(plural), namespace, name)
+        if key not in self._objects or self._objects[key].deleted:
+            return None
+        return copy.deepcopy(self._objects[key].raw)
+
+    # --- routing -------------------------------------------------------------------------------
+
+    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        write = self._write_for(request)
+        if write is None:
+            return await super()._handle(request)
+        async with self._lock:
+            status, body = await write(request)
+        return aiohttp.web.json_response(body, status=status)
+
+    def _write_for(self, request: rendering.Request) -> Callable[[rendering.Request], Any] | None:
+        if request.resource is None:
+            return None
+        method = str(request.method.value).upper()
+        if method == "POST" and request.name is None:
+            return self._create
+        if method == "POST" and request.subresource == "token":
+            return self._request_token
+        if request.name is None:
+            return None
+        if method == "PATCH":
+            return self._patch
+        if method == "PUT":
+            return self._replace
+        if method == "DELETE":
+            return self._delete
+        return None
+
+    # --- writes --------------------------------------------------------------------------------
+
+    async def _create(self, request: rendering.Request) -> tuple[int, dict[str, Any]]:
+        body = copy.deepcopy(request.data or {})
+        metadata = body.setdefault("metadata", {})
+        if not metadata.get("name") and metadata.get("generateName"):
+            metadata["name"] = metadata["generateName"] + uuid.uuid4().hex[:5]
+        namespace = request.namespace or metadata.get("namespace")
+        if namespace is not None:
+            metadata["namespace"] = namespace
+        key = (request.resource, namespace, metadata.get("name"))
+        if key in self._objects and not self._objects[key].deleted:
+            raise KubernetesConflictError(
+                status=409, reason="AlreadyExists", message=f"{metadata.get('name')} exists"
+            )
+        if self._has_status(request.resource):
+            body.pop("status", None)
+        metadata["uid"] = str(uuid.uuid4())
+        metadata["creationTimestamp"] = _now()
+        metadata["resourceVersion"] = self._next_version()
+        if request.resource.group:
+            metadata["generation"] = 1
+        for field in ("deletionTimestamp", "deletionGracePeriodSeconds"):
+            metadata.pop(field, None)
+        if key in self._objects:
+            self._objects[key].history.append(body)
+        else:
+            self._objects[key] = body
+        await self._publish(request.resource, "ADDED", body, previous=None)
+        return 201, body
+
+    async def _patch(self, request: rendering.Request) -> tuple[int, dict[str, Any]]:
+        current = self._current(request)
+        content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
+        if content_type == JSON_PATCH:
+            try:
+                patched = jsonpatch.apply_patch(current, request.data, in_place=False)
+            except jsonpatch.JsonPatchTestFailed:
+                raise KubernetesInvalidError(
+                    status=422, reason="Invalid", message="the JSON patch test failed"
+                ) from None
+            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as error:
+                raise KubernetesInvalidError(
+                    status=422, reason="Invalid", message=f"invalid JSON patch: {error}"
+                ) from None
+        else:
+            self._check_precondition(current, request.data)
+            patched = merge_patch(current, request.data)
+        return await self._store(request, current, patched)
+
+    async def _replace(self, request: rendering.Request) -> tuple[int, dict[str, Any]]:
+        current = self._current(request)
+        self._check_precondition(current, request.data)
+        return await self._store(request, current, copy.deepcopy(request.data))
+
+    async def _store(
+        self, request: rendering.Request, current: dict[str, Any], new: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        """Keep what the subresource rules protect, then record `new` if it changed anything."""
+        new = self._apply_subresource_rules(request, current, new)
+        if new == current:
+            return 200, current
+        metadata = new["metadata"]
+        if request.resource.group and _spec_part(new) != _spec_part(current):
+            metadata["generation"] = int(current["metadata"].get("generation", 1)) + 1
+        metadata["resourceVersion"] = self._next_version()
+        key = (request.resource, request.namespace, request.name)
+        self._objects[key].history.append(new)
+        await self._publish(request.resource, "MODIFIED", new, previous=current)
+        if metadata.get("deletionTimestamp") and not metadata.get("finalizers"):
+            await self._remove(key, new)
+        return 200, new
+
+    def _apply_subresource_rules(
+        self, request: rendering.Request, current: dict[str, Any], new: dict[str, Any]
+    ) -> dict[str, Any]:
+        protected = {
+            "uid",
+            "creationTimestamp",
+            "generation",
+            "resourceVersion",
+            "deletionTimestamp",
+            "namespace",
+            "name",
+        }
+        if self._has_status(request.resource):
+            if request.subresource == "status":
+                result = copy.deepcopy(current)
+                if "status" in new:
+                    result["status"] = new["status"]
+                else:
+                    result.pop("status", None)
+                return result
+            new = dict(new)
+            if "status" in current:
+                new["status"] = current["status"]
+            else:
+                new.pop("status", None)
+        metadata = dict(new.get("metadata") or {})
+        for field in protected:
+            if field in current["metadata"]:
+                metadata[field] = current["metadata"][field]
+            else:
+                metadata.pop(field, None)
+        new["metadata"] = metadata
+        return new
+
+    async def _delete(self, request: rendering.Request) -> tuple[int, dict[str, Any]]:
+        current = self._current(request)
+        self._check_precondition(current, {"metadata": _delete_preconditions(request.data)})
+        key = (request.resource, request.namespace, request.name)
+        metadata = current["metadata"]
+        if metadata.get("finalizers"):
+            if metadata.get("deletionTimestamp"):
+                return 200, current
+            marked = copy.deepcopy(current)
+            marked["metadata"]["deletionTimestamp"] = _now()
+            marked["metadata"]["resourceVersion"] = self._next_version()
+            self._objects[key].history.append(marked)
+            await self._publish(request.resource, "MODIFIED", marked, previous=current)
+            return 200, marked
+        await self._remove(key, current)
+        return 200, current
+
+    async def _remove(self, key: tuple[Any, str | None, str], body: dict[str, Any]) -> None:
+        """Delete an object now, then every object left without a live owner."""
+        self._objects[key].delete()
+        await self._publish(key[0], "DELETED", body, previous=body)
+        await self._collect_garbage()
+
+    async def _collect_garbage(self) -> None:
+        live = {obj.raw["metadata"].get("uid") for obj in self._objects.values() if not obj.deleted}
+        for key, obj in list(self._objects.items()):
+            if obj.deleted:
+                continue
+            owners = obj.raw.get("metadata", {}).get("ownerReferences") or []
+            if owners and not any(owner.get("uid") in live for owner in owners):
+                body = copy.deepcopy(obj.raw)
+                if body["metadata"].get("finalizers"):
+                    if not body["metadata"].get("deletionTimestamp"):
+                        previous = copy.deepcopy(body)
+                        body["metadata"]["deletionTimestamp"] = _now()
+                        body["metadata"]["resourceVersion"] = self._next_version()
+                        obj.history.append(body)
+                        await self._publish(key[0], "MODIFIED", body, previous=previous)
+                    continue
+                await self._remove(key, body)
+
+    async def _request_token(self, request: rendering.Request) -> tuple[int, dict[str, Any]]:
+        account = (resource("v1/serviceaccounts"), request.namespace, request.name)
+        if account not in self._objects or self._objects[account].deleted:
+            raise KubernetesError(
+                status=404,
+                reason="NotFound",
+                message=f'serviceaccounts "{request.name}" not found',
+            )
+        spec = dict((request.data or {}).get("spec") or {})
+        audiences = tuple(spec.get("audiences") or ["https://kubernetes.default.svc"])
+        seconds = int(spec.get("expirationSeconds") or DEFAULT_TOKEN_SECONDS)
+        token = fake_jwt(
+            f"system:serviceaccount:{request.namespace}:{request.name}",
+            aud=list(audiences),
+            exp=int(datetime.datetime.now(datetime.UTC).timestamp()) + seconds,
+            **{
+                "kubernetes.io": {
+                    "namespace": request.namespace,
+                    "serviceaccount": {"name": request.name},
+                }
+            },
+        )
+        assert request.namespace is not None and request.name is not None
+        self.issued_tokens.append(IssuedToken(request.namespace, request.name, audiences, token))
+        expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds)
+        return 201, {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "metadata": {"name": request.name, "namespace": request.namespace},
+            "spec": {"audiences": list(audiences), "expirationSeconds": seconds},
+            "status": {"token": token, "expirationTimestamp": _stamp(expires)},
+        }
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
+        payload = await super()._serve_list(request)
+        requirements = parse_label_selector(request.params.get("labelSelector", ""))
+        assert isinstance(payload, dict)
+        payload["items"] = [
+            item for item in payload["items"] if selector_matches(requirements, item)
+        ]
+        payload["metadata"] = {"resourceVersion": str(self._counter)}
+        return payload
+
+    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
+        requirements = parse_label_selector(request.params.get("labelSelector", ""))
+        assert request.resource is not None
+        bus = self._buses[request.resource]
+        yield b""  # sends the headers, so the client sees the stream open
+        async with self._lock:
+            mark = await bus.mark()
+            existing = [
+                obj.raw
+                for (res, namespace, name), obj in self._objects.items()
+                if res == request.resource
+                and not obj.deleted
+                and (request.namespace is None or namespace == request.namespace)
+                and (request.name is None or name == request.name)
+            ]
+        try:
+            for body in existing:
+                if selector_matches(requirements, body):
+                    yield {"type": "ADDED", "object": body}
+            async for event in bus.stream(since=mark):
+                translated = _watch_event(event, request, requirements)
+                if translated is not None:
+                    yield translated
+        finally:
+            await bus.unmark(mark)
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _current(self, request: rendering.Request) -> dict[str, Any]:
+        key = (request.resource, request.namespace, request.name)
+        if key not in self._objects or self._objects[key].deleted:
+            raise KubernetesError(
+                status=404,
+                reason="NotFound",
+                message=f'{request.resource.plural} "{request.name}" not found',
+            )
+        return copy.deepcopy(self._objects[key].raw)
+
+    def _check_precondition(self, current: dict[str, Any], body: Any) -> None:
+        if not isinstance(body, dict):
+            return
+        expected = (body.get("metadata") or {}).get("resourceVersion")
+        if expected and str(expected) != str(current["metadata"].get("resourceVersion")):
+            raise KubernetesConflictError(
+                status=409,
+                reason="Conflict",
+                message="the object has been modified; apply your changes to the latest version",
+            )
+
+    def _has_status(self, res: Any) -> bool:
+        return res in self.resources and "status" in self.resources[res].subresources
+
+    def _next_version(self) -> str:
+        self._counter += 1
+        return str(self._counter)
+
+    async def _publish(
+        self, res: Any, kind: str, body: dict[str, Any], *, previous: dict[str, Any] | None
+    ) -> None:
+        event = {"type": kind, "object": copy.deepcopy(body), "previous": previous}
+        await self._buses[res].put(event)
+
+
+def _watch_event(
+    event: Mapping[str, Any], request: rendering.Request, requirements: list[LabelRequirement]
+) -> dict[str, Any] | None:
+    """Translate a recorded change into what one watcher sees, or None when it sees nothing."""
+    body = event["object"]
+    metadata = body.get("metadata", {})
+    if request.namespace is not None and metadata.get("namespace") != request.namespace:
+        return None
+    if request.name is not None and metadata.get("name") != request.name:
+        return None
+    kind = event["type"]
+    now = selector_matches(requirements, body)
+    before = selector_matches(requirements, event.get("previous"))
+    if kind == "ADDED":
+        return {"type": "ADDED", "object": body} if now else None
+    if kind == "DELETED":
+        return {"type": "DELETED", "object": body} if now else None
+    if now and before:
+        return {"type": "MODIFIED", "object": body}
+    if now:
+        return {"type": "ADDED", "object": body}
+    if before:
+        return {"type": "DELETED", "object": body}
+    return None
+
+
+def _spec_part(body: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in body.items() if key not in ("metadata", "status")}
+
+
+def _delete_preconditions(data: Any) -> dict[str, Any]:
+    if isinstance(data, dict):
+        return {"resourceVersion": (data.get("preconditions") or {}).get("resourceVersion")}
+    return {}
+
+
+def _now() -> str:
+    return _stamp(datetime.datetime.now(datetime.UTC))
+
+
+def _stamp(moment: datetime.datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

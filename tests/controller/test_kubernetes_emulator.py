@@ -1,0 +1,264 @@
+"""The Kubernetes API emulator's additions to kmock, over HTTP with a plain aiohttp client.
+
+The controller tests rely on these semantics (resource versions, conflicts, label selectors,
+the status subresource, garbage collection, TokenRequest), so they are checked here on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import kmock
+import pytest
+
+from agent.testing.kubernetes import KubernetesApiEmulator, merge_patch, parse_label_selector
+
+SECRETS = "/api/v1/namespaces/team-a/secrets"
+ES = "/apis/secrets-agent.io/v1alpha1/namespaces/team-a/externalsecrets"
+MERGE = {"Content-Type": "application/merge-patch+json"}
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[tuple[KubernetesApiEmulator, aiohttp.ClientSession]]:
+    emulator = KubernetesApiEmulator()
+    async with emulator, kmock.Server(emulator) as server:
+        async with aiohttp.ClientSession(base_url=server.url) as session:
+            yield emulator, session
+
+
+async def call(
+    session: aiohttp.ClientSession, method: str, path: str, body: Any = None, **kwargs: Any
+) -> tuple[int, Any]:
+    async with session.request(method, path, json=body, **kwargs) as response:
+        return response.status, await response.json()
+
+
+def secret(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "labels": labels or {}},
+        "data": {"a": base64.b64encode(b"fake-value-1").decode()},
+    }
+
+
+async def test_create_sets_identity_and_version(api) -> None:
+    emulator, session = api
+    status, body = await call(session, "POST", SECRETS, secret("one"))
+    assert status == 201
+    assert body["metadata"]["uid"]
+    assert body["metadata"]["resourceVersion"] == "1"
+    assert body["metadata"]["namespace"] == "team-a"
+    assert "generation" not in body["metadata"]  # core resources carry none
+
+
+async def test_create_twice_conflicts(api) -> None:
+    _, session = api
+    await call(session, "POST", SECRETS, secret("one"))
+    status, body = await call(session, "POST", SECRETS, secret("one"))
+    assert status == 409
+    assert body["reason"] == "AlreadyExists"
+
+
+async def test_patch_moves_version_only_on_change(api) -> None:
+    _, session = api
+    await call(session, "POST", SECRETS, secret("one"))
+    status, same = await call(
+        session, "PATCH", f"{SECRETS}/one", {"data": secret("one")["data"]}, headers=MERGE
+    )
+    assert status == 200
+    assert same["metadata"]["resourceVersion"] == "1"
+    _, changed = await call(
+        session, "PATCH", f"{SECRETS}/one", {"data": {"b": "eA=="}}, headers=MERGE
+    )
+    assert changed["metadata"]["resourceVersion"] == "2"
+    assert set(changed["data"]) == {"a", "b"}
+
+
+async def test_stale_resource_version_conflicts(api) -> None:
+    _, session = api
+    await call(session, "POST", SECRETS, secret("one"))
+    await call(session, "PATCH", f"{SECRETS}/one", {"data": {"b": "eA=="}}, headers=MERGE)
+    stale = {"metadata": {"resourceVersion": "1"}, "data": {"c": "eA=="}}
+    status, body = await call(session, "PATCH", f"{SECRETS}/one", stale, headers=MERGE)
+    assert status == 409
+    assert body["reason"] == "Conflict"
+
+
+async def test_json_patch_test_failure_is_422(api) -> None:
+    _, session = api
+    await call(session, "POST", SECRETS, secret("one"))
+    ops = [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": "7"},
+        {"op": "add", "path": "/metadata/finalizers", "value": ["x"]},
+    ]
+    headers = {"Content-Type": "application/json-patch+json"}
+    status, _ = await call(session, "PATCH", f"{SECRETS}/one", ops, headers=headers)
+    assert status == 422
+
+
+async def test_merge_patch_null_removes_key(api) -> None:
+    _, session = api
+    await call(session, "POST", SECRETS, secret("one"))
+    _, body = await call(session, "PATCH", f"{SECRETS}/one", {"data": {"a": None}}, headers=MERGE)
+    assert body.get("data") == {}
+
+
+async def test_put_replaces_object(api) -> None:
+    _, session = api
+    _, created = await call(session, "POST", SECRETS, secret("one"))
+    replacement = secret("one")
+    replacement["data"] = {"z": "eA=="}
+    replacement["metadata"]["resourceVersion"] = created["metadata"]["resourceVersion"]
+    status, body = await call(session, "PUT", f"{SECRETS}/one", replacement)
+    assert status == 200
+    assert body["data"] == {"z": "eA=="}
+    assert body["metadata"]["uid"] == created["metadata"]["uid"]
+
+
+async def test_status_subresource_isolated(api) -> None:
+    _, session = api
+    document = {
+        "apiVersion": "secrets-agent.io/v1alpha1",
+        "kind": "ExternalSecret",
+        "metadata": {"name": "es"},
+        "spec": {"refreshInterval": "1h"},
+        "status": {"ignored": True},
+    }
+    _, created = await call(session, "POST", ES, document)
+    assert "status" not in created
+    assert created["metadata"]["generation"] == 1
+    _, body = await call(
+        session, "PATCH", f"{ES}/es/status", {"status": {"refreshTime": "t"}}, headers=MERGE
+    )
+    assert body["status"] == {"refreshTime": "t"}
+    assert body["metadata"]["generation"] == 1
+    _, body = await call(
+        session,
+        "PATCH",
+        f"{ES}/es",
+        {"spec": {"refreshInterval": "2h"}, "status": {"refreshTime": "u"}},
+        headers=MERGE,
+    )
+    assert body["status"] == {"refreshTime": "t"}
+    assert body["metadata"]["generation"] == 2
+
+
+async def test_metadata_change_keeps_generation(api) -> None:
+    _, session = api
+    document = {"metadata": {"name": "es"}, "spec": {"refreshInterval": "1h"}}
+    await call(session, "POST", ES, document)
+    patch = {"metadata": {"annotations": {"force-sync": "1"}}}
+    _, body = await call(session, "PATCH", f"{ES}/es", patch, headers=MERGE)
+    assert body["metadata"]["generation"] == 1
+    assert body["metadata"]["resourceVersion"] == "2"
+
+
+async def test_list_filters_by_label_selector(api) -> None:
+    _, session = api
+    await call(session, "POST", SECRETS, secret("managed", {"secrets-agent.io/managed": "true"}))
+    await call(session, "POST", SECRETS, secret("other", {"app": "x"}))
+    params = {"labelSelector": "secrets-agent.io/managed=true"}
+    _, body = await call(session, "GET", SECRETS, params=params)
+    assert [item["metadata"]["name"] for item in body["items"]] == ["managed"]
+
+
+def test_label_selector_operators() -> None:
+    labels = {"tier": "web", "env": "prod"}
+    cases = {
+        "tier=web": True,
+        "tier==web": True,
+        "tier!=web": False,
+        "env in (prod, dev)": True,
+        "env notin (prod)": False,
+        "tier": True,
+        "!tier": False,
+        "!missing": True,
+        "tier=web,env=dev": False,
+    }
+    for text, expected in cases.items():
+        requirements = parse_label_selector(text)
+        assert all(r.matches(labels) for r in requirements) is expected, text
+
+
+async def test_watch_reports_selector_transitions(api) -> None:
+    _, session = api
+    selector = "secrets-agent.io/managed=true"
+    await call(session, "POST", SECRETS, secret("s", {"secrets-agent.io/managed": "true"}))
+    events: list[tuple[str, str]] = []
+
+    async def watch() -> None:
+        params = {"watch": "true", "labelSelector": selector}
+        async with session.get(SECRETS, params=params) as response:
+            async for line in response.content:
+                if line.strip():
+                    event = json.loads(line)
+                    events.append((event["type"], event["object"]["metadata"]["name"]))
+
+    task = asyncio.create_task(watch())
+    await asyncio.sleep(0.2)
+    unlabel = {"metadata": {"labels": {"secrets-agent.io/managed": None}}}
+    await call(session, "PATCH", f"{SECRETS}/s", unlabel, headers=MERGE)
+    await call(session, "POST", SECRETS, secret("ignored"))
+    relabel = {"metadata": {"labels": {"secrets-agent.io/managed": "true"}}}
+    await call(session, "PATCH", f"{SECRETS}/s", relabel, headers=MERGE)
+    await asyncio.sleep(0.2)
+    task.cancel()
+    assert events == [("ADDED", "s"), ("DELETED", "s"), ("ADDED", "s")]
+
+
+async def test_delete_collects_owned_objects(api) -> None:
+    emulator, session = api
+    _, owner = await call(session, "POST", ES, {"metadata": {"name": "es"}, "spec": {}})
+    owned = secret("owned")
+    owned["metadata"]["ownerReferences"] = [
+        {"apiVersion": "secrets-agent.io/v1alpha1", "kind": "ExternalSecret", "name": "es",
+         "uid": owner["metadata"]["uid"], "controller": True}
+    ]  # fmt: skip
+    await call(session, "POST", SECRETS, owned)
+    await call(session, "POST", SECRETS, secret("unowned"))
+    status, _ = await call(session, "DELETE", f"{ES}/es")
+    assert status == 200
+    assert emulator.body("v1/secrets", "team-a", "owned") is None
+    assert emulator.body("v1/secrets", "team-a", "unowned") is not None
+
+
+async def test_finalizer_holds_deletion(api) -> None:
+    emulator, session = api
+    document = {"metadata": {"name": "es", "finalizers": ["secrets-agent.io/finalizer"]}}
+    await call(session, "POST", ES, document)
+    _, marked = await call(session, "DELETE", f"{ES}/es")
+    assert marked["metadata"]["deletionTimestamp"]
+    assert emulator.body("secrets-agent.io/v1alpha1/externalsecrets", "team-a", "es")
+    release = {"metadata": {"finalizers": None}}
+    await call(session, "PATCH", f"{ES}/es", release, headers=MERGE)
+    assert emulator.body("secrets-agent.io/v1alpha1/externalsecrets", "team-a", "es") is None
+
+
+async def test_token_request_for_existing_account(api) -> None:
+    emulator, session = api
+    accounts = "/api/v1/namespaces/team-a/serviceaccounts"
+    await call(session, "POST", accounts, {"metadata": {"name": "vault-reader"}})
+    request = {"spec": {"audiences": ["vault"], "expirationSeconds": 600}}
+    status, body = await call(session, "POST", f"{accounts}/vault-reader/token", request)
+    assert status == 201
+    assert body["status"]["token"].count(".") == 2
+    assert emulator.issued_tokens[0].audiences == ("vault",)
+    status, _ = await call(session, "POST", f"{accounts}/missing/token", request)
+    assert status == 404
+
+
+def test_merge_patch_follows_rfc7386() -> None:
+    target = {"a": "b", "c": {"d": "e", "f": "g"}, "list": [1, 2]}
+    patch = {"a": "z", "c": {"f": None}, "list": [3], "new": {"x": 1}}
+    assert merge_patch(target, patch) == {
+        "a": "z",
+        "c": {"d": "e"},
+        "list": [3],
+        "new": {"x": 1},
+    }

@@ -30,12 +30,15 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from agent.errors import DeclarationError, DeclarationErrors
+from agent.generators import GeneratorDeclaration, VaultDynamicSecretSpec
 from agent.models import (
     API_VERSIONS,
     DEFAULT_ONLY_FIELDS,
     FILE_GID_ANNOTATION,
     FILE_MODE_ANNOTATION,
     FILE_UID_ANNOTATION,
+    GENERATOR_API_VERSIONS,
+    GENERATOR_KINDS,
     NOTIFY_TARGET_API_VERSION,
     NOTIFY_TARGET_KIND,
     STORE_KINDS,
@@ -50,7 +53,7 @@ from agent.templates import check_template
 from agent.writer import FileOwnership, check_secret_key
 
 DECLARATION_SUFFIXES = (".yaml", ".yml", ".json")
-KINDS = (*STORE_KINDS, "ExternalSecret", NOTIFY_TARGET_KIND)
+KINDS = (*STORE_KINDS, "ExternalSecret", NOTIFY_TARGET_KIND, *GENERATOR_KINDS)
 # `status` is accepted and ignored so that the output of `kubectl get -o yaml` loads.
 _TOP_LEVEL_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
 # A declaration is a few levels deep and has dozens of values, so these limits are far above any
@@ -128,8 +131,10 @@ class ExternalSecretDeclaration:
         return self.spec.target.name or self.name
 
     @property
-    def store_ref(self) -> tuple[str, str]:
-        return (self.spec.secret_store_ref.kind, self.spec.secret_store_ref.name)
+    def store_ref(self) -> tuple[str, str] | None:
+        """The store as (kind, name); None when only generators fill the target."""
+        ref = self.spec.secret_store_ref
+        return None if ref is None else (ref.kind, ref.name)
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,8 @@ class Declarations:
     stores: dict[tuple[str, str], StoreDeclaration] = field(default_factory=dict)
     external_secrets: list[ExternalSecretDeclaration] = field(default_factory=list)
     notify_targets: list[NotifyTargetDeclaration] = field(default_factory=list)
+    # Generators (agent.generators) keyed by (kind, name).
+    generators: dict[tuple[str, str], GeneratorDeclaration] = field(default_factory=dict)
 
 
 def load_declarations(paths: Sequence[Path | str], *, allow_nested: bool = False) -> Declarations:
@@ -520,6 +527,8 @@ class _Checker:
         self.errors: list[DeclarationError] = []
         # Stores whose documents are invalid: a reference to one is not reported as unknown too.
         self.invalid_stores: set[tuple[str, str]] = set()
+        # The same for generators.
+        self.invalid_generators: set[tuple[str, str]] = set()
         # The model of each store kind's `spec`; the controller reads ClusterSecretStore conditions.
         self.store_specs: dict[str, type[StoreSpec]] = dict.fromkeys(STORE_KINDS, StoreSpec)
 
@@ -531,15 +540,21 @@ class _Checker:
         is_store = subject.kind in STORE_KINDS
         if subject.kind == NOTIFY_TARGET_KIND:
             spec_model: type[BaseModel] = NotifyTargetSpec
+        elif subject.kind in GENERATOR_KINDS:
+            spec_model = VaultDynamicSecretSpec
         else:
             spec_model = self.store_specs[subject.kind] if is_store else ExternalSecretSpec
         spec = self._validate(spec_model, document, "spec", subject)
         if meta is None or spec is None:
             if is_store:
                 self.invalid_stores.add((subject.kind, _metadata_name(document)))
+            if subject.kind in GENERATOR_KINDS:
+                self.invalid_generators.add((subject.kind, _metadata_name(document)))
             return
         if isinstance(spec, StoreSpec):
             self._add_store(subject, meta, spec)
+        elif isinstance(spec, VaultDynamicSecretSpec):
+            self._add_generator(subject, meta, spec)
         elif isinstance(spec, NotifyTargetSpec):
             self._add_notify_target(subject, meta, spec)
         else:
@@ -558,8 +573,8 @@ class _Checker:
         if kind not in KINDS:
             problem = _kind_problem(kind)
             fix = (
-                "a declaration file holds only SecretStore, ClusterSecretStore, ExternalSecret "
-                "and NotifyTarget"
+                "a declaration file holds only SecretStore, ClusterSecretStore, ExternalSecret, "
+                "NotifyTarget and VaultDynamicSecret"
             )
             self.errors.append(subject.error(problem, field="kind", fix=fix))
             return None
@@ -569,9 +584,10 @@ class _Checker:
             fix = f"use {NOTIFY_TARGET_API_VERSION}"
             self.errors.append(subject.error(problem, field="apiVersion", fix=fix))
             return None
-        if not isinstance(api_version, str) or api_version not in API_VERSIONS:
+        versions = GENERATOR_API_VERSIONS if kind in GENERATOR_KINDS else API_VERSIONS
+        if not isinstance(api_version, str) or api_version not in versions:
             problem = "required field is missing" if api_version is None else "not supported"
-            fix = f"use one of {', '.join(sorted(API_VERSIONS))}"
+            fix = f"use one of {', '.join(sorted(versions))}"
             self.errors.append(subject.error(problem, field="apiVersion", fix=fix))
             return None
         for unknown in sorted(str(key) for key in document if key not in _TOP_LEVEL_FIELDS):
@@ -609,6 +625,25 @@ class _Checker:
             )
             return
         self.result.stores[store.ref] = store
+
+    def _add_generator(
+        self, subject: _Subject, meta: ObjectMeta, spec: VaultDynamicSecretSpec
+    ) -> None:
+        generator = GeneratorDeclaration(
+            kind=subject.kind, name=meta.name, spec=spec, origin=subject.origin
+        )
+        first = self.result.generators.get(generator.ref)
+        if first is not None:
+            self.errors.append(
+                subject.error(
+                    f"duplicate {generator.kind} {_shown(generator.name)}, first declared in "
+                    f"{first.origin.source} document {first.origin.document}",
+                    field="metadata.name",
+                    fix="give each generator a unique name, or remove one of them",
+                )
+            )
+            return
+        self.result.generators[generator.ref] = generator
 
     def _add_external_secret(
         self, subject: _Subject, meta: ObjectMeta, spec: ExternalSecretSpec
@@ -673,6 +708,7 @@ class _Checker:
         for declaration in self.result.external_secrets:
             subject = _Subject(declaration.origin, kind="ExternalSecret", name=declaration.name)
             self._check_store_ref(subject, declaration)
+            self._check_generator_refs(subject, declaration)
             self._check_target(subject, declaration, targets)
             self._check_secret_keys(subject, declaration)
             self._check_template(subject, declaration)
@@ -693,6 +729,16 @@ class _Checker:
 
     def _check_store_ref(self, subject: _Subject, declaration: ExternalSecretDeclaration) -> None:
         stores = self.result.stores
+        if declaration.store_ref is None:
+            spec = declaration.spec
+            if spec.data or any(item.source_ref is None for item in spec.data_from):
+                problem = "required field is missing"
+                fix = (
+                    "add it: spec.data, dataFrom.extract and dataFrom.find read from a store "
+                    "(only dataFrom.sourceRef.generatorRef entries need none)"
+                )
+                self.errors.append(subject.error(problem, field="spec.secretStoreRef", fix=fix))
+            return
         if declaration.store_ref in stores or declaration.store_ref in self.invalid_stores:
             return
         kind, name = declaration.store_ref
@@ -704,6 +750,24 @@ class _Checker:
             fix = f"declare that store or fix the name (declared stores: {known})"
         problem = f"unknown {kind} {_shown(name)}"
         self.errors.append(subject.error(problem, field="spec.secretStoreRef.name", fix=fix))
+
+    def _check_generator_refs(
+        self, subject: _Subject, declaration: ExternalSecretDeclaration
+    ) -> None:
+        """Check that every `dataFrom[].sourceRef.generatorRef` names a declared generator."""
+        generators = self.result.generators
+        for index, item in enumerate(declaration.spec.data_from):
+            if item.source_ref is None:
+                continue
+            ref = item.source_ref.generator_ref
+            named = (ref.kind, ref.name)
+            if named in generators or named in self.invalid_generators:
+                continue
+            known = ", ".join(sorted(f"{k} {n}" for k, n in generators)) or "none"
+            problem = f"unknown {ref.kind} {_shown(ref.name)}"
+            fix = f"declare that generator or fix the name (declared generators: {known})"
+            field_path = f"spec.dataFrom[{index}].sourceRef.generatorRef.name"
+            self.errors.append(subject.error(problem, field=field_path, fix=fix))
 
     def _check_target(
         self,
@@ -892,7 +956,8 @@ def _explain(item: Any, model: type[BaseModel], field_path: str) -> tuple[str, s
 def _explain_unknown_field(
     loc: tuple[int | str, ...], model: type[BaseModel], pattern: str
 ) -> tuple[str, str]:
-    fix = _lookup(UNSUPPORTED_FIELDS, pattern)
+    # A model may bring its own table (a generator's provider has other paths than a store's).
+    fix = _lookup(getattr(model, "unsupported_fields", UNSUPPORTED_FIELDS), pattern)
     if fix is not None:
         return "not supported by secrets-agent yet", fix
     names = _field_names(model, loc[:-1])

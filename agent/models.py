@@ -37,6 +37,12 @@ API_VERSIONS = frozenset(
     {"secrets-agent.io/v1alpha1", "external-secrets.io/v1beta1", "external-secrets.io/v1"}
 )
 STORE_KINDS = ("SecretStore", "ClusterSecretStore")
+# Generator documents (`agent.generators`) carry External Secrets Operator's generator group or
+# ours; `dataFrom[].sourceRef.generatorRef` names them with either.
+GENERATOR_API_VERSIONS = frozenset(
+    {"generators.external-secrets.io/v1alpha1", "secrets-agent.io/v1alpha1"}
+)
+GENERATOR_KINDS = ("VaultDynamicSecret",)
 
 # Annotations on an ExternalSecret that override the agent-wide file settings for its target.
 # Annotations keep `spec` identical to External Secrets Operator's.
@@ -418,14 +424,47 @@ class Rewrite(Model):
     regexp: RewriteRegexp
 
 
+class GeneratorRef(Model):
+    """`sourceRef.generatorRef`: a generator declared in the same files (see agent.leases)."""
+
+    api_version: str = "generators.external-secrets.io/v1alpha1"
+    kind: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+
+    @field_validator("api_version")
+    @classmethod
+    def _generator_group(cls, value: str) -> str:
+        if value not in GENERATOR_API_VERSIONS:
+            versions = " or ".join(sorted(GENERATOR_API_VERSIONS))
+            raise ValueError(f"not a generator apiVersion; use {versions}")
+        return value
+
+    @field_validator("kind")
+    @classmethod
+    def _supported_kind(cls, value: str) -> str:
+        if value not in GENERATOR_KINDS:
+            raise ValueError(
+                "this generator kind is not supported by secrets-agent yet; use a "
+                "VaultDynamicSecret, or remove the entry"
+            )
+        return value
+
+
+class SourceRef(Model):
+    """`dataFrom[].sourceRef`: only `generatorRef`; `storeRef` is rejected with its fix."""
+
+    generator_ref: GeneratorRef
+
+
 class DataFromItem(Model):
     extract: RemoteRef | None = None
     find: Find | None = None
+    source_ref: SourceRef | None = None
     rewrite: list[Rewrite] = []
 
     @model_validator(mode="after")
     def _one_source(self) -> DataFromItem:
-        _exactly_one(self, ("extract", "find"), "source")
+        _exactly_one(self, ("extract", "find", "source_ref"), "source")
         return self
 
 
@@ -490,7 +529,9 @@ class ExternalSecretSpec(Model):
     refresh_interval: Duration = 3600.0
     # Only External Secrets Operator's default is supported: refresh every refreshInterval.
     refresh_policy: Literal["Periodic"] = "Periodic"
-    secret_store_ref: StoreRef
+    # Optional as in External Secrets Operator: only generatorRef entries need no store. The
+    # loader requires it for every other entry.
+    secret_store_ref: StoreRef | None = None
     target: Target = Target()
     data: list[DataItem] = []
     data_from: list[DataFromItem] = []
@@ -529,8 +570,8 @@ UNSUPPORTED_FIELDS: dict[str, str] = {
     "spec.target.manifest": "remove it (a target is always a directory of files or a Secret)",
     "spec.syncWindows": "remove it (every target is refreshed every spec.refreshInterval)",
     "spec.data[].sourceRef": "remove it and name the store in spec.secretStoreRef",
-    "spec.dataFrom[].sourceRef": "remove it and name the store in spec.secretStoreRef "
-    "(generators are not supported)",
+    "spec.dataFrom[].sourceRef.storeRef": "remove it and name the store in "
+    "spec.secretStoreRef (one store per ExternalSecret)",
     "remoteRef.nullBytePolicy": "remove it",
     "extract.nullBytePolicy": "remove it",
     "find.tags": "remove it and select remote keys with find.path and find.name.regexp",

@@ -310,12 +310,45 @@ EXTERNAL_SECRET_CASES = [
     ),
     # dataFrom[]
     es(
-        "dataFrom sourceRef generator",
+        "dataFrom sourceRef generator kind",
         "spec.dataFrom",
         [{"sourceRef": {"generatorRef": {"kind": "Password", "name": "pw"}}}],
+        "this generator kind is not supported by secrets-agent yet",
+        "use a VaultDynamicSecret",
+        field="spec.dataFrom[0].sourceRef.generatorRef.kind",
+    ),
+    es(
+        "dataFrom sourceRef storeRef",
+        "spec.dataFrom",
+        [
+            {
+                "extract": {"key": "/a"},
+                "sourceRef": {"storeRef": {"name": "other"}},
+            }
+        ],
         NOT_YET,
-        "generators are not supported",
-        field="spec.dataFrom[0].sourceRef",
+        "name the store in spec.secretStoreRef",
+        field="spec.dataFrom[0].sourceRef.storeRef",
+        # sourceRef.generatorRef is then missing too.
+        errors=2,
+    ),
+    es(
+        "dataFrom sourceRef generator apiVersion",
+        "spec.dataFrom",
+        [
+            {
+                "sourceRef": {
+                    "generatorRef": {
+                        "apiVersion": "external-secrets.io/v1",
+                        "kind": "VaultDynamicSecret",
+                        "name": "db",
+                    }
+                }
+            }
+        ],
+        "not a generator apiVersion",
+        "generators.external-secrets.io/v1alpha1",
+        field="spec.dataFrom[0].sourceRef.generatorRef.apiVersion",
     ),
     es(
         "dataFrom extract and find",
@@ -329,7 +362,7 @@ EXTERNAL_SECRET_CASES = [
         "dataFrom with neither extract nor find",
         "spec.dataFrom",
         [{"rewrite": [{"regexp": {"source": "a", "target": "b"}}]}],
-        "no source is set, expected exactly one (extract, find)",
+        "no source is set, expected exactly one (extract, find, sourceRef)",
         "add one of them",
         field="spec.dataFrom[0]",
     ),

@@ -37,7 +37,28 @@ class Snapshot:
 
     target: str
     data: Mapping[str, bytes]
-    leases: tuple[Any, ...] = field(default=())
+    leases: tuple[LeaseUse, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class GeneratedValue:
+    """The response for one `dataFrom[].sourceRef.generatorRef` entry (see agent.leases).
+
+    `data` maps each top-level field of the response to its value, `lease` is the lease it came
+    from (opaque here) and `source` names the generator in messages.
+    """
+
+    data: Mapping[str, Any]
+    lease: Any
+    source: str
+
+
+@dataclass(frozen=True)
+class LeaseUse:
+    """A generator response inside a snapshot: its lease, and the secret key each field became."""
+
+    lease: Any
+    secret_keys: Mapping[str, str]
 
 
 class SnapshotError(AgentError):
@@ -74,16 +95,22 @@ def build_snapshot(
     fetched: Mapping[RemoteKey, RemoteValue | Exception],
     read_prefix: PrefixReader,
     allow_nested: bool = False,
+    generated: Mapping[int, GeneratedValue | StoreError] | None = None,
 ) -> Snapshot:
     """Build the snapshot of one declaration from the values its store returned.
 
     `fetched` holds every key of `remote_keys(declaration)`; `read_prefix` is called for
     `dataFrom.find` and for an `extract` key that names a path prefix rather than one value.
+    `generated` holds the response of each generatorRef entry by its `dataFrom` index; each field
+    of a response becomes a secret key, and `Snapshot.leases` records which leases were used.
     Raises SnapshotError when any entry or template fails.
     """
     builder = _Builder(declaration, store_name=store_name, allow_nested=allow_nested)
     for index, item in enumerate(declaration.spec.data_from):
         field_path = f"spec.dataFrom[{index}]"
+        if item.source_ref is not None:
+            builder.generated(index, (generated or {}).get(index), item.rewrite, field_path)
+            continue
         if item.extract is not None:
             imported = builder.extract(item.extract, fetched, read_prefix, field_path)
         else:
@@ -112,6 +139,7 @@ class _Builder:
         self.allow_nested = allow_nested
         self.data: dict[str, bytes] = {}
         self.errors: list[StoreError] = []
+        self.leases: list[LeaseUse] = []
 
     def fail(self, error: Exception, field_path: str) -> None:
         if isinstance(error, StoreError):
@@ -238,7 +266,10 @@ class _Builder:
                 self.fail(error, field_path)
         return imported
 
-    def merge(self, imported: Mapping[str, bytes], field_path: str) -> None:
+    def merge(
+        self, imported: Mapping[str, bytes], field_path: str, *, source: str | None = None
+    ) -> None:
+        """Add imported secret keys; `source` names a generator in errors instead of the store."""
         for name, value in imported.items():
             reason = check_secret_key(name, allow_nested=self.allow_nested)
             if reason is not None:
@@ -246,7 +277,7 @@ class _Builder:
                     InvalidValueError(
                         f"{field_path}: imported secret key {name!r} is not a safe file name "
                         f"({reason})",
-                        store=self.store_name,
+                        store=source or self.store_name,
                         fix="add a rewrite.regexp that maps it to a plain name",
                     ),
                     field_path,
@@ -254,10 +285,33 @@ class _Builder:
                 continue
             self.data[name] = value
 
+    def generated(
+        self,
+        index: int,
+        value: GeneratedValue | StoreError | None,
+        rewrites: list[Any],
+        field_path: str,
+    ) -> None:
+        """Import every field of a generator's response, renamed by `rewrite`."""
+        if value is None:
+            value = StoreError(
+                f"{field_path}: no lease manager supplies generator values here",
+                store=self.store_name,
+            )
+        if isinstance(value, StoreError):
+            self.fail(value, field_path)
+            return
+        names = {name: _rewrite_name(name, rewrites) for name in value.data}
+        imported = {names[name]: _render(item) for name, item in value.data.items()}
+        self.merge(imported, field_path, source=value.source)
+        self.leases.append(LeaseUse(lease=value.lease, secret_keys=names))
+
     def finish(self) -> Snapshot:
         if self.errors:
             raise SnapshotError(self.declaration.target, self.errors)
-        return Snapshot(target=self.declaration.target, data=dict(self.data))
+        return Snapshot(
+            target=self.declaration.target, data=dict(self.data), leases=tuple(self.leases)
+        )
 
 
 def relative_key_name(prefix: str, remote_key: str) -> str:
@@ -331,12 +385,14 @@ def decode(raw: bytes, strategy: DecodingStrategy, *, remote_key: str, store_nam
 def _rewrite(imported: dict[str, bytes] | None, rewrites: list[Any]) -> dict[str, bytes]:
     if not imported:
         return {}
-    result = imported
+    return {_rewrite_name(name, rewrites): value for name, value in imported.items()}
+
+
+def _rewrite_name(name: str, rewrites: list[Any]) -> str:
+    """Apply each `rewrite[].regexp` in order to one imported secret key name."""
     for rewrite in rewrites:
-        pattern = re.compile(rewrite.regexp.source)
-        replacement = _go_replacement(rewrite.regexp.target)
-        result = {pattern.sub(replacement, name): value for name, value in result.items()}
-    return result
+        name = re.sub(rewrite.regexp.source, _go_replacement(rewrite.regexp.target), name)
+    return name
 
 
 _GO_GROUP = re.compile(r"\$(\$|\{(\w+)\}|(\w+))")

@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from agent.declarations import Declarations, ExternalSecretDeclaration
 from agent.errors import AgentError, StoreError
@@ -30,7 +30,7 @@ from agent.logs import log_event
 from agent.metrics import Metrics
 from agent.refs import Refs
 from agent.settings import Settings
-from agent.snapshot import SnapshotError, build_snapshot, remote_keys
+from agent.snapshot import GeneratedValue, LeaseUse, SnapshotError, build_snapshot, remote_keys
 from agent.stores import RemoteKey, RemoteValue, Store, open_store
 from agent.writer import ProjectionError, Writer
 
@@ -108,6 +108,18 @@ ChangeListener = Callable[[list[Change]], None]
 PeriodicTask = Callable[[], float | None]
 
 
+class LeaseSource(Protocol):
+    """Supplies the values of `dataFrom[].sourceRef.generatorRef` entries (agent.leases)."""
+
+    def values_for(
+        self, declaration: ExternalSecretDeclaration
+    ) -> Mapping[int, GeneratedValue | StoreError]:
+        """Return each generator entry's response (or failure) by its `dataFrom` index."""
+
+    def committed(self, target: str, leases: tuple[LeaseUse, ...]) -> None:
+        """Learn that the target's current generation holds these leases."""
+
+
 class StorePool:
     """Opens each declared store once, on first use, and closes them all at the end."""
 
@@ -183,6 +195,8 @@ class Syncer:
         self._store_due: dict[str, float] = {}
         self._cleanup_due: float | None = None
         self.listeners: list[ChangeListener] = []
+        # Set by agent.leases.LeaseManager.attach; without it generatorRef entries fail.
+        self.leases: LeaseSource | None = None
         self._tasks: list[tuple[PeriodicTask, list[float]]] = []
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -236,10 +250,14 @@ class Syncer:
                 )
 
     def _sync_store(
-        self, ref: tuple[str, str], group: list[TargetState], result: RoundResult
+        self, ref: tuple[str, str] | None, group: list[TargetState], result: RoundResult
     ) -> None:
         started = time.perf_counter()
         keys = list(dict.fromkeys(k for s in group for k in remote_keys(s.declaration)))
+        if ref is None:  # targets filled by generators only: nothing to fetch from a store
+            for state in group:
+                self._sync_target(state, None, {}, _no_prefixes, result, started)
+            return
         try:
             store = self.stores.get(ref)
             fetched: Mapping[RemoteKey, RemoteValue | Exception] = store.fetch(keys) if keys else {}
@@ -268,20 +286,22 @@ class Syncer:
     def _sync_target(
         self,
         state: TargetState,
-        store: Store,
+        store: Store | None,
         fetched: Mapping[RemoteKey, RemoteValue | Exception],
         read_prefix: Callable[[str], Mapping[str, RemoteValue]],
         result: RoundResult,
         started: float,
     ) -> None:
         declaration = state.declaration
+        generated = self.leases.values_for(declaration) if self.leases is not None else None
         try:
             snapshot = build_snapshot(
                 declaration,
-                store_name=store.name,
+                store_name=store.name if store is not None else "-",
                 fetched=fetched,
                 read_prefix=read_prefix,
                 allow_nested=self.settings.nested_keys,
+                generated=generated,
             )
             changed = self.writer.project(
                 declaration.target,
@@ -291,6 +311,8 @@ class Syncer:
         except (SnapshotError, ProjectionError) as error:
             self._record_failure(state, error, result)
             return
+        if self.leases is not None and snapshot.leases:
+            self.leases.committed(declaration.target, snapshot.leases)
         digests = _digests(snapshot.data)
         if changed:
             result.changes.append(_compare(state.target, state.digests, digests))
@@ -436,6 +458,16 @@ class Syncer:
     def wake(self) -> None:
         """Make the loop look at its deadlines now; safe from any thread."""
         self._wake.set()
+
+    def sync_soon(self, target: str) -> None:
+        """Sync `target` at the next turn of the loop (its lease was rotated); safe from any
+        thread."""
+        with self.lock:
+            state = self.states.get(target)
+            if state is not None:
+                state.next_due = self.clock()
+                state.finished = False
+        self.wake()
 
     def add_task(self, task: PeriodicTask) -> None:
         """Run `task` in the sync thread at the next turn of the loop and then on its schedule."""
@@ -590,6 +622,10 @@ class Syncer:
                 targets[state.target] = entry
             ready = all(state.complete for state in self.states.values())
         return ready, {"ready": ready, "targets": targets}
+
+
+def _no_prefixes(path: str) -> Mapping[str, RemoteValue]:
+    raise AssertionError("the loader requires a store for dataFrom.find and extract")
 
 
 def _is_transient(error: AgentError) -> bool:

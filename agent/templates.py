@@ -250,6 +250,18 @@ def to_json(value: Any, indent: int | None = None, sort_keys: bool = False) -> s
     )
 
 
+def from_json(value: Any) -> Any:
+    """Parse a JSON text (for example a secret value holding a JSON object) into a value."""
+    try:
+        return json.loads(_text(value, "from_json"))
+    except json.JSONDecodeError:
+        # The decoder's message gives a position only, but the value stays out of it anyway.
+        raise _ShownProblem(
+            "from_json was given a value that is not valid JSON",
+            fix="check that the secret value is JSON, or remove from_json",
+        ) from None
+
+
 def to_yaml(value: Any) -> str:
     """Render a value as YAML: a string as one double-quoted scalar, a mapping or list as a block.
 
@@ -339,6 +351,7 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "b64enc": b64encode,
     "b64dec": b64decode,
     "to_json": to_json,
+    "from_json": from_json,
     "to_yaml": to_yaml,
     "properties": properties,
     "dotenv": dotenv,

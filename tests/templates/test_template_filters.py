@@ -23,6 +23,7 @@ from agent.templates import (
     b64decode,
     b64encode,
     dotenv,
+    from_json,
     properties,
     render_files,
     shell,
@@ -255,6 +256,14 @@ def test_to_json(value, expected: str) -> None:
     assert json.loads(to_json(value)) == value
 
 
+def test_from_json_invalid() -> None:
+    # The filter's own error type is private to the module.
+    with pytest.raises(Exception, match="not valid JSON") as caught:
+        from_json("fake-not-json-1")
+
+    assert "fake-not-json" not in str(caught.value)
+
+
 def test_to_json_indent_and_sort() -> None:
     assert (
         to_json({"b": "1", "a": "2"}, indent=2, sort_keys=True) == '{\n  "a": "2",\n  "b": "1"\n}'
@@ -296,7 +305,7 @@ def test_to_yaml_mapping_is_a_block() -> None:
 
 
 def test_every_filter_is_registered() -> None:
-    expected = {"b64encode", "b64decode", "b64enc", "b64dec", "to_json", "to_yaml"}
+    expected = {"b64encode", "b64decode", "b64enc", "b64dec", "to_json", "from_json", "to_yaml"}
     expected |= {"properties", "dotenv", "shell"}
     assert set(FILTERS) == expected
 
@@ -309,8 +318,10 @@ FILTER_TEMPLATES = [
     (
         "to_json of data",
         "{{ data | to_json(sort_keys=true) }}",
-        '{"encoded": "ZmFrZS1wdw==", "password": "fake-pw"}',
+        '{"config": "{\\"db\\": {\\"user\\": \\"fake-user\\"}}", '
+        '"encoded": "ZmFrZS1wdw==", "password": "fake-pw"}',
     ),
+    ("from_json", "{{ (config | from_json).db.user }}", "fake-user"),
     ("to_yaml", "password: {{ password | to_yaml }}", 'password: "fake-pw"'),
     ("properties", "db.password={{ password | properties }}", "db.password=fake-pw"),
     ("dotenv", "DB_PASSWORD={{ password | dotenv }}", 'DB_PASSWORD="fake-pw"'),
@@ -325,7 +336,11 @@ FILTER_TEMPLATES = [
 )
 def test_filter_in_template(tmp_path: Path, source: str, expected: str) -> None:
     declaration = declaration_with_templates(tmp_path, {"out.txt": source})
-    data = {"password": b"fake-pw", "encoded": b"ZmFrZS1wdw=="}
+    data = {
+        "password": b"fake-pw",
+        "encoded": b"ZmFrZS1wdw==",
+        "config": b'{"db": {"user": "fake-user"}}',
+    }
 
     files = render_files(declaration, data)
 

@@ -16,11 +16,11 @@ What is watched, and why:
   as a create, a move or a modification depending on the platform.
 - A path whose directory does not exist yet is watched through its nearest existing ancestor.
 
-Guarantees: the watcher thread reads only declaration files; it never uses a store or the
+Guarantees: the watcher thread reads only declaration files. It never uses a store or the
 writer, and hands new declarations to the sync thread through `replace_declarations`. Without
-inotify (unavailable, or out of instances or watches) it falls back to watchdog's polling
+inotify (not built in, or out of instances or watches) it falls back to watchdog's polling
 observer, every `poll_interval` seconds, and logs `config_watch_polling`. It never polls in a
-tight loop: events it causes itself (opening and reading files) are not subscribed to.
+tight loop, because events it causes itself (opening and reading files) are not subscribed to.
 """
 
 from __future__ import annotations
@@ -95,8 +95,8 @@ class _Watch:
 class ConfigReloader:
     """Watches the declaration paths and applies each valid new version of the declarations.
 
-    `apply` receives every new valid `Declarations` that differs from the last one applied (for
-    the agent, `Syncer.replace_declarations`); it must be safe to call from another thread.
+    `apply` receives every new valid `Declarations` that differs from the last one applied. For
+    the agent it is `Syncer.replace_declarations`, and it must be safe to call from any thread.
     `current` is the set running now. `start` begins watching; `stop` ends it.
     `observer_class` is watchdog's native observer for the platform unless a test replaces it.
     """

@@ -1,9 +1,10 @@
 """Templates: files rendered from `spec.target.template.data` with sandboxed Jinja2.
 
-Each entry of `spec.target.template.data` maps a file name to a Jinja2 template. The template
-sees every secret key of the snapshot in `data` (`{{ data["db-password"] }}`), and each secret
-key that is a valid name also as a variable (`{{ password }}`). Values are UTF-8 text; a value
-that is not valid UTF-8 can only go through `b64encode`, and any other use of it is an error.
+Each entry of `spec.target.template.data` maps a file name to a Jinja2 template. The template's
+context contains every secret key of the snapshot in `data` (`{{ data["db-password"] }}`), and
+each secret key that is a valid name also as a variable (`{{ password }}`). Values are UTF-8
+text. A value that is not valid UTF-8 can only go through `b64encode`, and any other use of it is
+an error.
 `mergePolicy: Replace` (the default) makes the rendered files the whole target. `Merge` writes
 them next to the fetched secret keys, and a template wins over a secret key with the same name.
 A template without any `data` leaves the fetched secret keys as they are, as External Secrets
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
     from agent.declarations import ExternalSecretDeclaration
 
 TEMPLATE_FIELD = "spec.target.template.data"
-# The context variable that holds every secret key; a secret key with this name is only in it.
+# The context variable that contains every secret key. A secret key with this name is only in it.
 DATA_VARIABLE = "data"
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_-]+")
 # Jinja2 reads these as constants, so a secret key with such a name is only in `data`.
@@ -84,7 +85,7 @@ _ANY_GO_HINT = (
 
 
 class TemplateError(AgentError):
-    """A template of one ExternalSecret failed to compile or render; the message has no value.
+    """A template of one ExternalSecret failed to compile or render. The message has no value.
 
     `template` is the file name in `spec.target.template.data`, `line` the 1-based line in the
     template when known, `key` the missing secret key when that was the problem.
@@ -202,7 +203,7 @@ def is_variable_name(key: str) -> bool:
 
 
 def template_context(data: Mapping[str, bytes]) -> dict[str, Any]:
-    """Build the variables a template sees: `data` with every secret key, and one per name."""
+    """Build a template's context: `data` with every secret key, and a variable per name."""
     values = {key: _template_value(raw, source=f"secret key {key!r}") for key, raw in data.items()}
     context: dict[str, Any] = {key: value for key, value in values.items() if is_variable_name(key)}
     context[DATA_VARIABLE] = values
@@ -299,12 +300,12 @@ _PROPERTIES_SPECIAL = {
 def properties(value: Any, key: bool = False) -> str:
     """Escape a value (or, with `key=True`, a key) for a Java `.properties` file.
 
-    Follows Java's `Properties.store()`: `\\`, `=`, `:`, `#` and `!` get a backslash; tab,
-    newline, carriage return and form feed become `\\t`, `\\n`, `\\r`, `\\f`; a leading space
-    (every space in a key) becomes `\\ `; every other character outside printable ASCII becomes
-    `\\uXXXX` (two escapes, a UTF-16 surrogate pair, above U+FFFF). The output is pure ASCII,
-    so it reads the same whether the reader expects ISO-8859-1, as `Properties.load
-    (InputStream)` does, or UTF-8.
+    Follows Java's `Properties.store()`. `\\`, `=`, `:`, `#` and `!` get a backslash. Tab,
+    newline, carriage return and form feed become `\\t`, `\\n`, `\\r` and `\\f`. A leading
+    space (every space in a key) becomes `\\ `. Every other character outside printable ASCII
+    becomes `\\uXXXX`, or two such escapes (a UTF-16 surrogate pair) above U+FFFF. The output
+    is pure ASCII, so it reads the same whether the reader expects ISO-8859-1, as
+    `Properties.load(InputStream)` does, or UTF-8.
     """
     text = _text(value, "properties")
     out: list[str] = []
@@ -420,7 +421,7 @@ class _MissingKey(StrictUndefined):
 
     def _fail_with_undefined_error(self, *args: Any, **kwargs: Any) -> NoReturn:
         if issubclass(self._undefined_exception, SecurityError):
-            # The sandbox answers an unsafe attribute with an undefined value of this kind.
+            # The sandbox returns an undefined value of this kind for an unsafe attribute.
             raise _Blocked(self._undefined_name)
         raise _MissingName(self._undefined_name, self._undefined_obj)
 

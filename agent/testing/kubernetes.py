@@ -17,6 +17,7 @@ behaviour the controller depends on:
   a watch reports an object that starts or stops matching as ADDED or DELETED;
 - garbage collection: deleting an object deletes, in the background, every object whose
   `ownerReferences` all point to deleted objects;
+- namespace objects (`/api/v1/namespaces[/NAME]`), which kmock's URL parser cannot read;
 - the TokenRequest subresource: `POST .../serviceaccounts/NAME/token` returns an unsigned
   JWT-shaped token for an existing service account (see `agent.testing.jwt`).
 
@@ -67,7 +68,6 @@ CONTROLLER_RESOURCES: dict[str, ResourceInfo] = {
     "kopf.dev/v1/clusterkopfpeerings": ResourceInfo(
         kind="ClusterKopfPeering", singular="clusterkopfpeering", namespaced=False,
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
-        subresources={"status"},
     ),
 }  # fmt: skip
 
@@ -75,6 +75,9 @@ _SELECTOR_TERM = re.compile(
     r"^\s*(?P<negated>!)?\s*(?P<key>[A-Za-z0-9./_-]+)\s*"
     r"(?:(?P<operator>==|=|!=|\bin\b|\bnotin\b)\s*(?P<value>\([^)]*\)|[A-Za-z0-9._-]*))?\s*$"
 )
+
+
+_NAMESPACES_PATH = re.compile(r"/api/v1/namespaces(?:/(?P<name>[^/]+))?/?")
 
 
 class KubernetesConflictError(KubernetesError):
@@ -199,6 +202,57 @@ class KubernetesApiEmulator(KubernetesEmulator):
         return copy.deepcopy(self._objects[key].raw)
 
     # --- routing -------------------------------------------------------------------------------
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        # kmock reads `/api/v1/namespaces/NAME` as a namespace prefix without a resource (and
+        # fails on `/api/v1/namespaces`), so namespace objects are served here.
+        match = _NAMESPACES_PATH.fullmatch(raw_request.path)
+        if match is None:
+            return await super().__call__(raw_request)
+        await raw_request.read()
+        return await self._serve_namespace(raw_request, match["name"])
+
+    async def _serve_namespace(
+        self, raw_request: aiohttp.web.BaseRequest, name: str | None
+    ) -> aiohttp.web.StreamResponse:
+        namespaces = resource("v1/namespaces")
+        if raw_request.method == "POST" and name is None:
+            body = await raw_request.json()
+            self.add_namespace(body["metadata"]["name"], body["metadata"].get("labels"))
+            return aiohttp.web.json_response(
+                self.body("v1/namespaces", None, body["metadata"]["name"]), status=201
+            )
+        if raw_request.method != "GET":
+            return aiohttp.web.json_response({"kind": "Status", "code": 405}, status=405)
+        if name is None:
+            items = [
+                obj.raw
+                for (res, _, _), obj in self._objects.items()
+                if res == namespaces and not obj.deleted
+            ]
+            return aiohttp.web.json_response(
+                {"kind": "NamespaceList", "metadata": {}, "items": items}
+            )
+        found = self.body("v1/namespaces", None, name)
+        if found is None:
+            return aiohttp.web.json_response(
+                {"kind": "Status", "code": 404, "reason": "NotFound"}, status=404
+            )
+        return aiohttp.web.json_response(found)
+
+    def add_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> None:
+        """Create a namespace object (before watchers start; no watch event is sent)."""
+        self._objects[(resource("v1/namespaces"), None, name)] = {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": name,
+                "labels": dict(labels or {}),
+                "uid": str(uuid.uuid4()),
+                "resourceVersion": self._next_version(),
+                "creationTimestamp": _now(),
+            },
+        }
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         write = self._write_for(request)

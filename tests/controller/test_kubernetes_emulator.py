@@ -262,3 +262,17 @@ def test_merge_patch_follows_rfc7386() -> None:
         "list": [3],
         "new": {"x": 1},
     }
+
+
+async def test_namespaces_served(api) -> None:
+    _, session = api
+    body = {"metadata": {"name": "team-x", "labels": {"tier": "prod"}}}
+    status, created = await call(session, "POST", "/api/v1/namespaces", body)
+    assert status == 201
+    status, fetched = await call(session, "GET", "/api/v1/namespaces/team-x")
+    assert status == 200
+    assert fetched["metadata"]["labels"] == {"tier": "prod"}
+    _, listed = await call(session, "GET", "/api/v1/namespaces")
+    assert [item["metadata"]["name"] for item in listed["items"]] == ["team-x"]
+    status, _ = await call(session, "GET", "/api/v1/namespaces/missing")
+    assert status == 404

@@ -1,0 +1,125 @@
+"""The `controller` and `crds` commands of `secrets-agent`.
+
+`agent.cli` calls `add_commands` when it builds its parser and `main` for these two commands.
+Neither imports kopf until the controller really starts, so the agent's own commands stay light;
+without kopf installed, `controller` exits 2 and names the `controller` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from agent.errors import SettingsError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+COMMANDS = ("controller", "crds")
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the `controller` and `crds` subcommands to the `secrets-agent` parser."""
+    help_text = "keep Kubernetes Secrets in sync with ExternalSecrets (runs in the cluster)"
+    controller = commands.add_parser("controller", help=help_text, description=help_text)
+    flag = controller.add_argument
+    flag(
+        "--listen",
+        metavar="HOST:PORT",
+        help="address of /healthz and /metrics, default 0.0.0.0:8080 "
+        "(SECRETS_AGENT_CONTROLLER_LISTEN)",
+    )
+    flag(
+        "--namespace",
+        dest="namespaces",
+        action="append",
+        metavar="NAME",
+        help="watch only this namespace; repeatable; default: the whole cluster "
+        "(SECRETS_AGENT_CONTROLLER_NAMESPACES, comma-separated)",
+    )
+    flag(
+        "--peering",
+        metavar="NAME",
+        help="ClusterKopfPeering object the replicas elect a leader through, default "
+        "secrets-agent (SECRETS_AGENT_CONTROLLER_PEERING)",
+    )
+    flag(
+        "--standalone",
+        action="store_const",
+        const=True,
+        help="run without leader election, for a single replica "
+        "(SECRETS_AGENT_CONTROLLER_STANDALONE)",
+    )
+    flag(
+        "--cache-seconds",
+        type=float,
+        metavar="SECONDS",
+        help="how long one backend read is shared between ExternalSecrets, default 10 "
+        "(SECRETS_AGENT_CONTROLLER_CACHE_SECONDS)",
+    )
+    flag("--log-level", choices=["debug", "info", "warning", "error"])
+    flag("--log-format", choices=["text", "json"])
+
+    help_text = "print the CustomResourceDefinitions, or write them into a directory"
+    crds = commands.add_parser("crds", help=help_text, description=help_text)
+    crds.add_argument(
+        "--output", metavar="DIR", help="write one YAML file per CRD into DIR instead of stdout"
+    )
+
+
+def main(arguments: argparse.Namespace) -> int:
+    if arguments.command == "crds":
+        return _crds(arguments.output)
+    return _controller(arguments)
+
+
+def _crds(output: str | None) -> int:
+    from agent.controller.crds import render_crds
+
+    documents = render_crds()
+    if output is None:
+        sys.stdout.write("---\n".join(documents.values()))
+        return EXIT_OK
+    directory = Path(output)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in documents.items():
+        (directory / name).write_text(text)
+    print(f"wrote {len(documents)} CRD(s) to {directory}")
+    return EXIT_OK
+
+
+def _controller(arguments: argparse.Namespace) -> int:
+    from agent.controller.settings import load_controller_settings
+    from agent.logs import configure_logging
+
+    try:
+        settings = load_controller_settings(
+            listen=arguments.listen,
+            namespaces=arguments.namespaces,
+            peering=arguments.peering,
+            standalone=arguments.standalone,
+            cache_seconds=arguments.cache_seconds,
+            log_level=arguments.log_level,
+            log_format=arguments.log_format,
+        )
+    except SettingsError as error:
+        print(f"secrets-agent: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    configure_logging(level=settings.log_level, log_format=settings.log_format)
+    try:
+        from agent.controller.handlers import Controller
+    except ImportError as error:
+        print(
+            f"secrets-agent: the controller needs kopf ({error.name} is missing); install "
+            "secrets-agent[controller]",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    try:
+        asyncio.run(Controller(settings).run())
+    except OSError as error:
+        print(f"secrets-agent: controller failed: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK

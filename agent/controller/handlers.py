@@ -1,0 +1,414 @@
+"""The controller on kopf: watches, one daemon per ExternalSecret, leader election, endpoints.
+
+`Controller` registers its handlers on a kopf registry of its own, so two controllers can run
+in one process (the tests start two to check leader election). What it guarantees:
+
+- Each ExternalSecret has a kopf daemon that reconciles it, then sleeps until its planned
+  refresh (`refreshInterval` with jitter, aligned per store), its backoff after a failure, or a
+  wake-up: a new `metadata.generation` or changed labels or annotations of the ExternalSecret,
+  a change of its store, or someone else editing or deleting its Secret (drift repair).
+  `refreshInterval: 0` syncs once and afterwards only repairs drift, as in External Secrets
+  Operator. kopf puts the finalizer `secrets-agent.io/finalizer` on each ExternalSecret so its
+  daemon stops before it is gone; a Merge target then loses the ExternalSecret's keys.
+- Secrets are watched with the server-side label selector `secrets-agent.io/managed=true`, so
+  only managed Secrets are cached.
+- Replicas elect a leader through kopf peering: each starts with a random priority, and every
+  replica but the one with the highest priority pauses (its daemons stop) until that one is gone.
+- Nothing is written into an ExternalSecret's spec; its status goes through the status
+  subresource. kopf's own handler bookkeeping is never needed: only event handlers and daemons
+  are registered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from agent.controller import FINALIZER, GROUP, MANAGED_LABEL, VERSION
+from agent.controller.cache import ReadCache, RefreshPlanner, StoreConnections
+from agent.controller.health import HealthEndpoints
+from agent.controller.kube import KubeApiError, KubeClient, resource_path
+from agent.controller.metrics import ControllerMetrics
+from agent.controller.reconcile import Reconciler, StoreIndex, plain
+from agent.controller.refs import ApiRefs
+from agent.controller.secrets import drifted
+from agent.controller.settings import ControllerSettings
+from agent.logs import log_event
+from agent.refs import ReferenceResolver, Refs
+from agent.stores import Store, open_store
+
+logger = logging.getLogger("agent.controller")
+
+# kopf's peering lifetime: a paused replica takes over this long after the leader's last sign.
+PEERING_LIFETIME_SECONDS = 60
+# Priorities are drawn from a range wide enough that two replicas practically never tie; a tie
+# pauses both, and kopf logs it.
+MAX_PRIORITY = 2**31 - 1
+MAINTAIN_IDLE_SECONDS = 30.0
+
+LoginFunction = Callable[[], Awaitable[kopf.ConnectionInfo]]
+StoreOpener = Callable[..., Store]
+
+
+@dataclass
+class _Tracked:
+    """What the controller keeps about one ExternalSecret between reconciles."""
+
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    reasons: set[str] = field(default_factory=set)
+    fingerprint: Any = None
+    target: tuple[str, str] | None = None
+    store: tuple[str, str | None, str] | None = None
+    failures: int = 0
+    # True once a refreshInterval 0 ExternalSecret has synced: only drift repair follows.
+    once_done: bool = False
+
+    def wake_for(self, reason: str) -> None:
+        self.reasons.add(reason)
+        self.wake.set()
+
+
+class Controller:
+    """The whole controller: kopf registry and settings, shared caches, the reconciler."""
+
+    def __init__(
+        self,
+        settings: ControllerSettings,
+        *,
+        login: LoginFunction | None = None,
+        metrics: ControllerMetrics | None = None,
+        opener: StoreOpener = open_store,
+        peering_lifetime: int = PEERING_LIFETIME_SECONDS,
+        priority: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or ControllerMetrics()
+        self.registry = kopf.OperatorRegistry()
+        self.kopf_settings = kopf.OperatorSettings()
+        self.priority = priority if priority is not None else random.randint(1, MAX_PRIORITY)
+        self._login = login or self._default_login
+        self.client = KubeClient(self._login)
+        self.stores = StoreIndex()
+        self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
+        self.tracked: dict[tuple[str, str], _Tracked] = {}
+        self.connections = StoreConnections(
+            lambda declaration, references: opener(
+                declaration, refs=references, metrics=self.metrics
+            )
+        )
+        self.reads = ReadCache(ttl=settings.cache_seconds)
+        self.planner = RefreshPlanner()
+        self._own_token = Refs(Path("/nonexistent"), pod_token=settings.pod_token)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
+        self._maintainer: asyncio.Task[None] | None = None
+        self.health = HealthEndpoints(
+            settings.listen_address, registry=self.metrics.registry, healthy=lambda: self._started
+        )
+        self.reconciler = Reconciler(
+            client=self.client,
+            stores=self.stores,
+            connections=self.connections,
+            reads=self.reads,
+            planner=self.planner,
+            metrics=self.metrics,
+            resolvers=self._resolver,
+            secrets=self.secrets,
+            post_event=_post_event,
+        )
+        self._configure(peering_lifetime)
+        self._register()
+
+    async def run(
+        self, *, stop_flag: asyncio.Event | None = None, ready_flag: asyncio.Event | None = None
+    ) -> None:
+        """Run until `stop_flag` is set (or the process is signalled, through kopf)."""
+        namespaces = list(self.settings.namespaces)
+        await kopf.operator(
+            registry=self.registry,
+            settings=self.kopf_settings,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            standalone=self.settings.standalone,
+            priority=self.priority,
+            peering_name=None if self.settings.standalone else self.settings.peering,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
+
+    # --- setup ---------------------------------------------------------------------------------
+
+    def _configure(self, peering_lifetime: int) -> None:
+        settings = self.kopf_settings
+        settings.persistence.finalizer = FINALIZER
+        settings.peering.lifetime = peering_lifetime
+        settings.peering.stealth = True
+        settings.posting.loggers = False
+        settings.watching.label_selectors["v1", "secrets"] = f"{MANAGED_LABEL}=true"
+
+    def _register(self) -> None:
+        registry = self.registry
+        kopf.on.login(registry=registry)(self._on_login)
+        kopf.on.startup(registry=registry)(self._on_startup)
+        kopf.on.cleanup(registry=registry)(self._on_cleanup)
+        kopf.on.event(GROUP, VERSION, "secretstores", registry=registry)(self._on_store)
+        kopf.on.event(GROUP, VERSION, "clustersecretstores", registry=registry)(self._on_store)
+        kopf.on.event(GROUP, VERSION, "externalsecrets", registry=registry)(
+            self._on_external_secret
+        )
+        kopf.daemon(
+            GROUP,
+            VERSION,
+            "externalsecrets",
+            registry=registry,
+            cancellation_timeout=10.0,
+        )(self._run_external_secret)
+        kopf.on.event("v1", "secrets", labels={MANAGED_LABEL: "true"}, registry=registry)(
+            self._on_secret
+        )
+
+    async def _default_login(self) -> kopf.ConnectionInfo:
+        for method in (kopf.login_with_service_account, kopf.login_with_kubeconfig):
+            info = method(settings=self.kopf_settings, logger=logger)
+            if info is not None:
+                return info
+        raise kopf.LoginError("no service account token and no kubeconfig found")
+
+    async def _on_login(self, **_: Any) -> kopf.ConnectionInfo:
+        return await self._login()
+
+    async def _on_startup(self, **_: Any) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self.health.start()
+        self._maintainer = asyncio.create_task(self._maintain_stores(), name="store maintenance")
+        self._started = True
+        log_event(
+            logger,
+            logging.INFO,
+            "controller_started",
+            listen=f"{self.health.address[0]}:{self.health.port}",
+            priority=self.priority,
+            namespaces=",".join(self.settings.namespaces) or "*",
+        )
+
+    async def _on_cleanup(self, **_: Any) -> None:
+        self._started = False
+        if self._maintainer is not None:
+            self._maintainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintainer
+        await self.connections.close_all()
+        await self.client.close()
+        await self.health.stop()
+        log_event(logger, logging.INFO, "controller_stopped")
+
+    def _resolver(self, store_namespace: str | None, namespace: str) -> ReferenceResolver:
+        assert self._loop is not None
+        return ApiRefs(
+            self.client,
+            self._loop,
+            store_namespace=store_namespace,
+            external_secret_namespace=namespace,
+            own_token=self._own_token,
+        )
+
+    async def _maintain_stores(self) -> None:
+        """Renew store credentials (Vault tokens) on their schedule; drop expired cache entries."""
+        while True:
+            delay = await self.connections.maintain()
+            self.reads.expire()
+            await asyncio.sleep(MAINTAIN_IDLE_SECONDS if delay is None else min(delay, 60.0))
+
+    # --- ExternalSecrets -----------------------------------------------------------------------
+
+    async def _on_external_secret(self, event: Mapping[str, Any], body: Any, **_: Any) -> None:
+        body = plain(body)
+        metadata = body.get("metadata") or {}
+        key = (str(metadata.get("namespace")), str(metadata.get("name")))
+        if event.get("type") == "DELETED":
+            self._untrack(key)
+            return
+        tracked = self.tracked.setdefault(key, _Tracked())
+        spec = body.get("spec") or {}
+        target = (key[0], str((spec.get("target") or {}).get("name") or key[1]))
+        tracked.target = target
+        store_ref = spec.get("secretStoreRef") or {}
+        kind = str(store_ref.get("kind") or "SecretStore")
+        tracked.store = (
+            kind,
+            key[0] if kind == "SecretStore" else None,
+            str(store_ref.get("name")),
+        )
+        fingerprint = (
+            metadata.get("generation"),
+            metadata.get("labels") or {},
+            metadata.get("annotations") or {},
+        )
+        if tracked.fingerprint is not None and fingerprint != tracked.fingerprint:
+            tracked.wake_for("spec")
+        tracked.fingerprint = fingerprint
+        self.metrics.external_secrets.set(len(self.tracked))
+
+    def _untrack(self, key: tuple[str, str]) -> None:
+        self.tracked.pop(key, None)
+        self.metrics.external_secrets.set(len(self.tracked))
+
+    async def _run_external_secret(self, stopped: Any, body: Any, **_: Any) -> None:
+        metadata = body.get("metadata") or {}
+        key = (str(metadata.get("namespace")), str(metadata.get("name")))
+        tracked = self.tracked.setdefault(key, _Tracked())
+        delay: float | None = 0.0  # the first reconcile runs at once
+        while not stopped:
+            if delay != 0.0:
+                timed_out = await _sleep(tracked.wake, stopped, delay)
+                if stopped:
+                    break
+                if not timed_out and not self._due(tracked):
+                    tracked.wake.clear()
+                    tracked.reasons.clear()
+                    continue
+            tracked.wake.clear()
+            tracked.reasons.clear()
+            outcome = await self.reconciler.reconcile(body, failures=tracked.failures)
+            if outcome.result == "error":
+                tracked.failures += 1
+            else:
+                tracked.failures = 0
+                tracked.once_done = tracked.once_done or outcome.delay is None
+            delay = outcome.delay
+        reason = stopped.reason
+        if reason is not None and reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
+            await self._forget_deleted(key, body)
+
+    @staticmethod
+    def _due(tracked: _Tracked) -> bool:
+        """Tell whether a wake-up needs a reconcile (after a one-time sync, only drift does)."""
+        if not tracked.once_done:
+            return True
+        return "drift" in tracked.reasons or "store" in tracked.reasons
+
+    async def _forget_deleted(self, key: tuple[str, str], body: Any) -> None:
+        try:
+            await self.reconciler.remove_merged_keys(body)
+        except KubeApiError as error:
+            log_event(
+                logger,
+                logging.WARNING,
+                "merged_keys_not_removed",
+                namespace=key[0],
+                external_secret=key[1],
+                error=str(error),
+            )
+        self._untrack(key)
+
+    # --- Secrets and stores --------------------------------------------------------------------
+
+    async def _on_secret(self, event: Mapping[str, Any], body: Any, **_: Any) -> None:
+        body = plain(body)
+        metadata = body.get("metadata") or {}
+        key = (str(metadata.get("namespace")), str(metadata.get("name")))
+        if event.get("type") == "DELETED":
+            self.secrets.pop(key, None)
+            self._wake_targets(key, "drift")
+            return
+        cached = self.secrets.get(key)
+        if cached is not None and _older(metadata, cached.get("metadata") or {}):
+            return
+        self.secrets[key] = body
+        if drifted(body):
+            self._wake_targets(key, "drift")
+
+    def _wake_targets(self, secret: tuple[str, str], reason: str) -> None:
+        for tracked in self.tracked.values():
+            if tracked.target == secret:
+                tracked.wake_for(reason)
+
+    async def _on_store(self, event: Mapping[str, Any], body: Any, **_: Any) -> None:
+        body = plain(body)
+        kind = str(body.get("kind"))
+        metadata = body.get("metadata") or {}
+        namespace = metadata.get("namespace") if kind == "SecretStore" else None
+        key = (kind, namespace, str(metadata.get("name")))
+        previous = self.stores.stores.get(key)
+        if event.get("type") == "DELETED":
+            self.stores.remove(key)
+            changed = True
+        else:
+            self.stores.update(body)
+            current = self.stores.stores.get(key)
+            changed = previous is not None and (current is None or current[1] != previous[1])
+            await self._write_store_status(body, key)
+        if changed:
+            closed = await self.connections.close_store(*key)
+            self.metrics.store_connections.set(len(self.connections))
+            log_event(logger, logging.INFO, "store_changed", store=key[2], closed=closed)
+            for tracked in self.tracked.values():
+                if tracked.store == key:
+                    tracked.wake_for("store")
+
+    async def _write_store_status(self, body: Mapping[str, Any], key: Any) -> None:
+        """Report whether the store's declaration is valid, without contacting the backend."""
+        problems = self.stores.invalid.get(key)
+        condition = {
+            "type": "Ready",
+            "status": "False" if problems else "True",
+            "reason": "InvalidProviderConfig" if problems else "Valid",
+            "message": problems or "store declaration is valid",
+        }
+        current = [
+            {k: v for k, v in item.items() if k != "lastTransitionTime"}
+            for item in (body.get("status") or {}).get("conditions") or []
+        ]
+        if current == [condition]:
+            return
+        condition["lastTransitionTime"] = _now()
+        plural = "secretstores" if key[0] == "SecretStore" else "clustersecretstores"
+        path = resource_path(plural, name=key[2], namespace=key[1], status=True)
+        try:
+            await self.client.patch(path, {"status": {"conditions": [condition]}})
+        except KubeApiError as error:
+            log_event(
+                logger, logging.WARNING, "store_status_failed", store=key[2], error=str(error)
+            )
+
+
+async def _sleep(wake: asyncio.Event, stopped: Any, delay: float | None) -> bool:
+    """Wait for a wake-up, the daemon's stop, or `delay` seconds (None: no time limit).
+
+    Returns True when the time ran out without a wake-up or a stop.
+    """
+    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    return not wake.is_set() and not stopped
+
+
+def _older(new: Mapping[str, Any], cached: Mapping[str, Any]) -> bool:
+    """True when a watch event carries an older resourceVersion than the cached Secret."""
+    new_version, old_version = (
+        str(new.get("resourceVersion", "")),
+        str(cached.get("resourceVersion", "")),
+    )
+    if new_version.isdigit() and old_version.isdigit():
+        return int(new_version) < int(old_version)
+    return False
+
+
+def _post_event(body: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+    kopf.event(dict(body), type=kind, reason=reason, message=message)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,680 @@
+"""One reconcile of an ExternalSecret: resolve the store, fetch, build the snapshot, write, report.
+
+`Reconciler.reconcile` guarantees:
+- The snapshot comes from `agent.snapshot.build_snapshot`, the agent's own code, so `property`,
+  `extract`, `find`, `rewrite` and templates mean the same in a pod and in the cluster.
+- On any failure the Secret stays as it is; the status gets `Ready=False` with reason
+  `SecretSyncedError` and a message that names the problem and never a value, and the caller
+  backs off. A Secret is written only when its content differs (see `agent.controller.secrets`).
+- `deletionPolicy` (what happens when remote keys disappear) follows External Secrets Operator:
+  Retain reports the missing key as an error, Merge drops the missing entries and keeps the
+  Secret, Delete drops them and deletes the Secret (creationPolicy Owner) once nothing is left.
+- Status goes through the status subresource; `spec` and metadata of the ExternalSecret are
+  never written here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from agent.controller.cache import ConnectionKey, ReadCache, RefreshPlanner, StoreConnections
+from agent.controller.kube import KubeApiError, KubeClient, resource_path, secrets_path
+from agent.controller.metrics import ControllerMetrics
+from agent.controller.secrets import (
+    Owner,
+    SecretConflictError,
+    check_secret_key,
+    plan_removal,
+    plan_write,
+)
+from agent.declarations import ExternalSecretDeclaration, StoreDeclaration, load_manifest
+from agent.errors import DeclarationErrors, RemoteKeyNotFoundError, StoreError
+from agent.logs import log_event
+from agent.models import (
+    CAProvider,
+    ClusterStoreSpec,
+    LabelSelector,
+    SecretKeySelector,
+    ServiceAccountSelector,
+)
+from agent.refs import ReferenceResolver
+from agent.snapshot import SnapshotError, build_snapshot, remote_keys
+from agent.stores import RemoteKey
+from agent.sync import backoff_delay
+
+logger = logging.getLogger("agent.controller")
+
+READY = "Ready"
+SYNCED = "SecretSynced"
+SYNC_ERROR = "SecretSyncedError"
+DELETED = "SecretDeleted"
+# A Secret name is a DNS subdomain.
+_SECRET_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_MAX_SECRET_NAME = 253
+NAMESPACE_LABELS_SECONDS = 30.0
+
+EventPoster = Callable[[Mapping[str, Any], str, str, str], None]
+ResolverFactory = Callable[[str | None, str], ReferenceResolver]
+
+
+class ReconcileError(Exception):
+    """A reconcile failed; `message` is for the status and names no value.
+
+    `retry` is False when only a change to the ExternalSecret can help (an invalid spec).
+    """
+
+    def __init__(self, message: str, *, retry: bool = True) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one reconcile and when the next one is due."""
+
+    result: str  # "success", "unchanged" or "error"
+    # Seconds until the next reconcile; None waits for a change to the ExternalSecret or Secret.
+    delay: float | None
+    message: str = ""
+
+
+@dataclass
+class _Fetched:
+    data: dict[str, bytes]
+    store_group: tuple[str, str | None, str]
+
+
+class StoreIndex:
+    """Store declarations seen by the watch, keyed by (kind, namespace or None, name)."""
+
+    def __init__(self) -> None:
+        self.stores: dict[tuple[str, str | None, str], tuple[StoreDeclaration, str]] = {}
+        self.invalid: dict[tuple[str, str | None, str], str] = {}
+
+    def update(self, body: Mapping[str, Any]) -> tuple[str, str | None, str]:
+        """Record a store object; return its key. An invalid one is remembered with its problems."""
+        kind = str(body.get("kind"))
+        metadata = body.get("metadata") or {}
+        namespace = metadata.get("namespace") if kind == "SecretStore" else None
+        key = (kind, namespace, str(metadata.get("name")))
+        try:
+            declaration = load_manifest(body, source=_describe(kind, namespace, key[2]))
+        except DeclarationErrors as error:
+            self.stores.pop(key, None)
+            self.invalid[key] = declaration_problems(error)
+            return key
+        assert isinstance(declaration, StoreDeclaration)
+        self.invalid.pop(key, None)
+        self.stores[key] = (declaration, spec_digest(declaration.spec))
+        return key
+
+    def remove(self, key: tuple[str, str | None, str]) -> None:
+        self.stores.pop(key, None)
+        self.invalid.pop(key, None)
+
+
+class Reconciler:
+    """Reconciles ExternalSecrets; one instance serves the whole controller."""
+
+    def __init__(
+        self,
+        *,
+        client: KubeClient,
+        stores: StoreIndex,
+        connections: StoreConnections,
+        reads: ReadCache,
+        planner: RefreshPlanner,
+        metrics: ControllerMetrics,
+        resolvers: ResolverFactory,
+        secrets: dict[tuple[str, str], dict[str, Any]],
+        post_event: EventPoster,
+    ) -> None:
+        self.client = client
+        self.stores = stores
+        self.connections = connections
+        self.reads = reads
+        self.planner = planner
+        self.metrics = metrics
+        self.resolvers = resolvers
+        # Managed Secrets as the watch last delivered them (namespace, name) -> body.
+        self.secrets = secrets
+        self.post_event = post_event
+        self._namespace_labels: dict[str, tuple[float, dict[str, str]]] = {}
+
+    async def reconcile(self, body: Mapping[str, Any], *, failures: int) -> Outcome:
+        """Bring one ExternalSecret's Secret up to date and write its status."""
+        started = time.perf_counter()
+        body = plain(body)
+        metadata = body.get("metadata") or {}
+        namespace, name = str(metadata.get("namespace")), str(metadata.get("name"))
+        try:
+            declaration = self.declaration(body)
+            fetched = await self._fetch(declaration, namespace)
+            action = await self._write(declaration, body, fetched.data)
+        except ReconcileError as error:
+            outcome = await self._failed(body, error, failures=failures)
+        else:
+            outcome = await self._succeeded(body, declaration, fetched, action)
+        self.metrics.reconcile_total.labels(outcome.result).inc()
+        self.metrics.reconcile_duration.observe(time.perf_counter() - started)
+        log_event(
+            logger,
+            logging.INFO if outcome.result != "error" else logging.WARNING,
+            "reconcile_done" if outcome.result != "error" else "reconcile_failed",
+            namespace=namespace,
+            external_secret=name,
+            result=outcome.result,
+            retry_in_s=None if outcome.delay is None else round(outcome.delay, 1),
+            duration_ms=round((time.perf_counter() - started) * 1000),
+            **({"error": outcome.message} if outcome.result == "error" else {}),
+        )
+        return outcome
+
+    async def remove_merged_keys(self, body: Mapping[str, Any]) -> None:
+        """Take a deleted ExternalSecret's keys out of a Secret it merged into."""
+        body = plain(body)
+        try:
+            declaration = self.declaration(body)
+        except ReconcileError:
+            return
+        if declaration.spec.target.creation_policy != "Merge":
+            return
+        owner = _owner(body)
+        assert declaration.namespace is not None
+        path = secrets_path(declaration.namespace, declaration.target)
+        for _attempt in range(3):
+            existing = await self.client.get(path)
+            patch = (
+                None
+                if existing is None
+                else plan_removal(declaration, owner=owner, existing=existing)
+            )
+            if patch is None:
+                return
+            try:
+                await self.client.patch(path, patch)
+                return
+            except KubeApiError as error:
+                if not error.conflict:
+                    raise
+
+    def declaration(self, body: Mapping[str, Any]) -> ExternalSecretDeclaration:
+        """Validate the ExternalSecret with the agent's models; raise ReconcileError if invalid."""
+        metadata = body.get("metadata") or {}
+        source = _describe("ExternalSecret", metadata.get("namespace"), metadata.get("name"))
+        try:
+            declaration = load_manifest(body, source=source)
+        except DeclarationErrors as error:
+            raise ReconcileError(declaration_problems(error), retry=False) from None
+        assert isinstance(declaration, ExternalSecretDeclaration)
+        for index, item in enumerate(declaration.spec.data_from):
+            if item.source_ref is not None:
+                # Limitation: generators need a lease manager in the controller, which does not
+                # exist yet; such an ExternalSecret is reported and left alone.
+                raise ReconcileError(
+                    f"spec.dataFrom[{index}].sourceRef: generators are not supported by the "
+                    "controller yet; use them with the in-pod agent, or read a static secret "
+                    "through spec.secretStoreRef",
+                    retry=False,
+                )
+        if declaration.store_ref is None:
+            raise ReconcileError(
+                "spec.secretStoreRef is missing; name the store to read from", retry=False
+            )
+        target = declaration.target
+        if len(target) > _MAX_SECRET_NAME or not _SECRET_NAME.fullmatch(target):
+            raise ReconcileError(
+                f"spec.target.name: {target!r} is not a valid Secret name; use lowercase letters, "
+                "digits, '-' and '.'",
+                retry=False,
+            )
+        for index, item in enumerate(declaration.spec.data):
+            reason = check_secret_key(item.secret_key)
+            if reason is not None:
+                raise ReconcileError(
+                    f"spec.data[{index}].secretKey: {item.secret_key!r} {reason}, so it cannot "
+                    "be a Kubernetes Secret key; rename it",
+                    retry=False,
+                )
+        return declaration
+
+    # --- fetching ------------------------------------------------------------------------------
+
+    async def _fetch(self, declaration: ExternalSecretDeclaration, namespace: str) -> _Fetched:
+        store, digest, key = await self._store(declaration, namespace)
+        connection_key = ConnectionKey(
+            kind=store.kind,
+            namespace=key[1],
+            name=store.name,
+            spec_digest=digest,
+            references_namespace=namespace if _reads_own_namespace(store) else None,
+        )
+        try:
+            connection = await self.connections.get(
+                connection_key, store, lambda: self.resolvers(key[1], namespace)
+            )
+        except StoreError as error:
+            raise ReconcileError(str(error)) from None
+        self.metrics.store_connections.set(len(self.connections))
+        keys = remote_keys(declaration)
+        try:
+            fetched = await self.reads.fetch(connection, keys) if keys else {}
+        except StoreError as error:
+            raise ReconcileError(str(error)) from None
+        snapshot = await self._snapshot(declaration, connection, fetched)
+        return _Fetched(dict(snapshot), (store.kind, key[1], store.name))
+
+    async def _snapshot(
+        self,
+        declaration: ExternalSecretDeclaration,
+        connection: Any,
+        fetched: Mapping[RemoteKey, Any],
+    ) -> Mapping[str, bytes]:
+        """Build the snapshot in a worker thread, reading prefixes through the shared cache."""
+        loop = asyncio.get_running_loop()
+
+        def read_prefix(path: str) -> Mapping[str, Any]:
+            future = asyncio.run_coroutine_threadsafe(
+                self.reads.fetch_prefix(connection, path), loop
+            )
+            return future.result()
+
+        def build(subject: ExternalSecretDeclaration) -> Mapping[str, bytes]:
+            return build_snapshot(
+                subject,
+                store_name=connection.store.name,
+                fetched=fetched,
+                read_prefix=read_prefix,
+            ).data
+
+        try:
+            return await loop.run_in_executor(None, build, declaration)
+        except SnapshotError as error:
+            reduced = _without_missing(declaration, error, fetched)
+            if reduced is None:
+                raise ReconcileError(str(error)) from None
+        try:
+            return await loop.run_in_executor(None, build, reduced)
+        except SnapshotError as error:
+            raise ReconcileError(str(error)) from None
+
+    async def _store(
+        self, declaration: ExternalSecretDeclaration, namespace: str
+    ) -> tuple[StoreDeclaration, str, tuple[str, str | None, str]]:
+        assert declaration.store_ref is not None
+        kind, name = declaration.store_ref
+        key = (kind, namespace if kind == "SecretStore" else None, name)
+        if key not in self.stores.stores and key not in self.stores.invalid:
+            await self._load_store(key)
+        if key in self.stores.invalid:
+            raise ReconcileError(
+                f"{_describe(*key)} is invalid: {self.stores.invalid[key]}; fix the store"
+            )
+        if key not in self.stores.stores:
+            where = f" in namespace {namespace}" if kind == "SecretStore" else ""
+            fix = (
+                "create it in the ExternalSecret's namespace (a SecretStore serves only its own "
+                "namespace), or refer to a ClusterSecretStore"
+                if kind == "SecretStore"
+                else "create it, or fix spec.secretStoreRef"
+            )
+            raise ReconcileError(f"{kind} {name} not found{where}; {fix}")
+        store, digest = self.stores.stores[key]
+        if isinstance(store.spec, ClusterStoreSpec) and store.spec.conditions:
+            if not await self._store_serves(store.spec, namespace):
+                raise ReconcileError(
+                    f"ClusterSecretStore {name} does not serve namespace {namespace} (its "
+                    "spec.conditions exclude it); use another store or extend the conditions"
+                )
+        return store, digest, key
+
+    async def _load_store(self, key: tuple[str, str | None, str]) -> None:
+        kind, namespace, name = key
+        plural = "secretstores" if kind == "SecretStore" else "clustersecretstores"
+        try:
+            body = await self.client.get(resource_path(plural, name=name, namespace=namespace))
+        except KubeApiError as error:
+            raise ReconcileError(f"reading {_describe(*key)} failed: {error}") from None
+        if body is not None:
+            self.stores.update(body)
+
+    async def _store_serves(self, spec: ClusterStoreSpec, namespace: str) -> bool:
+        """Apply a ClusterSecretStore's conditions: any condition that matches admits."""
+        for condition in spec.conditions:
+            if namespace in condition.namespaces:
+                return True
+            if any(re.search(pattern, namespace) for pattern in condition.namespace_regexes):
+                return True
+            if condition.namespace_selector is not None:
+                labels = await self._labels_of(namespace)
+                if _selector_matches(condition.namespace_selector, labels):
+                    return True
+        return False
+
+    async def _labels_of(self, namespace: str) -> dict[str, str]:
+        cached = self._namespace_labels.get(namespace)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            body = await self.client.get(f"/api/v1/namespaces/{namespace}")
+        except KubeApiError as error:
+            raise ReconcileError(f"reading namespace {namespace} failed: {error}") from None
+        labels = dict(((body or {}).get("metadata") or {}).get("labels") or {})
+        self._namespace_labels[namespace] = (now + NAMESPACE_LABELS_SECONDS, labels)
+        return labels
+
+    # --- writing -------------------------------------------------------------------------------
+
+    async def _write(
+        self,
+        declaration: ExternalSecretDeclaration,
+        body: Mapping[str, Any],
+        data: Mapping[str, bytes],
+    ) -> str:
+        """Write the Secret; return "created", "updated", "deleted" or "unchanged"."""
+        invalid = [key for key in sorted(data) if check_secret_key(key) is not None]
+        if invalid:
+            shown = ", ".join(repr(key) for key in invalid[:5])
+            raise ReconcileError(
+                f"secret key(s) {shown} cannot be Kubernetes Secret keys (letters, digits, '-', "
+                "'_' and '.' only); add a dataFrom rewrite that renames them"
+            )
+        assert declaration.namespace is not None
+        path = secrets_path(declaration.namespace, declaration.target)
+        owner = _owner(body)
+        for attempt in (1, 2):
+            existing = await self._current_secret(declaration.namespace, declaration.target)
+            try:
+                if not data and declaration.spec.target.deletion_policy == "Delete":
+                    return await self._delete_secret(declaration, owner, existing)
+                write = plan_write(declaration, owner=owner, data=data, existing=existing)
+                if write is None:
+                    return "unchanged"
+                if write.action == "create":
+                    written = await self.client.create(
+                        secrets_path(declaration.namespace), write.body
+                    )
+                else:
+                    written = await self.client.patch(path, write.body)
+            except SecretConflictError as error:
+                raise ReconcileError(str(error)) from None
+            except KubeApiError as error:
+                if (error.conflict or error.not_found) and attempt == 1:
+                    # The cached Secret was stale: read it from the API and plan again.
+                    self.secrets.pop((declaration.namespace, declaration.target), None)
+                    continue
+                raise ReconcileError(
+                    f"writing Secret {declaration.target} failed: {error}"
+                ) from None
+            self._remember(written)
+            return "created" if write.action == "create" else "updated"
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _delete_secret(
+        self,
+        declaration: ExternalSecretDeclaration,
+        owner: Owner,
+        existing: Mapping[str, Any] | None,
+    ) -> str:
+        if existing is None:
+            return "unchanged"
+        if declaration.spec.target.creation_policy != "Owner":
+            raise ReconcileError(
+                "every remote key is gone, and deletionPolicy Delete removes only a Secret with "
+                "creationPolicy Owner"
+            )
+        references = (existing.get("metadata") or {}).get("ownerReferences") or []
+        if not any(reference.get("uid") == owner.uid for reference in references):
+            raise SecretConflictError(
+                f"Secret {declaration.target} is not owned by this ExternalSecret; it is kept"
+            )
+        assert declaration.namespace is not None
+        await self.client.delete(
+            secrets_path(declaration.namespace, declaration.target),
+            resource_version=existing["metadata"]["resourceVersion"],
+        )
+        self.secrets.pop((declaration.namespace, declaration.target), None)
+        return "deleted"
+
+    async def _current_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        cached = self.secrets.get((namespace, name))
+        if cached is not None:
+            return cached
+        try:
+            body = await self.client.get(secrets_path(namespace, name))
+        except KubeApiError as error:
+            raise ReconcileError(f"reading Secret {name} failed: {error}") from None
+        return body
+
+    def _remember(self, written: Mapping[str, Any]) -> None:
+        metadata = written.get("metadata") or {}
+        key = (str(metadata.get("namespace")), str(metadata.get("name")))
+        self.secrets[key] = dict(written)
+
+    # --- status --------------------------------------------------------------------------------
+
+    async def _succeeded(
+        self,
+        body: Mapping[str, Any],
+        declaration: ExternalSecretDeclaration,
+        fetched: _Fetched,
+        action: str,
+    ) -> Outcome:
+        target = declaration.target
+        if action == "deleted":
+            reason, message = DELETED, f"Secret {target} deleted: every remote key is gone"
+            ready = False
+        elif declaration.spec.target.creation_policy == "None":
+            reason, message, ready = SYNCED, "fetched; creationPolicy None writes no Secret", True
+        else:
+            reason, message, ready = SYNCED, f"Secret {target} is in sync", True
+        await self._write_status(body, ready=ready, reason=reason, message=message, synced=True)
+        if action in ("created", "updated", "deleted"):
+            event_reason = action.capitalize()
+            self.post_event(body, "Normal", event_reason, f"Secret {target} {action}")
+        interval = declaration.spec.refresh_interval
+        delay = None
+        if interval > 0:
+            delay = max(
+                0.0, self.planner.next_refresh(fetched.store_group, interval) - time.monotonic()
+            )
+        result = "unchanged" if action == "unchanged" else "success"
+        return Outcome(result, delay, message)
+
+    async def _failed(
+        self, body: Mapping[str, Any], error: ReconcileError, *, failures: int
+    ) -> Outcome:
+        message = str(error)
+        previous = _ready_condition(body)
+        if previous is None or previous.get("message") != message:
+            self.post_event(body, "Warning", "UpdateFailed", message)
+        try:
+            await self._write_status(
+                body, ready=False, reason=SYNC_ERROR, message=message, synced=False
+            )
+        except KubeApiError as status_error:
+            log_event(
+                logger,
+                logging.WARNING,
+                "status_write_failed",
+                external_secret=(body.get("metadata") or {}).get("name"),
+                error=str(status_error),
+            )
+        delay = backoff_delay(failures + 1) if error.retry else None
+        return Outcome("error", delay, message)
+
+    async def _write_status(
+        self,
+        body: Mapping[str, Any],
+        *,
+        ready: bool,
+        reason: str,
+        message: str,
+        synced: bool,
+    ) -> None:
+        """Patch the status subresource when it changes; a success always moves refreshTime."""
+        metadata = body.get("metadata") or {}
+        current = dict(body.get("status") or {})
+        previous = _ready_condition(body) or {}
+        status = "True" if ready else "False"
+        transition = previous.get("lastTransitionTime")
+        if previous.get("status") != status or transition is None:
+            transition = _now()
+        condition = {
+            "type": READY,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": transition,
+        }
+        new = dict(current)
+        new["conditions"] = [condition]
+        if synced:
+            new["refreshTime"] = _now()
+            new["syncedResourceVersion"] = synced_resource_version(body)
+        if new == current:
+            return
+        path = resource_path(
+            "externalsecrets",
+            name=str(metadata.get("name")),
+            namespace=str(metadata.get("namespace")),
+            status=True,
+        )
+        try:
+            await self.client.patch(path, {"status": new})
+        except KubeApiError as error:
+            if not error.not_found:  # the ExternalSecret is gone: nothing to report on
+                raise
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def plain(value: Any) -> Any:
+    """Copy kopf's body views (mappings and sequences) into plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
+    return value
+
+
+def declaration_problems(error: DeclarationErrors) -> str:
+    """Render declaration errors for a status message: field, problem and fix of each."""
+    parts = []
+    for item in error.errors:
+        text = f"{item.field}: {item.problem}" if item.field else item.problem
+        parts.append(f"{text}; {item.fix}" if item.fix else text)
+    return " | ".join(parts)
+
+
+def spec_digest(spec: BaseModel) -> str:
+    return hashlib.sha256(spec.model_dump_json(by_alias=True).encode()).hexdigest()[:16]
+
+
+def synced_resource_version(body: Mapping[str, Any]) -> str:
+    """`<generation>-<hash of labels and annotations>`, as External Secrets Operator writes it."""
+    metadata = body.get("metadata") or {}
+    meta = {
+        "labels": metadata.get("labels") or {},
+        "annotations": metadata.get("annotations") or {},
+    }
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{metadata.get('generation', 0)}-{digest}"
+
+
+def _without_missing(
+    declaration: ExternalSecretDeclaration,
+    error: SnapshotError,
+    fetched: Mapping[RemoteKey, Any],
+) -> ExternalSecretDeclaration | None:
+    """For deletionPolicy Delete and Merge, drop the entries whose remote key is gone.
+
+    Returns None when the policy is Retain, or when some failure is not a missing remote key
+    (a missing property, an invalid value, a store error), which stays an error.
+    """
+    if declaration.spec.target.deletion_policy == "Retain":
+        return None
+    gone = {key.key for key, value in fetched.items() if isinstance(value, RemoteKeyNotFoundError)}
+    missing = set()
+    for failure in error.errors:
+        if not isinstance(failure, RemoteKeyNotFoundError) or failure.remote_key not in gone:
+            return None
+        missing.add(failure.remote_key)
+    spec = declaration.spec
+    data = [item for item in spec.data if item.remote_ref.key not in missing]
+    data_from = [
+        item for item in spec.data_from if item.extract is None or item.extract.key not in missing
+    ]
+    reduced = spec.model_copy(update={"data": data, "data_from": data_from})
+    return dataclasses.replace(declaration, spec=reduced)
+
+
+def _reads_own_namespace(store: StoreDeclaration) -> bool:
+    """True for a ClusterSecretStore with a reference that names no namespace."""
+    if store.kind != "ClusterSecretStore":
+        return False
+    return any(reference.namespace is None for reference in _references(store.spec))
+
+
+def _references(model: Any) -> list[Any]:
+    found = []
+    if isinstance(model, SecretKeySelector | ServiceAccountSelector | CAProvider):
+        found.append(model)
+    if isinstance(model, BaseModel):
+        for name in type(model).model_fields:
+            found += _references(getattr(model, name))
+    elif isinstance(model, list | tuple):
+        for item in model:
+            found += _references(item)
+    return found
+
+
+def _selector_matches(selector: LabelSelector, labels: Mapping[str, str]) -> bool:
+    if any(labels.get(key) != value for key, value in selector.match_labels.items()):
+        return False
+    for expression in selector.match_expressions:
+        present = expression.key in labels
+        value = labels.get(expression.key)
+        if expression.operator == "In" and value not in expression.values:
+            return False
+        if expression.operator == "NotIn" and present and value in expression.values:
+            return False
+        if expression.operator == "Exists" and not present:
+            return False
+        if expression.operator == "DoesNotExist" and present:
+            return False
+    return True
+
+
+def _owner(body: Mapping[str, Any]) -> Owner:
+    metadata = body.get("metadata") or {}
+    return Owner(name=str(metadata.get("name")), uid=str(metadata.get("uid")))
+
+
+def _ready_condition(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    for condition in (body.get("status") or {}).get("conditions") or []:
+        if isinstance(condition, dict) and condition.get("type") == READY:
+            return condition
+    return None
+
+
+def _describe(kind: str, namespace: str | None, name: str | None) -> str:
+    return f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,387 @@
+"""Building the target Secret: what it should contain, and the smallest patch that gets it there.
+
+`plan_write` compares the Secret as it is with what the snapshot says and returns nothing to do,
+a whole Secret to create, or a JSON merge patch conditional on the current resourceVersion. An
+unchanged Secret is never written, so its resourceVersion stays the same and Stakater Reloader
+(or anyone watching it) sees no event.
+
+Creation policies, with External Secrets Operator's meaning:
+- Owner: the controller creates the Secret with an owner reference to the ExternalSecret, so
+  Kubernetes deletes it with the ExternalSecret. The data is exactly the snapshot. A Secret of the
+  same name that the controller did not create is left alone and reported.
+- Orphan: the same without the owner reference; an existing Secret of that name is taken over.
+- Merge: the Secret must exist; only the ExternalSecret's keys are written, other keys are kept.
+- None: nothing is written.
+
+Every managed Secret carries the labels `secrets-agent.io/managed: "true"` (the controller watches
+only these) and, when the controller created it, `app.kubernetes.io/managed-by: secrets-agent`; the
+annotations `secrets-agent.io/data-hash` (SHA-256 of the managed keys and values),
+`secrets-agent.io/managed-keys` (which ExternalSecret wrote which keys) and
+`reloader.stakater.com/match: "true"`; and the labels and annotations of
+`spec.target.template.metadata`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agent.controller import (
+    API_VERSION,
+    DATA_HASH_ANNOTATION,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    MANAGED_KEYS_ANNOTATION,
+    MANAGED_LABEL,
+    RELOADER_MATCH_ANNOTATION,
+)
+from agent.declarations import ExternalSecretDeclaration
+
+# Kubernetes accepts these names as Secret keys (validation of Secret and ConfigMap keys).
+SECRET_KEY_PATTERN = re.compile(r"[-._a-zA-Z0-9]+")
+MAX_SECRET_KEY_LENGTH = 253
+DEFAULT_TYPE = "Opaque"
+
+
+class SecretConflictError(Exception):
+    """The target Secret cannot be written as declared; the message says why and what to do."""
+
+
+def check_secret_key(key: str) -> str | None:
+    """Return why `key` is not a valid Kubernetes Secret key, or None when it is."""
+    if len(key) > MAX_SECRET_KEY_LENGTH:
+        return f"is longer than {MAX_SECRET_KEY_LENGTH} characters"
+    if not SECRET_KEY_PATTERN.fullmatch(key):
+        return "contains characters other than letters, digits, '-', '_' and '.'"
+    if key in (".", ".."):
+        return "is . or .."
+    return None
+
+
+def data_hash(data: Mapping[str, bytes]) -> str:
+    """SHA-256 over the sorted keys and their values, with lengths so no two sets collide."""
+    digest = hashlib.sha256()
+    for key in sorted(data):
+        value = data[key]
+        digest.update(f"{len(key)}:{key}:{len(value)}:".encode())
+        digest.update(value)
+    return digest.hexdigest()
+
+
+def decoded_data(secret: Mapping[str, Any]) -> dict[str, bytes]:
+    """Return a Secret's data as bytes; a value that is not base64 counts as empty."""
+    result = {}
+    for key, value in (secret.get("data") or {}).items():
+        try:
+            result[key] = base64.b64decode(value or "", validate=True)
+        except (ValueError, TypeError):
+            result[key] = b""
+    return result
+
+
+def managed_keys(secret: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Return the managed-keys annotation: ExternalSecret name -> the secret keys it wrote."""
+    text = ((secret.get("metadata") or {}).get("annotations") or {}).get(MANAGED_KEYS_ANNOTATION)
+    try:
+        parsed = json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        return {}
+    if not isinstance(parsed, dict):
+        return {}
+    return {
+        str(name): [str(key) for key in keys]
+        for name, keys in parsed.items()
+        if isinstance(keys, list)
+    }
+
+
+def owns_whole_secret(secret: Mapping[str, Any]) -> bool:
+    labels = (secret.get("metadata") or {}).get("labels") or {}
+    return labels.get(MANAGED_BY_LABEL) == MANAGED_BY
+
+
+def drifted(secret: Mapping[str, Any]) -> bool:
+    """Tell whether someone else changed the managed data of a Secret since the controller wrote
+    it: the data-hash annotation no longer matches, or a whole-owned Secret gained a key."""
+    annotations = (secret.get("metadata") or {}).get("annotations") or {}
+    expected = annotations.get(DATA_HASH_ANNOTATION)
+    if expected is None:
+        return True
+    data = decoded_data(secret)
+    keys = {key for keys in managed_keys(secret).values() for key in keys}
+    if owns_whole_secret(secret) and set(data) != keys:
+        return True
+    return data_hash({key: data.get(key, b"") for key in keys}) != expected
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The ExternalSecret a Secret belongs to."""
+
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class SecretWrite:
+    """What to send: `create` a whole Secret, or `patch` (a JSON merge patch) an existing one."""
+
+    action: str  # "create" or "patch"
+    body: dict[str, Any]
+
+
+def plan_write(
+    declaration: ExternalSecretDeclaration,
+    *,
+    owner: Owner,
+    data: Mapping[str, bytes],
+    existing: Mapping[str, Any] | None,
+) -> SecretWrite | None:
+    """Return the write that makes the target Secret match `data`, or None when it already does.
+
+    Raises SecretConflictError when the policy forbids the write (a foreign Secret under Owner,
+    a missing Secret under Merge, changed data in an immutable Secret, a different type).
+    """
+    policy = declaration.spec.target.creation_policy
+    if policy == "None":
+        return None
+    if existing is None:
+        if policy == "Merge":
+            raise SecretConflictError(
+                f"Secret {declaration.target} does not exist, and creationPolicy Merge only "
+                "writes into an existing Secret; create it, or use creationPolicy Owner"
+            )
+        return SecretWrite("create", _new_secret(declaration, owner=owner, data=data))
+    if policy == "Owner":
+        _check_ownership(declaration, owner, existing)
+    desired = _desired(declaration, owner=owner, data=data, existing=existing)
+    _check_immutable_fields(declaration, existing, desired)
+    patch = _merge_patch(existing, desired)
+    if not patch:
+        return None
+    patch.setdefault("metadata", {})["resourceVersion"] = existing["metadata"]["resourceVersion"]
+    return SecretWrite("patch", patch)
+
+
+def plan_removal(
+    declaration: ExternalSecretDeclaration, *, owner: Owner, existing: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """Return the patch that removes an ExternalSecret's keys from a merged Secret, or None."""
+    written = managed_keys(existing)
+    keys = written.pop(owner.name, None)
+    if keys is None:
+        return None
+    data = decoded_data(existing)
+    remaining = {key for names in written.values() for key in names}
+    patch: dict[str, Any] = {
+        "data": {key: None for key in keys if key not in remaining},
+        "metadata": {
+            "resourceVersion": existing["metadata"]["resourceVersion"],
+            "annotations": {
+                MANAGED_KEYS_ANNOTATION: json.dumps(written, sort_keys=True) if written else None,
+                DATA_HASH_ANNOTATION: data_hash({k: data.get(k, b"") for k in remaining})
+                if written
+                else None,
+            },
+        },
+    }
+    if not written:
+        patch["metadata"]["labels"] = {MANAGED_LABEL: None}
+        patch["metadata"]["annotations"][RELOADER_MATCH_ANNOTATION] = None
+    return patch
+
+
+# --- building the desired Secret -----------------------------------------------------------------
+
+
+def _new_secret(
+    declaration: ExternalSecretDeclaration, *, owner: Owner, data: Mapping[str, bytes]
+) -> dict[str, Any]:
+    template = declaration.spec.target.template
+    metadata: dict[str, Any] = {
+        "name": declaration.target,
+        "namespace": declaration.namespace,
+        "labels": {**_template_labels(declaration), **_our_labels(whole=True)},
+        "annotations": {
+            **_template_annotations(declaration),
+            **_our_annotations({owner.name: sorted(data)}, data),
+        },
+    }
+    if declaration.spec.target.creation_policy == "Owner":
+        metadata["ownerReferences"] = [_owner_reference(owner)]
+    if template is not None and template.metadata.finalizers:
+        metadata["finalizers"] = list(template.metadata.finalizers)
+    body: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata,
+        "type": (template.type if template is not None else None) or DEFAULT_TYPE,
+        "data": _encoded(data),
+    }
+    if declaration.spec.target.immutable:
+        body["immutable"] = True
+    return body
+
+
+def _desired(
+    declaration: ExternalSecretDeclaration,
+    *,
+    owner: Owner,
+    data: Mapping[str, bytes],
+    existing: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Return the Secret as it should be, starting from `existing` so foreign fields stay."""
+    policy = declaration.spec.target.creation_policy
+    current = decoded_data(existing)
+    written = managed_keys(existing)
+    if policy == "Merge":
+        previous = set(written.get(owner.name, []))
+        others = {key for name, keys in written.items() if name != owner.name for key in keys}
+        new_data = {k: v for k, v in current.items() if k not in previous or k in others}
+        new_data.update(data)
+        written[owner.name] = sorted(data)
+        managed = {key for keys in written.values() for key in keys}
+        hashed = {key: new_data.get(key, b"") for key in managed}
+    else:
+        new_data = dict(data)
+        written = {owner.name: sorted(data)}
+        hashed = dict(data)
+    metadata = existing.get("metadata") or {}
+    labels = {**(metadata.get("labels") or {}), **_template_labels(declaration)}
+    labels.update(_our_labels(whole=policy != "Merge"))
+    annotations = {**(metadata.get("annotations") or {}), **_template_annotations(declaration)}
+    annotations.update(_our_annotations(written, hashed))
+    desired_metadata: dict[str, Any] = {"labels": labels, "annotations": annotations}
+    if policy == "Owner":
+        foreign = [
+            reference
+            for reference in metadata.get("ownerReferences") or []
+            if reference.get("uid") != owner.uid
+        ]
+        desired_metadata["ownerReferences"] = [*foreign, _owner_reference(owner)]
+    template = declaration.spec.target.template
+    if template is not None and template.metadata.finalizers:
+        finalizers = list(metadata.get("finalizers") or [])
+        finalizers += [f for f in template.metadata.finalizers if f not in finalizers]
+        desired_metadata["finalizers"] = finalizers
+    desired: dict[str, Any] = {"metadata": desired_metadata, "data": _encoded(new_data)}
+    if template is not None and template.type:
+        desired["type"] = template.type
+    return desired
+
+
+def _merge_patch(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the merge patch from `existing` to `desired` for the fields `desired` names."""
+    patch: dict[str, Any] = {}
+    metadata = existing.get("metadata") or {}
+    metadata_patch: dict[str, Any] = {}
+    for field in ("labels", "annotations"):
+        changes = _map_changes(metadata.get(field) or {}, desired["metadata"][field])
+        if changes:
+            metadata_patch[field] = changes
+    for field in ("ownerReferences", "finalizers"):
+        wanted = desired["metadata"].get(field)
+        if wanted is not None and wanted != (metadata.get(field) or []):
+            metadata_patch[field] = wanted
+    if metadata_patch:
+        patch["metadata"] = metadata_patch
+    data_changes = _map_changes(existing.get("data") or {}, desired["data"])
+    if data_changes:
+        patch["data"] = data_changes
+    if "type" in desired and desired["type"] != existing.get("type", DEFAULT_TYPE):
+        patch["type"] = desired["type"]
+    return patch
+
+
+def _map_changes(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge-patch entries that turn `current` into `wanted` (None removes a key)."""
+    changes: dict[str, Any] = {k: v for k, v in wanted.items() if current.get(k) != v}
+    changes.update({k: None for k in current if k not in wanted})
+    return changes
+
+
+def _check_ownership(
+    declaration: ExternalSecretDeclaration, owner: Owner, existing: Mapping[str, Any]
+) -> None:
+    metadata = existing.get("metadata") or {}
+    controllers = [
+        reference
+        for reference in metadata.get("ownerReferences") or []
+        if reference.get("controller")
+    ]
+    if any(reference.get("uid") != owner.uid for reference in controllers):
+        raise SecretConflictError(
+            f"Secret {declaration.target} is controlled by another object; rename "
+            "spec.target.name, or delete the Secret"
+        )
+    if not owns_whole_secret(existing) and not controllers:
+        raise SecretConflictError(
+            f"Secret {declaration.target} exists and was not created by secrets-agent, so "
+            "creationPolicy Owner leaves it alone; delete it, rename spec.target.name, or use "
+            "creationPolicy Orphan or Merge"
+        )
+
+
+def _check_immutable_fields(
+    declaration: ExternalSecretDeclaration,
+    existing: Mapping[str, Any],
+    desired: Mapping[str, Any],
+) -> None:
+    if "type" in desired and desired["type"] != existing.get("type", DEFAULT_TYPE):
+        raise SecretConflictError(
+            f"Secret {declaration.target} has type {existing.get('type', DEFAULT_TYPE)}, not "
+            f"{desired['type']}, and a Secret's type cannot change; delete the Secret to have it "
+            "recreated"
+        )
+    if existing.get("immutable") and (existing.get("data") or {}) != desired["data"]:
+        raise SecretConflictError(
+            f"Secret {declaration.target} is immutable and its data is out of date; delete the "
+            "Secret to have it recreated"
+        )
+
+
+def _template_labels(declaration: ExternalSecretDeclaration) -> dict[str, str]:
+    template = declaration.spec.target.template
+    return dict(template.metadata.labels) if template is not None else {}
+
+
+def _template_annotations(declaration: ExternalSecretDeclaration) -> dict[str, str]:
+    template = declaration.spec.target.template
+    return dict(template.metadata.annotations) if template is not None else {}
+
+
+def _our_labels(*, whole: bool) -> dict[str, str]:
+    labels = {MANAGED_LABEL: "true"}
+    if whole:
+        labels[MANAGED_BY_LABEL] = MANAGED_BY
+    return labels
+
+
+def _our_annotations(
+    written: Mapping[str, list[str]], hashed: Mapping[str, bytes]
+) -> dict[str, str]:
+    return {
+        DATA_HASH_ANNOTATION: data_hash(hashed),
+        MANAGED_KEYS_ANNOTATION: json.dumps(dict(written), sort_keys=True),
+        RELOADER_MATCH_ANNOTATION: "true",
+    }
+
+
+def _owner_reference(owner: Owner) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ExternalSecret",
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _encoded(data: Mapping[str, bytes]) -> dict[str, str]:
+    return {key: base64.b64encode(value).decode() for key, value in data.items()}

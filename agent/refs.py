@@ -8,6 +8,8 @@ are read again at every use, so a rotated projected token or Secret is picked up
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Protocol
 
@@ -72,14 +74,13 @@ class Refs:
         self, selector: SecretKeySelector | CAProvider, *, store: str, field: str
     ) -> bytes:
         """Read the mounted key a selector names; raise MissingReferenceError naming the field."""
+        _check_segment(selector.name, store=store, field=f"{field}.name")
+        _check_segment(selector.key, store=store, field=f"{field}.key")
         path = self.secret_path(selector)
         kind = selector.type if isinstance(selector, CAProvider) else "Secret"
-        return self._read(
-            path,
-            store=store,
-            field=field,
-            fix=f"mount {kind} {selector.name} (key {selector.key}) at {path.parent}",
-        )
+        fix = f"mount {kind} {selector.name} (key {selector.key}) at {path.parent}"
+        _check_contained(path, self.refs_dir / selector.name, store=store, field=field, fix=fix)
+        return self._read(path, store=store, field=field, fix=fix)
 
     def read_token(self, selector: ServiceAccountSelector | None, *, store: str, field: str) -> str:
         """Read a service account token, stripped of surrounding whitespace."""
@@ -87,12 +88,20 @@ class Refs:
         if selector is None:
             fix = "mount the pod's service account token (automountServiceAccountToken)"
         else:
+            _check_segment(selector.name, store=store, field=f"{field}.name")
             fix = f"mount a projected token of service account {selector.name} at {path}"
+            _check_contained(path, path.parent, store=store, field=field, fix=fix)
         return self._read(path, store=store, field=field, fix=fix).decode().strip()
 
     def _read(self, path: Path, *, store: str, field: str, fix: str) -> bytes:
         try:
-            with open(path, "rb") as stream:
+            # O_NONBLOCK keeps a FIFO planted at the path from blocking the agent.
+            descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with os.fdopen(descriptor, "rb") as stream:
+                if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                    raise MissingReferenceError(
+                        f"{field}: {path} is not a regular file", store=store, fix=fix
+                    )
                 content = stream.read(MAX_REFERENCE_BYTES + 1)
         except FileNotFoundError:
             raise MissingReferenceError(
@@ -109,3 +118,22 @@ class Refs:
                 fix="point the reference at the key itself, not at a bundle",
             )
         return content
+
+
+def _check_segment(name: str, *, store: str, field: str) -> None:
+    """Reject a name or key that would leave its directory (`..`, `/`, NUL)."""
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise MissingReferenceError(
+            f"{field}: invalid name; it must be a single Kubernetes name or key, without '/'",
+            store=store,
+            fix="use the Secret's name and one of its data keys",
+        )
+
+
+def _check_contained(path: Path, directory: Path, *, store: str, field: str, fix: str) -> None:
+    """Require `path` to resolve inside `directory`, as a mounted volume's links do."""
+    resolved = os.path.realpath(path)
+    if not resolved.startswith(os.path.realpath(directory) + os.sep):
+        raise MissingReferenceError(
+            f"{field}: {path} resolves outside {directory}", store=store, fix=fix
+        )

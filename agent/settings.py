@@ -7,16 +7,19 @@ read here: boto3 and the Vault store read them with their usual meaning.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from agent.errors import SettingsError
+from agent.models import signal_from_name
 from agent.writer import FileOwnership
 
 DEFAULT_LISTEN = "0.0.0.0:8741"
+MAX_ID = 2**32 - 2  # the largest uid or gid Linux accepts; 2**32 - 1 means "no change"
 
 
 class Settings(BaseSettings):
@@ -29,19 +32,46 @@ class Settings(BaseSettings):
     refs_dir: Path = Path("/var/run/secrets-agent/refs")
     listen: str = DEFAULT_LISTEN
     file_mode: Annotated[int, NoDecode] = 0o400
-    file_uid: int | None = Field(default=None, ge=0)
-    file_gid: int | None = Field(default=None, ge=0)
+    file_uid: int | None = Field(default=None, ge=0, le=MAX_ID)
+    file_gid: int | None = Field(default=None, ge=0, le=MAX_ID)
     nested_keys: bool = False
-    timeout: float = Field(default=60.0, gt=0)
+    timeout: float = Field(default=60.0, gt=0, le=86400, allow_inf_nan=False)
+    # Dynamic secrets; docs/leases.md gives the reasons for the defaults.
+    lease_revoke_grace: float = Field(default=60.0, ge=0, le=3600)
+    lease_renewal_threshold: float = Field(default=0.9, gt=0, lt=1)
+    revoke_on_exit: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     pod_token: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    # Notify targets and exec mode; docs/notify.md and docs/exec.md give the reasons for the
+    # defaults.
+    notify_delay: float = Field(default=2.0, ge=0, le=300)
+    notify_signal: str | None = None
+    exec_on_change: Literal["restart", "signal", "none"] = "restart"
+    exec_signal: str = "SIGHUP"
+    exec_stop_timeout: float = Field(default=10.0, gt=0, le=3600)
 
     @field_validator("config", mode="before")
     @classmethod
     def _split_paths(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [Path(part.strip()) for part in value.split(",") if part.strip()]
+        # Both the variable and each repeated flag may hold a comma-separated list.
+        parts = [value] if isinstance(value, str | Path) else value
+        if not isinstance(parts, list):
+            return value
+        paths = []
+        for part in parts:
+            for item in str(part).split(","):
+                if not item.strip():
+                    raise ValueError("contains an empty path; remove the extra comma")
+                paths.append(Path(item.strip()))
+        return paths
+
+    @field_validator("output_dir", "refs_dir", "pod_token", mode="before")
+    @classmethod
+    def _not_empty(cls, value: object) -> object:
+        # Path("") is the current directory: an empty variable must not send secrets there.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty; give an absolute path")
         return value
 
     @field_validator("file_mode", mode="before")
@@ -54,6 +84,28 @@ class Settings(BaseSettings):
                 raise ValueError("must be an octal mode such as 0400 or 0440") from None
         if isinstance(value, int) and not 0 <= value <= 0o777:
             raise ValueError("must be between 0000 and 0777")
+        if isinstance(value, int) and value & 0o111:
+            raise ValueError("must not set execute bits; secrets are data, e.g. use 0400 or 0440")
+        if isinstance(value, int) and value & 0o022:
+            raise ValueError("must not let the group or others write; e.g. use 0400 or 0440")
+        if isinstance(value, int) and not value & 0o444:
+            raise ValueError("must let someone read the files; e.g. use 0400 or 0440")
+        return value
+
+    @field_validator("exec_signal")
+    @classmethod
+    def _signal_name(cls, value: str) -> str:
+        return signal_from_name(value).name
+
+    @field_validator("notify_signal")
+    @classmethod
+    def _process_and_signal(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        process_name, _, signal_name = value.partition(":")
+        if not process_name or "/" in process_name or not process_name.isprintable():
+            raise ValueError("must be PROCESS_NAME or PROCESS_NAME:SIGNAL, e.g. nginx:SIGHUP")
+        signal_from_name(signal_name or "SIGHUP")
         return value
 
     @field_validator("listen")
@@ -88,6 +140,36 @@ def load_settings(**overrides: object) -> Settings:
             name = str(item["loc"][0]) if item["loc"] else "settings"
             flag = "--" + name.replace("_", "-")
             variable = "SECRETS_AGENT_" + name.upper()
-            message = item["msg"].removeprefix("Value error, ")
-            problems.append(f"{flag} ({variable}): {message}")
+            problems.append(f"{flag} ({variable}): {_describe(item)}")
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
+def unknown_variables() -> list[str]:
+    """Return the SECRETS_AGENT_* environment variables that match no setting (likely typos)."""
+    known = {"SECRETS_AGENT_" + name.upper() for name in Settings.model_fields}
+    return sorted(
+        name for name in os.environ if name.startswith("SECRETS_AGENT_") and name not in known
+    )
+
+
+def _describe(item: Any) -> str:
+    """Say what pydantic found wrong with a setting in plain words, without the value."""
+    context = item.get("ctx", {})
+    kind = item["type"]
+    if kind == "value_error":
+        return str(context.get("error", item["msg"]))
+    plain = {
+        "greater_than_equal": f"must be at least {context.get('ge')}",
+        "greater_than": f"must be greater than {context.get('gt')}",
+        "less_than_equal": f"must be at most {context.get('le')}",
+        "less_than": f"must be less than {context.get('lt')}",
+        "bool_parsing": "must be true or false",
+        "bool_type": "must be true or false",
+        "int_parsing": "must be a whole number",
+        "int_from_float": "must be a whole number",
+        "float_parsing": "must be a number of seconds, e.g. 60",
+        "finite_number": "must be a finite number",
+        "literal_error": f"must be one of {context.get('expected', '')}",
+        "extra_forbidden": "is not a setting",
+    }
+    return plain.get(kind, item["msg"])

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agent.declarations import Declarations, ExternalSecretDeclaration
-from agent.errors import AgentError, StoreError
+from agent.errors import AgentError, StoreError, StoreUnavailableError
 from agent.logs import log_event
 from agent.metrics import Metrics
 from agent.refs import Refs
@@ -201,6 +201,8 @@ class Syncer:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._pending_declarations: Declarations | None = None
+        # In once mode only transient failures are retried, so only they log a retry delay.
+        self.once_mode = False
 
     # --- one round ------------------------------------------------------------------------------
 
@@ -368,14 +370,16 @@ class Syncer:
             state.next_due = self.clock() + delay
         result.failed[state.target] = error
         self.metrics.sync_total.labels(state.target, "error").inc()
+        transient = _is_transient(error)
+        retry = {"retry_in_s": round(delay, 1)} if transient or not self.once_mode else {}
         log_event(
             logger,
             logging.WARNING,
             "sync_failed",
             target=state.target,
             attempt=state.failures,
-            retry_in_s=round(delay, 1),
-            transient=int(_is_transient(error)),
+            **retry,
+            transient=int(transient),
             error=str(error),
         )
 
@@ -384,15 +388,23 @@ class Syncer:
     def run_once(self, *, timeout: float) -> RoundResult:
         """Sync every target once, retrying transient failures until `timeout` seconds pass.
 
-        Returns the last round's view: a target is in `failed` if it never succeeded.
+        The timeout also bounds a request that hangs: targets still waiting for a store when
+        it passes are reported as failed. Returns the outcome of every target: a target is in
+        `failed` if it never succeeded.
         """
+        self.once_mode = True
         deadline = self.clock() + timeout
         pending = list(self.states.values())
         outcome = RoundResult()
         while pending:
-            result = self.sync(pending)
+            result = self._sync_before(pending, deadline)
+            if result is None:
+                for state in pending:
+                    outcome.failed[state.target] = _timed_out(state, timeout)
+                break
             outcome.changed += result.changed
             outcome.unchanged += result.unchanged
+            outcome.changes += result.changes
             retry = [
                 s
                 for s in pending
@@ -411,6 +423,28 @@ class Syncer:
             time.sleep(max(0.0, wake - self.clock()))
             pending = retry
         return outcome
+
+    def _sync_before(self, states: list[TargetState], deadline: float) -> RoundResult | None:
+        """Run one round in a helper thread; return None if it has not ended by `deadline`.
+
+        The thread is a daemon: `once` exits right after a timeout, and an interrupted
+        projection leaves only a temporary directory that the next projection removes.
+        """
+        outcome: list[RoundResult] = []
+        failure: list[BaseException] = []
+
+        def round_() -> None:
+            try:
+                outcome.append(self.sync(states))
+            except BaseException as error:
+                failure.append(error)
+
+        worker = threading.Thread(target=round_, name="sync-once", daemon=True)
+        worker.start()
+        worker.join(max(0.0, deadline - self.clock()))
+        if failure:
+            raise failure[0]
+        return outcome[0] if outcome else None
 
     def adopt(self) -> None:
         """Mark targets that already have a complete generation on disk (an init container's
@@ -626,6 +660,16 @@ class Syncer:
 
 def _no_prefixes(path: str) -> Mapping[str, RemoteValue]:
     raise AssertionError("the loader requires a store for dataFrom.find and extract")
+
+
+def _timed_out(state: TargetState, timeout: float) -> StoreError:
+    kind, name = state.declaration.store_ref
+    store = name if kind == "SecretStore" else f"{kind}/{name}"
+    return StoreUnavailableError(
+        f"no answer within the {timeout:g} s timeout",
+        store=store,
+        fix="check that the store is reachable from the pod, or raise --timeout",
+    )
 
 
 def _is_transient(error: AgentError) -> bool:

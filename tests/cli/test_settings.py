@@ -74,3 +74,36 @@ def test_invalid_environment_variable_is_named(monkeypatch: pytest.MonkeyPatch):
     with pytest.raises(SettingsError) as caught:
         load_settings()
     assert "SECRETS_AGENT_TIMEOUT" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"file_gid": 99999999999}, "must be at most 4294967294"),
+        ({"file_mode": "0000"}, "must let someone read"),
+        ({"file_mode": "0200"}, "must let someone read"),
+        ({"file_mode": "0777"}, "must not set execute bits"),
+        ({"file_mode": "0646"}, "must not let the group or others write"),
+        ({"timeout": float("inf")}, "finite"),
+        ({"output_dir": ""}, "must not be empty"),
+        ({"config": ["a.yaml,,b.yaml"]}, "empty path"),
+        ({"nested_keys": "maybe"}, "must be true or false"),
+    ],
+)
+def test_setting_rules_in_plain_words(overrides, expected):
+    with pytest.raises(SettingsError) as caught:
+        load_settings(**overrides)
+    assert expected in str(caught.value)
+    assert "Input should" not in str(caught.value)
+
+
+def test_config_flag_values_split_on_commas():
+    settings = load_settings(config=["a.yaml,b.yaml", "c"])
+    assert settings.config == [Path("a.yaml"), Path("b.yaml"), Path("c")]
+
+
+def test_unknown_variables_listed(monkeypatch: pytest.MonkeyPatch):
+    from agent.settings import unknown_variables
+
+    monkeypatch.setenv("SECRETS_AGENT_CONFIGG", "x")
+    assert unknown_variables() == ["SECRETS_AGENT_CONFIGG"]

@@ -339,3 +339,31 @@ def test_periodic_task_runs_on_its_schedule(tmp_path: Path, vault):
     syncer.stores.close()
     assert len(calls) == 3
     assert calls[2] - calls[1] >= 0.15
+
+
+def test_run_once_timeout_bounds_a_hanging_store(tmp_path: Path):
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts connections, never answers
+    port = silent.getsockname()[1]
+    refs = tmp_path / "refs" / "vault-token"
+    refs.mkdir(parents=True)
+    (refs / "token").write_text("fake-token")
+    syncer = make_syncer(
+        tmp_path,
+        [
+            VAULT_STORE.format(url=f"http://127.0.0.1:{port}"),
+            external_secret("app", "vault-kv", ["app"]),
+        ],
+    )
+    started = time.monotonic()
+    result = syncer.run_once(timeout=1.5)
+    elapsed = time.monotonic() - started
+    silent.close()
+
+    assert list(result.failed) == ["app"]
+    assert "no answer within the 1.5 s timeout" in str(result.failed["app"])
+    assert "vault-kv" in str(result.failed["app"])
+    assert elapsed < 4

@@ -47,8 +47,8 @@ class HealthServer:
 
 def _make_handler(readiness: Readiness, registry: CollectorRegistry) -> type:
     class Handler(BaseHTTPRequestHandler):
-        server_version = "secrets-agent"
-        sys_version = ""
+        def version_string(self) -> str:
+            return "secrets-agent"
 
         def do_GET(self) -> None:  # noqa: N802 - name fixed by BaseHTTPRequestHandler
             path = self.path.split("?", 1)[0]

@@ -170,11 +170,14 @@ class Controller:
             VERSION,
             "externalsecrets",
             registry=registry,
+            # A stopped daemon gets this long to finish its reconcile or its cleanup (a Merge
+            # target losing the ExternalSecret's keys) before kopf cancels it.
+            cancellation_backoff=10.0,
             cancellation_timeout=10.0,
         )(self._run_external_secret)
-        kopf.on.event("v1", "secrets", labels={MANAGED_LABEL: "true"}, registry=registry)(
-            self._on_secret
-        )
+        # No client-side label filter: when someone removes the label, the watch reports the
+        # Secret as DELETED without it, and that event must still wake the ExternalSecret.
+        kopf.on.event("v1", "secrets", registry=registry)(self._on_secret)
 
     async def _default_login(self) -> kopf.ConnectionInfo:
         for method in (kopf.login_with_service_account, kopf.login_with_kubeconfig):

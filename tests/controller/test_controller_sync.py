@@ -1,10 +1,14 @@
 """The controller against the Kubernetes API emulator and moto's server, over HTTP.
 
 Covers create, update on a spec change, refresh without a write when nothing changed, drift
-repair, the creation policies, Merge with foreign keys, and template metadata.
+repair, the creation and deletion policies, Merge with foreign keys, and template metadata.
 """
 
 from __future__ import annotations
+
+import asyncio
+import base64
+import json
 
 import boto3
 import pytest
@@ -12,37 +16,352 @@ import pytest
 from tests.controller.conftest import Cluster, eventually
 
 SSM = {"aws": {"service": "ParameterStore", "region": "us-east-1"}}
+SECRETS = "/api/v1/namespaces/team-a/secrets"
+MERGE = {"Content-Type": "application/merge-patch+json"}
 
 
 @pytest.fixture
 def ssm(aws: str):
     client = boto3.client("ssm", region_name="us-east-1")
 
-    def put(name: str, value: str) -> None:
-        client.put_parameter(Name=name, Value=value, Type="SecureString", Overwrite=True)
+    class Parameters:
+        def put(self, name: str, value: str) -> None:
+            client.put_parameter(Name=name, Value=value, Type="SecureString", Overwrite=True)
 
-    return put
+        def delete(self, name: str) -> None:
+            client.delete_parameter(Name=name)
+
+    return Parameters()
 
 
-def spec(*keys: tuple[str, str], **extra) -> dict:
+def spec(*keys: tuple[str, str], interval: str = "1h", **extra) -> dict:
     return {
-        "refreshInterval": "1h",
+        "refreshInterval": interval,
         "secretStoreRef": {"name": "aws-ssm"},
         "data": [{"secretKey": k, "remoteRef": {"key": r}} for k, r in keys],
         **extra,
     }
 
 
+def target(**fields) -> dict:
+    return {"target": fields}
+
+
+async def synced(cluster: Cluster, name: str) -> dict:
+    """Wait until the ExternalSecret reports Ready=True and return the condition."""
+    return await eventually(
+        lambda: (cluster.ready(name) or {}).get("status") == "True" and cluster.ready(name)
+    )
+
+
 async def test_creates_secret_with_owner(cluster: Cluster, ssm) -> None:
-    ssm("/app/db-password", "fake-db-password-1")
+    ssm.put("/app/db-password", "fake-db-password-1")
     await cluster.apply_store("aws-ssm", SSM)
     await cluster.start_controller()
     es = await cluster.apply_external_secret("app", spec(("db-password", "/app/db-password")))
     data = await eventually(lambda: cluster.secret_data("app"))
     assert data == {"db-password": b"fake-db-password-1"}
     secret = cluster.secret("app")
-    assert secret["metadata"]["ownerReferences"][0]["uid"] == es["metadata"]["uid"]
-    assert secret["metadata"]["labels"]["secrets-agent.io/managed"] == "true"
-    ready = await eventually(lambda: cluster.ready("app"))
-    assert ready["status"] == "True"
+    owner = secret["metadata"]["ownerReferences"][0]
+    assert owner["uid"] == es["metadata"]["uid"]
+    assert owner["controller"] is True
+    labels = secret["metadata"]["labels"]
+    assert labels["secrets-agent.io/managed"] == "true"
+    assert labels["app.kubernetes.io/managed-by"] == "secrets-agent"
+    annotations = secret["metadata"]["annotations"]
+    assert annotations["reloader.stakater.com/match"] == "true"
+    assert len(annotations["secrets-agent.io/data-hash"]) == 64
+    assert json.loads(annotations["secrets-agent.io/managed-keys"]) == {"app": ["db-password"]}
+    ready = await synced(cluster, "app")
     assert ready["reason"] == "SecretSynced"
+    status = cluster.external_secret("app")["status"]
+    assert status["refreshTime"]
+    assert status["syncedResourceVersion"].startswith("1-")
+
+
+async def test_spec_and_metadata_untouched(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller()
+    applied = spec(("a", "/app/a"))
+    await cluster.apply_external_secret("app", applied, annotations={"team": "payments"})
+    await synced(cluster, "app")
+    es = cluster.external_secret("app")
+    assert es["spec"] == applied  # no defaults written back
+    assert es["metadata"]["annotations"] == {"team": "payments"}
+    assert es["metadata"]["generation"] == 1
+    assert es["metadata"]["finalizers"] == ["secrets-agent.io/finalizer"]
+
+
+async def test_spec_change_updates_at_once(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a")
+    ssm.put("/app/b", "fake-b")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller()
+    await cluster.apply_external_secret("app", spec(("a", "/app/a")))
+    await eventually(lambda: cluster.secret_data("app"))
+    await cluster.patch_external_secret("app", {"spec": spec(("a", "/app/a"), ("b", "/app/b"))})
+    data = await eventually(
+        lambda: (cluster.secret_data("app") or {}).get("b") and cluster.secret_data("app")
+    )
+    assert data == {"a": b"fake-a", "b": b"fake-b"}
+
+
+async def test_key_removed_from_spec(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a")
+    ssm.put("/app/b", "fake-b")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller()
+    await cluster.apply_external_secret("app", spec(("a", "/app/a"), ("b", "/app/b")))
+    await eventually(lambda: len(cluster.secret_data("app") or {}) == 2)
+    await cluster.patch_external_secret("app", {"spec": spec(("a", "/app/a"))})
+    data = await eventually(
+        lambda: len(cluster.secret_data("app") or {}) == 1 and cluster.secret_data("app")
+    )
+    assert data == {"a": b"fake-a"}
+
+
+async def test_unchanged_refresh_writes_nothing(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a")
+    await cluster.apply_store("aws-ssm", SSM)
+    controller = await cluster.start_controller(cache_seconds=0.1)
+    await cluster.apply_external_secret("app", spec(("a", "/app/a"), interval="300ms"))
+    await eventually(lambda: cluster.secret_data("app"))
+    version = cluster.secret("app")["metadata"]["resourceVersion"]
+    unchanged = controller.metrics.reconcile_total.labels("unchanged")
+    await eventually(lambda: unchanged._value.get() >= 2, timeout=10)
+    assert cluster.secret("app")["metadata"]["resourceVersion"] == version
+    assert cluster.writes_to("secrets", "app") == 1  # the create, nothing after it
+
+
+async def test_refresh_picks_up_new_value(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a-1")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller(cache_seconds=0.1)
+    await cluster.apply_external_secret("app", spec(("a", "/app/a"), interval="300ms"))
+    await eventually(lambda: cluster.secret_data("app"))
+    ssm.put("/app/a", "fake-a-2")
+    await eventually(lambda: cluster.secret_data("app") == {"a": b"fake-a-2"})
+
+
+async def test_drift_repair_after_edit(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller()
+    await cluster.apply_external_secret("app", spec(("a", "/app/a")))
+    await eventually(lambda: cluster.secret_data("app"))
+    tampered = {"data": {"a": base64.b64encode(b"fake-tampered").decode(), "extra": "eA=="}}
+    await cluster.call("PATCH", f"{SECRETS}/app", tampered, headers=MERGE)
+    await eventually(lambda: cluster.secret_data("app") == {"a": b"fake-a"})
+
+
+async def test_drift_repair_after_delete(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller()
+    await cluster.apply_external_secret("app", spec(("a", "/app/a")))
+    await eventually(lambda: cluster.secret_data("app"))
+    first_uid = cluster.secret("app")["metadata"]["uid"]
+    await cluster.call("DELETE", f"{SECRETS}/app")
+    recreated = await eventually(
+        lambda: (
+            (cluster.secret("app") or {}).get("metadata", {}).get("uid") not in (None, first_uid)
+        )
+    )
+    assert recreated
+    assert cluster.secret_data("app") == {"a": b"fake-a"}
+
+
+async def test_relabel_after_label_removed(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller()
+    await cluster.apply_external_secret("app", spec(("a", "/app/a")))
+    await eventually(lambda: cluster.secret_data("app"))
+    unlabel = {"metadata": {"labels": {"secrets-agent.io/managed": None}}}
+    await cluster.call("PATCH", f"{SECRETS}/app", unlabel, headers=MERGE)
+    await eventually(
+        lambda: (
+            cluster.secret("app")["metadata"]["labels"].get("secrets-agent.io/managed") == "true"
+        )
+    )
+
+
+async def test_owner_secret_collected_with_es(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller()
+    await cluster.apply_external_secret("app", spec(("a", "/app/a")))
+    await eventually(lambda: cluster.secret_data("app"))
+    await cluster.call(
+        "DELETE", "/apis/secrets-agent.io/v1alpha1/namespaces/team-a/externalsecrets/app"
+    )
+    await eventually(lambda: cluster.external_secret("app") is None)
+    await eventually(lambda: cluster.secret("app") is None)
+
+
+async def test_orphan_secret_survives_es(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller()
+    await cluster.apply_external_secret(
+        "app", spec(("a", "/app/a"), **target(creationPolicy="Orphan"))
+    )
+    await eventually(lambda: cluster.secret_data("app"))
+    assert "ownerReferences" not in cluster.secret("app")["metadata"]
+    await cluster.call(
+        "DELETE", "/apis/secrets-agent.io/v1alpha1/namespaces/team-a/externalsecrets/app"
+    )
+    await eventually(lambda: cluster.external_secret("app") is None)
+    await asyncio.sleep(0.3)
+    assert cluster.secret_data("app") == {"a": b"fake-a"}
+
+
+async def test_merge_keeps_foreign_keys(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a")
+    ssm.put("/app/b", "fake-b")
+    foreign = {
+        "metadata": {"name": "shared", "labels": {"app.kubernetes.io/managed-by": "Helm"}},
+        "data": {"foreign": base64.b64encode(b"fake-foreign").decode()},
+    }
+    await cluster.call("POST", SECRETS, foreign)
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller()
+    merged = spec(("a", "/app/a"), ("b", "/app/b"), **target(name="shared", creationPolicy="Merge"))
+    await cluster.apply_external_secret("app", merged)
+    await eventually(lambda: len(cluster.secret_data("shared")) == 3)
+    secret = cluster.secret("shared")
+    assert secret["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    assert "ownerReferences" not in secret["metadata"]
+    reduced = spec(("a", "/app/a"), **target(name="shared", creationPolicy="Merge"))
+    await cluster.patch_external_secret("app", {"spec": reduced})
+    await eventually(
+        lambda: cluster.secret_data("shared") == {"foreign": b"fake-foreign", "a": b"fake-a"}
+    )
+    await cluster.call(
+        "DELETE", "/apis/secrets-agent.io/v1alpha1/namespaces/team-a/externalsecrets/app"
+    )
+    await eventually(lambda: cluster.secret_data("shared") == {"foreign": b"fake-foreign"})
+    labels = cluster.secret("shared")["metadata"]["labels"]
+    assert "secrets-agent.io/managed" not in labels
+
+
+async def test_merge_without_secret_is_error(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller()
+    await cluster.apply_external_secret(
+        "app", spec(("a", "/app/a"), **target(creationPolicy="Merge"))
+    )
+    ready = await eventually(lambda: cluster.ready("app"))
+    assert ready["status"] == "False"
+    assert "does not exist" in ready["message"]
+    assert cluster.secret("app") is None
+
+
+async def test_policy_none_writes_nothing(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller()
+    await cluster.apply_external_secret(
+        "app", spec(("a", "/app/a"), **target(creationPolicy="None"))
+    )
+    await synced(cluster, "app")
+    assert cluster.secret("app") is None
+
+
+async def test_owner_refuses_foreign_secret(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a")
+    foreign = {"metadata": {"name": "app"}, "data": {"x": base64.b64encode(b"fake-x").decode()}}
+    await cluster.call("POST", SECRETS, foreign)
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller()
+    await cluster.apply_external_secret("app", spec(("a", "/app/a")))
+    ready = await eventually(lambda: cluster.ready("app"))
+    assert ready["status"] == "False"
+    assert "not created by secrets-agent" in ready["message"]
+    assert cluster.secret_data("app") == {"x": b"fake-x"}
+
+
+async def test_template_type_and_metadata(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/user", "fake-user")
+    ssm.put("/app/pass", "fake-pass")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller()
+    template = {
+        "type": "kubernetes.io/basic-auth",
+        "metadata": {"labels": {"tier": "db"}, "annotations": {"owner": "payments"}},
+    }
+    declared = spec(
+        ("username", "/app/user"),
+        ("password", "/app/pass"),
+        **target(template=template, immutable=True),
+    )
+    await cluster.apply_external_secret("app", declared)
+    await eventually(lambda: cluster.secret_data("app"))
+    secret = cluster.secret("app")
+    assert secret["type"] == "kubernetes.io/basic-auth"
+    assert secret["immutable"] is True
+    assert secret["metadata"]["labels"]["tier"] == "db"
+    assert secret["metadata"]["annotations"]["owner"] == "payments"
+
+
+async def test_retain_keeps_secret_when_key_gone(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller(cache_seconds=0.1)
+    await cluster.apply_external_secret("app", spec(("a", "/app/a"), interval="300ms"))
+    await eventually(lambda: cluster.secret_data("app"))
+    ssm.delete("/app/a")
+    ready = await eventually(
+        lambda: (cluster.ready("app") or {}).get("status") == "False" and cluster.ready("app")
+    )
+    assert ready["reason"] == "SecretSyncedError"
+    assert "/app/a" in ready["message"]
+    assert cluster.secret_data("app") == {"a": b"fake-a"}
+
+
+async def test_delete_policy_removes_secret(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller(cache_seconds=0.1)
+    declared = spec(("a", "/app/a"), interval="300ms", **target(deletionPolicy="Delete"))
+    await cluster.apply_external_secret("app", declared)
+    await eventually(lambda: cluster.secret_data("app"))
+    ssm.delete("/app/a")
+    await eventually(lambda: cluster.secret("app") is None)
+    ready = await eventually(lambda: (cluster.ready("app") or {}).get("reason") == "SecretDeleted")
+    assert ready
+
+
+async def test_merge_policy_drops_missing_key(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a")
+    ssm.put("/app/b", "fake-b")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller(cache_seconds=0.1)
+    declared = spec(
+        ("a", "/app/a"), ("b", "/app/b"), interval="300ms", **target(deletionPolicy="Merge")
+    )
+    await cluster.apply_external_secret("app", declared)
+    await eventually(lambda: len(cluster.secret_data("app") or {}) == 2)
+    ssm.delete("/app/b")
+    await eventually(lambda: cluster.secret_data("app") == {"a": b"fake-a"})
+    ready = await synced(cluster, "app")
+    assert ready["reason"] == "SecretSynced"
+
+
+async def test_events_posted(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller()
+    await cluster.apply_external_secret("app", spec(("a", "/app/a")))
+    await synced(cluster, "app")
+
+    def reasons() -> list[str]:
+        return [
+            obj.raw.get("reason")
+            for (res, _, _), obj in cluster.emulator.objects.items()
+            if res.plural == "events" and not obj.deleted
+        ]
+
+    assert await eventually(lambda: "Created" in reasons())

@@ -49,7 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("once", "fetch and write every target once, then exit (init container)"),
         ("run", "write every target and keep it current until stopped (sidecar)"),
     ):
-        _add_settings_flags(commands.add_parser(name, help=help_text, description=help_text))
+        command = commands.add_parser(name, help=help_text, description=help_text)
+        _add_settings_flags(command)
+        if name == "run":
+            command.usage = "secrets-agent run [options] [-- COMMAND [ARG ...]]"
+            command.epilog = (
+                "exec mode: with -- COMMAND, the agent starts COMMAND after the first complete "
+                "write, signals or restarts it after changes, and exits with its exit status"
+            )
     return parser
 
 
@@ -93,10 +100,41 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     )
     flag("--log-level", choices=["debug", "info", "warning", "error"])
     flag("--log-format", choices=["text", "json"])
+    flag(
+        "--notify-delay",
+        type=float,
+        metavar="SECONDS",
+        help="changes within this many seconds reach a notify target together, default 2",
+    )
+    flag(
+        "--notify-signal",
+        metavar="PROCESS[:SIGNAL]",
+        help="signal the process with this name after a change, default signal SIGHUP",
+    )
+    flag(
+        "--exec-on-change",
+        choices=["restart", "signal", "none"],
+        help="exec mode: what a change does to COMMAND, default restart",
+    )
+    flag("--exec-signal", metavar="SIGNAL", help="exec mode: signal sent on change, default SIGHUP")
+    flag(
+        "--exec-stop-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="exec mode: wait after SIGTERM before SIGKILL, default 10",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Everything after the first `--` is exec mode's command, whatever it looks like.
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[argv.index("--") + 1 :] if "--" in argv else None
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     arguments = build_parser().parse_args(argv)
+    problem = _command_problem(arguments.command, command)
+    if problem is not None:
+        print(f"secrets-agent: {problem}", file=sys.stderr)
+        return EXIT_INVALID
     try:
         from agent.settings import load_settings
 
@@ -112,6 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout=arguments.timeout,
             log_level=arguments.log_level,
             log_format=arguments.log_format,
+            notify_delay=arguments.notify_delay,
+            notify_signal=arguments.notify_signal,
+            exec_on_change=arguments.exec_on_change,
+            exec_signal=arguments.exec_signal,
+            exec_stop_timeout=arguments.exec_stop_timeout,
         )
     except SettingsError as error:
         print(f"secrets-agent: {error}", file=sys.stderr)
@@ -129,12 +172,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments.command == "check":
         print(
             f"ok: {len(declarations.stores)} store(s), "
-            f"{len(declarations.external_secrets)} ExternalSecret(s)"
+            f"{len(declarations.external_secrets)} ExternalSecret(s), "
+            f"{len(declarations.notify_targets)} NotifyTarget(s)"
         )
         return EXIT_OK
     if arguments.command == "once":
         return _once(settings, declarations)
-    return _run(settings, declarations)
+    return _run(settings, declarations, command=command)
+
+
+def _command_problem(subcommand: str, command: list[str] | None) -> str | None:
+    """Return why `-- COMMAND` cannot be used with `subcommand`, or None."""
+    if command is None:
+        return None
+    if subcommand != "run":
+        return (
+            f"{subcommand} does not start a program; use `secrets-agent run ... -- COMMAND` "
+            "(exec mode), or an init container followed by the application container"
+        )
+    if not command:
+        return "nothing follows --; write the program to start, e.g. `-- java -jar app.jar`"
+    return None
 
 
 def _build(settings: Settings, declarations: Declarations) -> Syncer:
@@ -169,27 +227,42 @@ def _once(settings: Settings, declarations: Declarations) -> int:
     return EXIT_OK
 
 
-def _run(settings: Settings, declarations: Declarations) -> int:
+def _run(
+    settings: Settings, declarations: Declarations, *, command: list[str] | None = None
+) -> int:
     from agent.endpoints import HealthServer
+    from agent.notify import build_notifier
+    from agent.supervisor import build_supervisor
 
     try:
         syncer = _build(settings, declarations)
         server = HealthServer(
             settings.listen_address, readiness=syncer.readiness, registry=syncer.metrics.registry
         )
+        notifier = build_notifier(settings, syncer)
     except (AgentError, OSError) as error:
         print(f"secrets-agent: cannot start: {error}", file=sys.stderr)
         return EXIT_FAILED
+    supervisor = build_supervisor(settings, command) if command else None
 
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         log_event(logger, logging.INFO, "agent_stopping", signal=signal.Signals(signum).name)
         syncer.request_stop()
+        if supervisor is not None:
+            supervisor.request_stop(signum)
+        stop.set()
+
+    def program_exited() -> None:
+        syncer.request_stop()
         stop.set()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    if supervisor is not None:
+        supervisor.forward_signals()
+        supervisor.attach(syncer, on_exit=program_exited)
     server.start()
     host, port = server.address
     log_event(
@@ -216,10 +289,12 @@ def _run(settings: Settings, declarations: Declarations) -> int:
     loop = threading.Thread(target=keep_in_sync, name="sync", daemon=True)
     loop.start()
     stop.wait()  # signal handlers still run while the main thread waits here
+    status = supervisor.wait() if supervisor is not None else EXIT_OK
+    notifier.close()
     server.stop()
     _finish_within(STOP_SECONDS, loop, syncer)
-    log_event(logger, logging.INFO, "agent_stopped")
-    return EXIT_FAILED if crashed else EXIT_OK
+    log_event(logger, logging.INFO, "agent_stopped", exit_code=EXIT_FAILED if crashed else status)
+    return EXIT_FAILED if crashed else status
 
 
 def _finish_within(seconds: float, loop: threading.Thread, syncer: Syncer) -> None:

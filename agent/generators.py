@@ -6,7 +6,7 @@ in `spec.dataFrom[].sourceRef.generatorRef`. Each top-level field of the respons
 key of that ExternalSecret's target. `agent.leases` decides when the response is read, renewed and
 replaced; `agent.stores.vault_dynamic` sends the requests.
 
-This module holds shapes only and imports no backend library, so `secrets-agent check` stays
+This module contains shapes only and imports no backend library, so `secrets-agent check` stays
 light. As in `agent.models`, no validator puts a rejected input into its message.
 """
 
@@ -18,12 +18,23 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from agent.errors import StoreError
 from agent.models import UNSUPPORTED_FIELDS, Model, VaultProvider
 
 if TYPE_CHECKING:
     from agent.declarations import Origin
 
 VAULT_DYNAMIC_SECRET = "VaultDynamicSecret"
+
+# The lifetime a generator's response carries: a lease id (`lease`), a token (`token`, resultType
+# Auth), only a TTL without a lease id (`ttl`, e.g. KV version 1 with a ttl field), or none.
+SecretKind = Literal["lease", "token", "ttl", "none"]
+
+
+class LeaseRefusedError(StoreError):
+    """Vault refused to renew a lease or token for good (unknown, expired, not renewable, or
+    denied by policy). Retrying the renewal is useless; new credentials are needed."""
+
 
 # Fields of External Secrets Operator's VaultDynamicSecret that are not supported here, with the
 # fix; the loader reports them as "not supported by secrets-agent yet". The provider's entries

@@ -749,7 +749,7 @@ class NotifyHttp(Model):
     url: str
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     headers: list[HttpHeader] = []
-    timeout_seconds: Annotated[StrictFloat, _seconds_up_to(300.0)] = 5.0
+    timeout_seconds: Annotated[StrictFloat, _seconds_up_to(300.0)] = 10.0
     retries: RetryCount = 3
 
     @field_validator("url")

@@ -435,14 +435,20 @@ class VaultEmulator:
         max_ttl: int,
         mount: str = "database",
         namespace: str = "",
+        renewable: bool = True,
     ) -> None:
-        """Add a database role; mounts the database engine at `mount` when needed."""
+        """Add a database role; mounts the database engine at `mount` when needed.
+
+        `renewable=False` makes its leases non-renewable, as AWS STS credentials are in Vault.
+        """
         with self._state.lock:
             ns = self._namespace(namespace)
             if mount.strip("/") + "/" not in ns.mounts:
                 mount_secrets_engine(ns, mount, "database", options=None, hooks=self._hooks)
             engine = self._mount(mount, namespace).engine
-            engine.roles[role] = DatabaseRole(name=role, default_ttl=default_ttl, max_ttl=max_ttl)
+            engine.roles[role] = DatabaseRole(
+                name=role, default_ttl=default_ttl, max_ttl=max_ttl, renewable=renewable
+            )
 
     @property
     def on_credentials_created(self) -> CredentialsCreatedHook | None:

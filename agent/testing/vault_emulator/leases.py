@@ -58,6 +58,8 @@ class DatabaseRole:
     db_name: str = ""
     creation_statements: list[str] = field(default_factory=list)
     revocation_statements: list[str] = field(default_factory=list)
+    # False makes leases that cannot be renewed, like those of AWS STS credentials.
+    renewable: bool = True
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -196,7 +198,7 @@ class DatabaseEngine(Engine):
                 issue_time=now,
                 expire_time=now + ttl,
                 ttl=ttl,
-                renewable=True,
+                renewable=role.renewable,
                 token_id=request.token.id if request.token else None,
                 default_ttl=default_ttl,
                 max_ttl=max_ttl,
@@ -206,7 +208,7 @@ class DatabaseEngine(Engine):
         return Reply(
             data={"username": username, "password": password},
             lease_id=lease_id,
-            renewable=True,
+            renewable=role.renewable,
             lease_duration=ttl,
             warnings=warnings,
         )

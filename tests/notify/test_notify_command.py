@@ -1,0 +1,168 @@
+"""Command notify targets: names (never values) in the environment, timeout, output, failures."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+from notify_helpers import make_syncer, notify_target, running, wait_for, write_config
+
+from agent.models import NotifyCommand
+from agent.notify import (
+    CHANGED_KEYS_VARIABLE,
+    CHANGED_TARGETS_VARIABLE,
+    CHANGES_VARIABLE,
+    MAX_OUTPUT_BYTES,
+    NOTIFY_TARGET_VARIABLE,
+    ChangedNames,
+    CommandAction,
+    Notifier,
+)
+from agent.refs import Refs
+from agent.sync import Change
+
+FAKE_VALUES = ("fake-db-password-1", "fake-db-password-2", "fake-api-key-1")
+NAMES = ChangedNames({"app": ("password",)})
+
+# Appends the environment it sees, as one JSON line, to the file named by its first argument.
+DUMP_ENVIRONMENT = (
+    "import json, os, sys; open(sys.argv[1], 'a').write(json.dumps(dict(os.environ)) + '\\n')"
+)
+
+
+def runs(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def dump_spec(path: Path) -> str:
+    argv = json.dumps([sys.executable, "-c", DUMP_ENVIRONMENT, str(path)])
+    return f"  command:\n    argv: {argv}\n    timeoutSeconds: 20\n"
+
+
+def test_command_sees_names_not_values(vault, tmp_path: Path):
+    vault.kv_put("secret", "app", {"password": "fake-db-password-1", "api-key": "fake-api-key-1"})
+    dump = tmp_path / "environment.jsonl"
+    config = write_config(
+        tmp_path, vault_url=vault.url, notify_targets=notify_target("dump", dump_spec(dump))
+    )
+    syncer = make_syncer(tmp_path, config)
+    notifier = Notifier(refs=Refs(tmp_path / "refs"), metrics=syncer.metrics, delay=0.2)
+    notifier.attach(syncer)
+    password = tmp_path / "out" / "app" / "password"
+    try:
+        with running(syncer):
+            assert wait_for(password.exists), "the first write did not happen"
+            vault.kv_put(
+                "secret", "app", {"password": "fake-db-password-2", "api-key": "fake-api-key-1"}
+            )
+            assert wait_for(lambda: runs(dump), seconds=10), "the command did not run"
+    finally:
+        notifier.close()
+
+    assert password.read_bytes() == b"fake-db-password-2"
+    text = dump.read_text()
+    for value in FAKE_VALUES:
+        assert value not in text, "a secret value reached the command's environment"
+    [environment] = runs(dump)
+    assert environment[NOTIFY_TARGET_VARIABLE] == "dump"
+    assert environment[CHANGED_TARGETS_VARIABLE] == "app"
+    assert environment[CHANGED_KEYS_VARIABLE] == "app/password"
+    assert json.loads(environment[CHANGES_VARIABLE]) == {"app": ["password"]}
+    assert "PATH" in environment, "the command inherits the agent's environment"
+
+
+def test_command_timeout_kills_process_group(tmp_path: Path):
+    background = tmp_path / "background.pid"
+    script = f"sleep 30 & echo $! > {background}; wait"
+    action = CommandAction(
+        NotifyCommand(argv=["sh", "-c", script], timeout_seconds=0.5), notify_target="slow"
+    )
+    attempt = action.deliver(NAMES)
+    assert attempt.result == "error"
+    assert attempt.error == "timed out after 0.5 s"
+    pid = background.read_text().strip()
+    assert wait_for(lambda: _gone(pid), seconds=5), "the command's background process survived"
+
+
+def _gone(pid: str) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return status.rpartition(")")[2].split()[0] == "Z"
+
+
+def test_command_output_kept_truncated():
+    action = CommandAction(
+        NotifyCommand(argv=[sys.executable, "-c", "print('x' * 5000); raise SystemExit(3)"]),
+        notify_target="chatty",
+    )
+    attempt = action.deliver(NAMES)
+    assert attempt.result == "error"
+    assert attempt.error == "exited with status 3"
+    assert attempt.fields["exit_code"] == 3
+    output = str(attempt.fields["output"])
+    assert output.startswith("x" * MAX_OUTPUT_BYTES)
+    assert output.endswith(f"({5001 - MAX_OUTPUT_BYTES} more bytes)")
+
+
+def test_command_not_found_is_not_retried():
+    action = CommandAction(NotifyCommand(argv=["/nonexistent/reload"]), notify_target="missing")
+    attempt = action.deliver(NAMES)
+    assert attempt.result == "error"
+    assert not attempt.retryable
+    assert "/nonexistent/reload" in attempt.error
+    assert "spec.command.argv" in attempt.error
+
+
+def test_command_success(tmp_path: Path):
+    dump = tmp_path / "environment.jsonl"
+    action = CommandAction(
+        NotifyCommand(argv=[sys.executable, "-c", DUMP_ENVIRONMENT, str(dump)]),
+        notify_target="dump",
+    )
+    names = ChangedNames({"b": ("k1", "k,2"), "a": ("x",)})
+    attempt = action.deliver(names)
+    assert attempt.result == "success", attempt.error
+    assert attempt.fields["exit_code"] == 0
+    [environment] = runs(dump)
+    assert environment[CHANGED_TARGETS_VARIABLE] == "a,b"
+    assert environment[CHANGED_KEYS_VARIABLE] == "a/x,b/k,2,b/k1"
+    # The JSON form stays exact when a secret key contains a comma.
+    assert json.loads(environment[CHANGES_VARIABLE]) == {"a": ["x"], "b": ["k,2", "k1"]}
+
+
+def test_command_failure_logs_output(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    config = write_config(
+        tmp_path,
+        vault_url="http://127.0.0.1:9",
+        notify_targets=notify_target(
+            "fails",
+            "  command:\n"
+            f"    argv: {json.dumps([sys.executable, '-c', 'print(42); raise SystemExit(4)'])}\n"
+            "    retries: 0\n",
+        ),
+    )
+    syncer = make_syncer(tmp_path, config)
+    notifier = Notifier(refs=Refs(tmp_path / "refs"), metrics=syncer.metrics, delay=0.0)
+    notifier.attach(syncer)
+
+    with caplog.at_level(logging.INFO, logger="agent.notify"):
+        notifier.notify([Change("app", changed=("password",))])
+        assert wait_for(lambda: _events(caplog, "notify_failed"), seconds=10)
+    notifier.close()
+    [record] = _events(caplog, "notify_failed")
+    fields = record.event_fields  # type: ignore[attr-defined]
+    assert fields["notify_target"] == "fails"
+    assert fields["exit_code"] == 4
+    assert fields["output"] == "42"
+    assert fields["error"] == "exited with status 4"
+
+
+def _events(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.getMessage() == event]

@@ -98,6 +98,27 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="once mode: how long transient errors are retried, default 60",
     )
+    flag(
+        "--lease-revoke-grace",
+        type=float,
+        metavar="SECONDS",
+        help="keep replaced dynamic credentials valid this long after the new ones are written, "
+        "then revoke them; default 60",
+    )
+    flag(
+        "--lease-renewal-threshold",
+        type=float,
+        metavar="FRACTION",
+        help="fetch a non-renewable dynamic secret again after this fraction of its TTL "
+        "(±0.05), default 0.9",
+    )
+    flag(
+        "--revoke-on-exit",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="at exit, revoke the dynamic secrets' leases and the Vault tokens that created "
+        "them instead of handing them to the next agent; default off",
+    )
     flag("--log-level", choices=["debug", "info", "warning", "error"])
     flag("--log-format", choices=["text", "json"])
     flag(
@@ -148,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file_gid=arguments.file_gid,
             nested_keys=arguments.nested_keys,
             timeout=arguments.timeout,
+            lease_revoke_grace=arguments.lease_revoke_grace,
+            lease_renewal_threshold=arguments.lease_renewal_threshold,
+            revoke_on_exit=arguments.revoke_on_exit,
             log_level=arguments.log_level,
             log_format=arguments.log_format,
             notify_delay=arguments.notify_delay,
@@ -196,6 +220,7 @@ def _command_problem(subcommand: str, command: list[str] | None) -> str | None:
 
 
 def _build(settings: Settings, declarations: Declarations) -> Syncer:
+    from agent.leases import LeaseManager
     from agent.metrics import Metrics
     from agent.sync import Syncer
     from agent.writer import Writer
@@ -204,7 +229,9 @@ def _build(settings: Settings, declarations: Declarations) -> Syncer:
     writer = Writer(
         settings.output_dir, ownership=settings.ownership, allow_nested=settings.nested_keys
     )
-    return Syncer(declarations, settings=settings, writer=writer, metrics=metrics)
+    syncer = Syncer(declarations, settings=settings, writer=writer, metrics=metrics)
+    LeaseManager.attach(syncer, settings=settings)
+    return syncer
 
 
 def _once(settings: Settings, declarations: Declarations) -> int:
@@ -216,7 +243,7 @@ def _once(settings: Settings, declarations: Declarations) -> int:
     try:
         result = syncer.run_once(timeout=settings.timeout)
     finally:
-        syncer.stores.close()
+        _close(syncer, settings)
     written = len(result.changed) + len(result.unchanged)
     if result.failed:
         for target, error in result.failed.items():
@@ -306,11 +333,22 @@ def _finish_within(seconds: float, loop: threading.Thread, syncer: Syncer) -> No
     if loop.is_alive():
         log_event(logger, logging.WARNING, "agent_stop_forced", step="sync round")
         return
-    closer = threading.Thread(target=syncer.stores.close, name="close-stores", daemon=True)
+    closer = threading.Thread(
+        target=_close, args=(syncer, syncer.settings), name="close-stores", daemon=True
+    )
     closer.start()
     closer.join(timeout=max(0.0, deadline - time.monotonic()))
     if closer.is_alive():
         log_event(logger, logging.WARNING, "agent_stop_forced", step="close stores")
+
+
+def _close(syncer: Syncer, settings: Settings) -> None:
+    """Hand the dynamic secrets' leases to the next agent (or revoke them), then close stores."""
+    from agent.leases import LeaseManager
+
+    if isinstance(syncer.leases, LeaseManager):
+        syncer.leases.close(revoke=settings.revoke_on_exit)
+    syncer.stores.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -133,7 +134,7 @@ class GeneratorDeclaration:
         """The name used in messages, logs and metric labels: `VaultDynamicSecret/<name>`."""
         return f"{self.kind}/{self.name}"
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """A digest of the spec: a lease issued under another fingerprint is replaced.
 

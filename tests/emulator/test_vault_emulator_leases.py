@@ -57,6 +57,17 @@ def test_each_read_is_a_new_credential(emulator: VaultEmulator, db_client: hvac.
     assert len(emulator.live_leases()) == 2
 
 
+def test_non_renewable_role(emulator: VaultEmulator) -> None:
+    emulator.add_database_role("sts-like", default_ttl=60, max_ttl=60, renewable=False)
+    client = client_for(emulator, ROOT_TOKEN)
+    response = client.secrets.database.generate_credentials("sts-like")
+
+    assert response["renewable"] is False
+    with pytest.raises(hvac.exceptions.InvalidRequest) as caught:
+        client.sys.renew_lease(response["lease_id"])
+    assert caught.value.errors == ["lease is not renewable"]
+
+
 def test_unknown_role(database: str, root_client: hvac.Client) -> None:
     with pytest.raises(hvac.exceptions.InvalidRequest) as caught:
         root_client.secrets.database.generate_credentials("nope")

@@ -111,6 +111,8 @@ class Controller:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
         self._maintainer: asyncio.Task[None] | None = None
+        # Set at cleanup; a daemon that kopf spawned while stopping waits on this too.
+        self._closing: asyncio.Event | None = None
         self.health = HealthEndpoints(
             settings.listen_address, registry=self.metrics.registry, healthy=lambda: self._started
         )
@@ -191,6 +193,7 @@ class Controller:
 
     async def _on_startup(self, **_: Any) -> None:
         self._loop = asyncio.get_running_loop()
+        self._closing = asyncio.Event()
         await self.health.start()
         self._maintainer = asyncio.create_task(self._maintain_stores(), name="store maintenance")
         self._started = True
@@ -205,6 +208,8 @@ class Controller:
 
     async def _on_cleanup(self, **_: Any) -> None:
         self._started = False
+        if self._closing is not None:
+            self._closing.set()
         if self._maintainer is not None:
             self._maintainer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -269,11 +274,12 @@ class Controller:
         metadata = body.get("metadata") or {}
         key = (str(metadata.get("namespace")), str(metadata.get("name")))
         tracked = self.tracked.setdefault(key, _Tracked())
+        closing = self._closing or asyncio.Event()
         delay: float | None = 0.0  # the first reconcile runs at once
-        while not stopped:
+        while not stopped and not closing.is_set():
             if delay != 0.0:
-                timed_out = await _sleep(tracked.wake, stopped, delay)
-                if stopped:
+                timed_out = await _sleep(tracked.wake, stopped, closing, delay)
+                if stopped or closing.is_set():
                     break
                 if not timed_out and not self._due(tracked):
                     tracked.wake.clear()
@@ -384,18 +390,22 @@ class Controller:
             )
 
 
-async def _sleep(wake: asyncio.Event, stopped: Any, delay: float | None) -> bool:
-    """Wait for a wake-up, the daemon's stop, or `delay` seconds (None: no time limit).
-
-    Returns True when the time ran out without a wake-up or a stop.
-    """
-    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())]
+async def _sleep(
+    wake: asyncio.Event, stopped: Any, closing: asyncio.Event, delay: float | None
+) -> bool:
+    """Wait for a wake-up, the daemon's stop, the controller's cleanup, or `delay` seconds
+    (None: no time limit). Returns True when the time ran out without any of them."""
+    waiters = [
+        asyncio.ensure_future(wake.wait()),
+        asyncio.ensure_future(stopped.wait()),
+        asyncio.ensure_future(closing.wait()),
+    ]
     try:
         await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for waiter in waiters:
             waiter.cancel()
-    return not wake.is_set() and not stopped
+    return not wake.is_set() and not stopped and not closing.is_set()
 
 
 def _older(new: Mapping[str, Any], cached: Mapping[str, Any]) -> bool:

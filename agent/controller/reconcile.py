@@ -384,7 +384,8 @@ class Reconciler:
         body: Mapping[str, Any],
         data: Mapping[str, bytes],
     ) -> str:
-        """Write the Secret; return "created", "updated", "deleted" or "unchanged"."""
+        """Write the Secret; return "created", "updated", "deleted", "unchanged", or "absent"
+        (deletionPolicy Delete found nothing to fetch and no Secret to delete)."""
         invalid = [key for key in sorted(data) if check_secret_key(key) is not None]
         if invalid:
             shown = ", ".join(repr(key) for key in invalid[:5])
@@ -430,7 +431,7 @@ class Reconciler:
         existing: Mapping[str, Any] | None,
     ) -> str:
         if existing is None:
-            return "unchanged"
+            return "absent"
         if declaration.spec.target.creation_policy != "Owner":
             raise ReconcileError(
                 "every remote key is gone, and deletionPolicy Delete removes only a Secret with "
@@ -474,7 +475,7 @@ class Reconciler:
         action: str,
     ) -> Outcome:
         target = declaration.target
-        if action == "deleted":
+        if action in ("deleted", "absent"):
             reason, message = DELETED, f"Secret {target} deleted: every remote key is gone"
             ready = False
         elif declaration.spec.target.creation_policy == "None":
@@ -491,7 +492,7 @@ class Reconciler:
             delay = max(
                 0.0, self.planner.next_refresh(fetched.store_group, interval) - time.monotonic()
             )
-        result = "unchanged" if action == "unchanged" else "success"
+        result = "unchanged" if action in ("unchanged", "absent") else "success"
         return Outcome(result, delay, message)
 
     async def _failed(

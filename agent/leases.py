@@ -285,6 +285,10 @@ class LeaseManager:
                 self._dirty = True
                 self.syncer.reschedule_task(self.task, 0.0)
 
+    def declarations_applied(self) -> None:
+        """Run the tick at once: a generator may have changed or an entry gone away."""
+        self.syncer.reschedule_task(self.task, 0.0)
+
     # -- the periodic task ---------------------------------------------------------------------
 
     def tick(self) -> float | None:
@@ -495,7 +499,8 @@ class LeaseManager:
             self._release(held, reason="undeclared")
             return math.inf
         if not self._matches(held, generator):
-            self._rotate(held, "declaration_changed")
+            if held.retry_at is None or held.retry_at <= self.clock():
+                self._rotate(held, "declaration_changed")
         else:
             action, due, reason = self._next_action(held)
             if action == "renew" and due <= self.clock():

@@ -119,6 +119,9 @@ class LeaseSource(Protocol):
     def committed(self, target: str, leases: tuple[LeaseUse, ...]) -> None:
         """Learn that the target's current generation holds these leases."""
 
+    def declarations_applied(self) -> None:
+        """Look at new declarations: a generator may change while its ExternalSecrets do not."""
+
 
 class StorePool:
     """Opens each declared store once, on first use, and closes them all at the end."""
@@ -585,6 +588,8 @@ class Syncer:
         with self.lock:
             self.declarations = declarations
             self.states = states
+        if self.leases is not None:
+            self.leases.declarations_applied()
         log_event(
             logger,
             logging.INFO,

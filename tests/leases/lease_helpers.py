@@ -130,6 +130,7 @@ class Agent:
     def turn(self) -> float | None:
         """Run one turn of the sync loop; return the seconds until its next deadline."""
         syncer = self.syncer
+        syncer._apply_pending_declarations()
         now = syncer.clock()
         due = [s for s in syncer.states.values() if not s.finished and s.next_due <= now]
         if due:

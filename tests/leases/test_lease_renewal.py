@@ -72,8 +72,8 @@ def test_renewal_at_two_thirds(vault, tmp_path: Path, draw: float, fraction: flo
 
 
 def test_max_ttl_rotates_before_expiry(vault, tmp_path: Path) -> None:
-    # Renewals at 400 and 800 s; the one at 1200 s is capped to 300 s (max TTL 1500 s), so new
-    # credentials come at 1400 s: 2/3 of the capped remainder, before the 1410 s margin.
+    # Renewals come at 400 and 800 s. The one at 1200 s is capped to 300 s (max TTL 1500 s), so
+    # new credentials come at 1400 s: 2/3 of the capped remainder, before the 1410 s margin.
     setup_vault(vault, ttl=600, max_ttl=1500)
     agent = generator_agent(tmp_path, vault)
     start = vault.now()

@@ -55,7 +55,7 @@ def test_sidecar_adopts_init_lease(vault, tmp_path: Path) -> None:
     assert sidecar.files() == written
     assert sidecar.syncer.writer.generation("orders-db") == generation
     assert sidecar.changes == []
-    # Adoption renews the lease, which also proves Vault still knows it.
+    # Adoption renews the lease, which also proves that Vault still has it.
     assert vault.count(path_prefix=RENEW_PATH) == 1
     assert vault.database_credentials_valid(written["username"], written["password"])
 

@@ -66,7 +66,7 @@ while True:
 """
 
 
-def write_config(tmp_path: Path, *, vault_url: str, interval: str = "100ms") -> Path:
+def write_config(tmp_path: Path, *, vault_url: str, interval: str = "1s") -> Path:
     refs = tmp_path / "refs" / "vault-token"
     refs.mkdir(parents=True, exist_ok=True)
     (refs / "token").write_text(ROOT_TOKEN)
@@ -99,6 +99,7 @@ def events(log: Path) -> list[tuple[int, str]]:
 
 def agent_environment(tmp_path: Path) -> dict[str, str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("SECRETS_AGENT_")}
+    (tmp_path / "out").mkdir(exist_ok=True)
     environment.update(
         SECRETS_AGENT_REFS_DIR=str(tmp_path / "refs"),
         SECRETS_AGENT_OUTPUT_DIR=str(tmp_path / "out"),

@@ -33,7 +33,7 @@ def make_syncer(tmp_path: Path, config: Path) -> Syncer:
 def test_restart_backoff_grows(vault, tmp_path: Path, caplog):
     """A secret that changes every 100 ms restarts the program at doubling intervals."""
     vault.kv_put("secret", "app", {"password": "fake-db-password-0"})
-    syncer = make_syncer(tmp_path, write_config(tmp_path, vault_url=vault.url))
+    syncer = make_syncer(tmp_path, write_config(tmp_path, vault_url=vault.url, interval="1h"))
     argv, log = program_argv(tmp_path)
     supervisor = Supervisor(
         argv, on_change="restart", delay=0.05, restart_min=0.2, restart_max=10, stop_timeout=5
@@ -49,6 +49,10 @@ def test_restart_backoff_grows(vault, tmp_path: Path, caplog):
         while not flapping.is_set():
             version += 1
             vault.kv_put("secret", "app", {"password": f"fake-db-password-{version}"})
+            # Refresh at once instead of at the refreshInterval.
+            with syncer.lock:
+                syncer.states["app"].next_due = 0.0
+            syncer.wake()
             time.sleep(0.1)
 
     caplog.set_level(logging.INFO, logger="agent.supervisor")

@@ -55,7 +55,7 @@ def write_config(
     *,
     vault_url: str,
     targets: tuple[str, ...] = ("app",),
-    interval: str = "100ms",
+    interval: str = "1h",
     notify_targets: str = "",
 ) -> Path:
     """Write the declarations (one ExternalSecret per target, reading Vault secret `<target>`)
@@ -84,15 +84,37 @@ def make_syncer(tmp_path: Path, config: Path) -> Syncer:
 
 @contextmanager
 def running(syncer: Syncer) -> Iterator[Syncer]:
-    """Run the sync loop in a thread for the duration of the block."""
+    """Run the sync loop in a thread for the duration of the block, from the end of its first
+    round on (so that `refresh_now` does not race with that round's scheduling)."""
     loop = threading.Thread(target=syncer.run_forever, name="sync", daemon=True)
     loop.start()
     try:
+        for target in list(syncer.states):
+            assert wait_for(lambda t=target: rounds(syncer, t) >= 1), f"{target} was not synced"
         yield syncer
     finally:
         syncer.request_stop()
         loop.join(timeout=10)
         syncer.stores.close()
+
+
+def rounds(syncer: Syncer, target: str = "app") -> float:
+    """Return how many sync rounds have handled `target` so far."""
+    return sum(
+        metric(syncer, "secrets_agent_sync_total", target=target, result=result)
+        for result in ("success", "unchanged", "error")
+    )
+
+
+def refresh_now(syncer: Syncer, target: str = "app") -> None:
+    """Make the running sync loop refresh `target` at once instead of at its refreshInterval,
+    and wait until that round is done. Tests use long intervals and call this, so that each
+    round happens exactly when the test wants it."""
+    before = rounds(syncer, target)
+    with syncer.lock:
+        syncer.states[target].next_due = 0.0
+    syncer.wake()
+    assert wait_for(lambda: rounds(syncer, target) > before), f"no sync round for {target}"
 
 
 def wait_for(condition: Callable[[], Any], *, seconds: float = 10.0, step: float = 0.02) -> Any:

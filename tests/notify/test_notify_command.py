@@ -8,10 +8,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from notify_helpers import make_syncer, notify_target, running, wait_for, write_config
+from notify_helpers import (
+    make_syncer,
+    notify_target,
+    refresh_now,
+    running,
+    wait_for,
+    write_config,
+)
 
 from agent.models import NotifyCommand
-from agent.notify import (
+from agent.notify import Notifier
+from agent.notify_kinds import (
     CHANGED_KEYS_VARIABLE,
     CHANGED_TARGETS_VARIABLE,
     CHANGES_VARIABLE,
@@ -19,7 +27,6 @@ from agent.notify import (
     NOTIFY_TARGET_VARIABLE,
     ChangedNames,
     CommandAction,
-    Notifier,
 )
 from agent.refs import Refs
 from agent.sync import Change
@@ -60,6 +67,7 @@ def test_command_sees_names_not_values(vault, tmp_path: Path):
             vault.kv_put(
                 "secret", "app", {"password": "fake-db-password-2", "api-key": "fake-api-key-1"}
             )
+            refresh_now(syncer)
             assert wait_for(lambda: runs(dump), seconds=10), "the command did not run"
     finally:
         notifier.close()

@@ -14,6 +14,7 @@ from notify_helpers import (
     make_syncer,
     metric,
     notify_target,
+    refresh_now,
     running,
     start_recorder,
     wait_for,
@@ -62,17 +63,22 @@ def test_one_signal_per_burst_of_changes(vault, tmp_path: Path, recorder):
     try:
         with running(syncer):
             assert wait_for(password.exists)
-            # Several refreshes at 100 ms that find the same values, and the initial fill:
-            # nothing to tell.
-            time.sleep(1.3)
+            # The initial fill and refreshes that find the same values: nothing to tell.
+            for _ in range(3):
+                refresh_now(syncer)
+            time.sleep(1.3)  # longer than the window
             assert recorder.signals() == []
             refreshes = metric(syncer, "secrets_agent_sync_total", target="app", result="unchanged")
-            assert refreshes >= 3
+            assert refreshes == 3
 
+            # Two changes, each found by a round of its own, within one window.
             vault.kv_put("secret", "app", {"password": "fake-db-password-2"})
-            time.sleep(0.3)
+            refresh_now(syncer)
             vault.kv_put("secret", "app", {"password": "fake-db-password-3"})
-            assert wait_for(lambda: password.read_bytes() == b"fake-db-password-3")
+            refresh_now(syncer)
+            assert password.read_bytes() == b"fake-db-password-3"
+            changes = metric(syncer, "secrets_agent_sync_total", target="app", result="success")
+            assert changes == 3, "the first write and two changes"
             assert wait_for(recorder.signals), "no signal after the changes"
             time.sleep(1.3)  # longer than the window: a second signal would have come by now
             assert recorder.signals() == [f"{recorder.process.pid} SIGHUP"]
@@ -195,6 +201,7 @@ def test_reload_replaces_notify_targets(vault, tmp_path: Path):
             )
             syncer.replace_declarations(load_declarations([reloaded]))
             vault.kv_put("secret", "app", {"password": "fake-db-password-2"})
+            refresh_now(syncer)
             assert wait_for(lambda: deliveries(second_dump))
         assert notifier.notify_targets == ["dump-v2"]
     finally:

@@ -12,13 +12,15 @@ from notify_helpers import (
     make_syncer,
     metric,
     notify_target,
+    refresh_now,
     running,
     wait_for,
     write_config,
 )
 
 from agent.models import NotifyHttp
-from agent.notify import ChangedNames, HttpAction, Notifier, retry_delay
+from agent.notify import Notifier, retry_delay
+from agent.notify_kinds import ChangedNames, HttpAction
 from agent.refs import Refs
 from agent.sync import Change, Syncer
 
@@ -271,10 +273,12 @@ def test_slow_listener_blocks_neither_writing_nor_others(vault, tmp_path: Path):
             with running(syncer):
                 assert wait_for(password.exists)
                 vault.kv_put("secret", "app", {"password": "fake-db-password-2"})
+                refresh_now(syncer)
                 assert wait_for(lambda: listener.received), "the slow request was not sent"
                 assert wait_for(marker.exists), "the other notify target waited for the slow one"
 
                 vault.kv_put("secret", "app", {"password": "fake-db-password-3"})
+                refresh_now(syncer)
                 written = wait_for(lambda: password.read_bytes() == b"fake-db-password-3")
                 assert written, "writing waited for the slow notify target"
                 pending = metric(syncer, NOTIFY_TOTAL, target="slow", result="success") == 0

@@ -9,7 +9,7 @@ import pytest
 from notify_helpers import start_recorder, wait_for
 
 from agent.models import NotifySignal
-from agent.notify import ChangedNames, SignalAction, find_processes, signal_refusal
+from agent.notify_kinds import ChangedNames, SignalAction, find_processes, signal_refusal
 
 NAMES = ChangedNames({"app": ("password",)})
 

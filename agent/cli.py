@@ -71,17 +71,20 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     flag(
         "--output-dir",
         metavar="DIR",
-        help="directory holding one subdirectory per target (SECRETS_AGENT_OUTPUT_DIR)",
+        help="directory holding one subdirectory per target, default "
+        "/var/run/secrets-agent/secrets (SECRETS_AGENT_OUTPUT_DIR)",
     )
     flag(
         "--refs-dir",
         metavar="DIR",
-        help="where referenced Secrets are mounted as <name>/<key> (SECRETS_AGENT_REFS_DIR)",
+        help="where referenced Secrets are mounted as <name>/<key>, default "
+        "/var/run/secrets-agent/refs (SECRETS_AGENT_REFS_DIR)",
     )
     flag(
         "--listen",
         metavar="HOST:PORT",
-        help="address of /livez, /readyz and /metrics in run mode (SECRETS_AGENT_LISTEN)",
+        help="address of /livez, /readyz and /metrics in run mode, default 0.0.0.0:8741 "
+        "(SECRETS_AGENT_LISTEN)",
     )
     flag("--file-mode", metavar="OCTAL", help="mode of written files, default 0400")
     flag("--file-uid", type=int, metavar="UID", help="owner of written files")
@@ -184,13 +187,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"secrets-agent: {error}", file=sys.stderr)
         return EXIT_INVALID
     configure_logging(level=settings.log_level, log_format=settings.log_format)
+    from agent.settings import unknown_variables
+
+    for variable in unknown_variables():
+        log_event(logger, logging.WARNING, "setting_unknown", variable=variable,
+                  fix="check the spelling; the README lists every SECRETS_AGENT_* variable")
 
     try:
         from agent.declarations import load_declarations
 
         declarations = load_declarations(settings.config, allow_nested=settings.nested_keys)
     except DeclarationErrors as error:
-        print(f"secrets-agent: {error}", file=sys.stderr)
+        _report(arguments.command, settings, "declarations_invalid", error)
+        return EXIT_INVALID
+    if arguments.command != "check" and not declarations.external_secrets:
+        problem = AgentError(
+            "no ExternalSecret is declared in " + ", ".join(str(p) for p in settings.config)
+            + "; without one the application would start without its secrets, so check the "
+            "--config paths"
+        )
+        _report(arguments.command, settings, "declarations_empty", problem)
         return EXIT_INVALID
 
     if arguments.command == "check":
@@ -200,9 +216,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{len(declarations.notify_targets)} NotifyTarget(s)"
         )
         return EXIT_OK
+    if not settings.output_dir.is_dir():
+        # In a pod the output directory is the shared volume's mount point, so a missing one
+        # is a typo that would put secrets on the container's own filesystem.
+        problem = AgentError(
+            f"output directory {settings.output_dir} does not exist; mount the shared "
+            "in-memory volume there or fix --output-dir (SECRETS_AGENT_OUTPUT_DIR)"
+        )
+        _report(arguments.command, settings, "output_dir_missing", problem)
+        return EXIT_INVALID
     if arguments.command == "once":
         return _once(settings, declarations)
     return _run(settings, declarations, command=command)
+
+
+def _report(command: str, settings: Settings, event: str, error: AgentError) -> None:
+    """Show an error that stops the agent: as plain text for a person running `check` or the
+    text log format, as one structured event per problem for the JSON log format."""
+    if command == "check" or settings.log_format == "text":
+        print(f"secrets-agent: {_printable(str(error))}", file=sys.stderr)
+        return
+    problems = error.errors if isinstance(error, DeclarationErrors) else [error]
+    for problem in problems:
+        log_event(logger, logging.ERROR, event, error=str(problem))
+
+
+def _printable(text: str) -> str:
+    """Escape control characters except newlines between problems, so that a remote key or
+    file name holding a newline cannot forge a log line."""
+    return "\n".join(
+        "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
+        for line in text.split("\n")
+    )
 
 
 def _command_problem(subcommand: str, command: list[str] | None) -> str | None:
@@ -247,7 +292,8 @@ def _once(settings: Settings, declarations: Declarations) -> int:
     written = len(result.changed) + len(result.unchanged)
     if result.failed:
         for target, error in result.failed.items():
-            print(f"secrets-agent: target {target} not written: {error}", file=sys.stderr)
+            _report("once", settings, "target_not_written",
+                    AgentError(f"target {target} not written: {error}"))
         log_event(logger, logging.ERROR, "once_failed", written=written, failed=len(result.failed))
         return EXIT_FAILED
     log_event(logger, logging.INFO, "once_done", targets=written, changed=len(result.changed))
@@ -267,8 +313,13 @@ def _run(
             settings.listen_address, readiness=syncer.readiness, registry=syncer.metrics.registry
         )
         notifier = build_notifier(settings, syncer)
-    except (AgentError, OSError) as error:
-        print(f"secrets-agent: cannot start: {error}", file=sys.stderr)
+    except AgentError as error:
+        log_event(logger, logging.ERROR, "agent_start_failed", error=str(error))
+        return EXIT_FAILED
+    except OSError as error:
+        log_event(logger, logging.ERROR, "agent_start_failed", listen=settings.listen,
+                  error=f"cannot listen on {settings.listen}: {error.strerror or error}",
+                  fix="set --listen (SECRETS_AGENT_LISTEN) to a free host:port")
         return EXIT_FAILED
     supervisor = build_supervisor(settings, command) if command else None
 

@@ -90,6 +90,7 @@ print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)
 
 def run_once_subprocess(config: Path, output: Path, refs: Path) -> tuple[float, float]:
     """Return wall seconds and peak RSS in MiB of one `secrets-agent once` run."""
+    output.mkdir(parents=True, exist_ok=True)
     environment = dict(
         os.environ, SECRETS_AGENT_OUTPUT_DIR=str(output), SECRETS_AGENT_REFS_DIR=str(refs)
     )

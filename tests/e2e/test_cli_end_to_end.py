@@ -108,6 +108,7 @@ def stand_ins(aws, vault, tmp_path: Path):
     (config / "payment.yaml").write_text(PAYMENT.format(interval="1s"))
     (config / "order.yaml").write_text(ORDER)
     output = tmp_path / "secrets"
+    output.mkdir()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("SECRETS_AGENT_")}
     environment.update(
         SECRETS_AGENT_POD_TOKEN=str(token),
@@ -343,3 +344,29 @@ def test_debug_logs_carry_no_values(stand_ins):
         assert result.returncode == 0, result.stderr
         assert "event" in result.stderr
         assert_no_values(result.stdout + result.stderr)
+
+
+def test_empty_declarations_refused(stand_ins, tmp_path: Path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("---\n# nothing declared yet\n")
+    result = agent("once", "--config", str(empty), env=stand_ins["env"])
+    assert result.returncode == 2
+    assert "no ExternalSecret is declared" in result.stderr
+
+
+def test_missing_output_dir_refused(stand_ins, tmp_path: Path):
+    result = agent("once", "--output-dir", str(tmp_path / "typo" / "secrets"), env=stand_ins["env"])
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr
+    assert not (tmp_path / "typo").exists()
+
+
+def test_json_format_reports_failures_as_json(stand_ins):
+    stand_ins["ssm"].delete_parameter(Name="/e2e/payment/api-key")
+    result = agent("once", "--log-format", "json", env=stand_ins["env"])
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    events = [json.loads(line) for line in lines]
+    failed = [e for e in events if e["event"] == "target_not_written"]
+    assert len(failed) == 1
+    assert "/e2e/payment/api-key" in failed[0]["error"]

@@ -25,6 +25,7 @@ def environment(vault, tmp_path: Path) -> dict[str, str]:
     environment = {
         k: v for k, v in os.environ.items() if not k.startswith(("SECRETS_AGENT_", "VAULT_"))
     }
+    (tmp_path / "out").mkdir(exist_ok=True)
     environment.update(
         SECRETS_AGENT_CONFIG=str(config),
         SECRETS_AGENT_OUTPUT_DIR=str(tmp_path / "out"),

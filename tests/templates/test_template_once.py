@@ -22,6 +22,7 @@ FAKE_VALUES = ("fake-db-user-1", "fake:db=password#1", "fake-api-key-1")
 def run_once(tmp_path: Path, document: dict) -> subprocess.CompletedProcess[str]:
     config = write_declarations(tmp_path / "declarations.yaml", [SSM_STORE, document])
     environment = {k: v for k, v in os.environ.items() if not k.startswith("SECRETS_AGENT_")}
+    (tmp_path / "secrets").mkdir(exist_ok=True)
     environment.update(
         SECRETS_AGENT_CONFIG=str(config),
         SECRETS_AGENT_OUTPUT_DIR=str(tmp_path / "secrets"),

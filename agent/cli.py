@@ -125,6 +125,12 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     flag("--log-level", choices=["debug", "info", "warning", "error"])
     flag("--log-format", choices=["text", "json"])
     flag(
+        "--watch-config",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run mode: reload the declarations when their files change; default on",
+    )
+    flag(
         "--notify-delay",
         type=float,
         metavar="SECONDS",
@@ -182,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             exec_on_change=arguments.exec_on_change,
             exec_signal=arguments.exec_signal,
             exec_stop_timeout=arguments.exec_stop_timeout,
+            watch_config=arguments.watch_config,
         )
     except SettingsError as error:
         print(f"secrets-agent: {error}", file=sys.stderr)
@@ -305,6 +312,7 @@ def _run(
 ) -> int:
     from agent.endpoints import HealthServer
     from agent.notify import build_notifier
+    from agent.reload import start_reloader
     from agent.supervisor import build_supervisor
 
     try:
@@ -366,7 +374,10 @@ def _run(
 
     loop = threading.Thread(target=keep_in_sync, name="sync", daemon=True)
     loop.start()
+    reloader = start_reloader(settings, apply=syncer.replace_declarations, current=declarations)
     stop.wait()  # signal handlers still run while the main thread waits here
+    if reloader is not None:
+        reloader.stop()
     status = supervisor.wait() if supervisor is not None else EXIT_OK
     notifier.close()
     server.stop()

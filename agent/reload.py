@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -55,6 +56,9 @@ from watchdog.observers.polling import PollingObserver
 from agent.declarations import DECLARATION_SUFFIXES, Declarations, load_declarations
 from agent.errors import DeclarationErrors
 from agent.logs import log_event
+
+if TYPE_CHECKING:
+    from agent.settings import Settings
 
 logger = logging.getLogger("agent.reload")
 
@@ -164,7 +168,7 @@ class ConfigReloader:
             self._condition.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        if self._observer is not None:
+        if self._observer is not None and self._observer.is_alive():
             self._observer.stop()
             self._observer.join(timeout)
 
@@ -313,6 +317,34 @@ class ConfigReloader:
         self._observer = PollingObserver(timeout=self.poll_interval)
         self._observer.start()
         self._arm()
+
+
+def start_reloader(
+    settings: Settings, *, apply: Callable[[Declarations], None], current: Declarations
+) -> ConfigReloader | None:
+    """Start reloading the declarations of `settings` unless `watch_config` is off.
+
+    Returns None, after logging `config_watch_failed`, when watching cannot start at all: the
+    agent then runs on with the declarations it has.
+    """
+    if not settings.watch_config:
+        return None
+    reloader = ConfigReloader(
+        settings.config, apply=apply, current=current, allow_nested=settings.nested_keys
+    )
+    try:
+        reloader.start()
+    except OSError as error:
+        reloader.stop()
+        log_event(
+            logger,
+            logging.ERROR,
+            "config_watch_failed",
+            path=",".join(str(path) for path in settings.config),
+            error=error.strerror or str(error),
+        )
+        return None
+    return reloader
 
 
 class _Handler(FileSystemEventHandler):

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     exec_on_change: Literal["restart", "signal", "none"] = "restart"
     exec_signal: str = "SIGHUP"
     exec_stop_timeout: float = Field(default=10.0, gt=0, le=3600)
+    # Run mode: reload the declarations when their files change; docs/config-reload.md.
+    watch_config: bool = True
 
     @field_validator("config", mode="before")
     @classmethod

@@ -65,6 +65,7 @@ import shutil
 import stat
 import threading
 import time
+import unicodedata
 from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
@@ -178,10 +179,12 @@ def check_secret_key(name: str, *, allow_nested: bool = False) -> str | None:
     """Return None when `name` is safe as a secret key (a file name), else the reason it is not.
 
     A safe secret key is a plain file name: not empty, not `.` or `..`, not starting with `..`
-    (reserved for the writer), no NUL, at most 255 bytes in UTF-8, and no `/`. With
-    `allow_nested`, `/` separates path segments that each follow those rules, the whole path
-    is at most 4096 bytes, and it may not be absolute. The reason never repeats the name, so
-    the caller decides how to quote it, for example `f"secret key {name!r} {reason}"`.
+    (reserved for the writer), no NUL or other control character (U+0000-U+001F, U+007F-U+009F),
+    no whitespace at its start or end, at most 255 bytes in UTF-8, and no `/`. A name such as
+    `.hidden` is allowed. With `allow_nested`, `/` separates path segments that each follow
+    those rules, the whole path is at most 4096 bytes, and it may not be absolute. The reason
+    never repeats the name, so the caller decides how to quote it, for example
+    `f"secret key {name!r} {reason}"`.
     """
     if not isinstance(name, str):
         return "is not a string"
@@ -215,6 +218,12 @@ def _check_segment(segment: str) -> str | None:
         return f"is {segment!r}"
     if segment.startswith(".."):
         return "starts with '..', which is reserved for the writer"
+    control = next((c for c in segment if unicodedata.category(c) == "Cc"), None)
+    if control is not None:
+        # Line breaks and tabs in file names break tools and log lines that list them.
+        return f"contains the control character U+{ord(control):04X}"
+    if segment != segment.strip():
+        return "starts or ends with whitespace"
     size = len(segment.encode("utf-8"))
     if size > MAX_NAME_BYTES:
         return f"is {size} bytes in UTF-8; the maximum is {MAX_NAME_BYTES}"

@@ -71,6 +71,11 @@ _LIST_INDEX = re.compile(r"\[\d+\]")
 # A notify target's name is a metric label and a log field, so it follows Kubernetes' rule for
 # object names (a DNS subdomain), which every applied manifest meets anyway.
 _NOTIFY_TARGET_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+# Annotations in secrets-agent's own domain; only these are read, on an ExternalSecret.
+_OWN_ANNOTATION_DOMAIN = "secrets-agent.io"
+_OWN_ANNOTATIONS = (FILE_MODE_ANNOTATION, FILE_UID_ANNOTATION, FILE_GID_ANNOTATION)
+# One part of a field path: `[0]`, `["quoted/key"]` or a field name.
+_FIELD_PATH_PART = re.compile(r'\[(\d+)\]|\[("(?:[^"\\]|\\.)*")\]|\.?([^.\[]+)')
 
 try:  # libyaml's parser is several times faster; PyYAML without it still works.
     _BaseLoader: Any = yaml.CSafeLoader
@@ -168,7 +173,7 @@ def load_declarations(paths: Sequence[Path | str], *, allow_nested: bool = False
         checker.add_document(origin, document)
     checker.check_references()
     if checker.errors:
-        raise DeclarationErrors(checker.errors)
+        raise DeclarationErrors(checker.sorted_errors())
     return checker.result
 
 
@@ -192,13 +197,13 @@ def load_manifest(
     for declaration in checker.result.external_secrets:
         subject = _Subject(origin, kind="ExternalSecret", name=declaration.name)
         checker._check_target(subject, declaration, {})
-        checker._check_secret_keys(subject, declaration)
+        checker._check_secret_keys(subject, _secret_keys(declaration))
     found = [*checker.result.stores.values(), *checker.result.external_secrets]
     if not checker.errors and len(found) != 1:
         problem = "not a SecretStore, ClusterSecretStore or ExternalSecret"
         checker.errors.append(DeclarationError(problem, source=source, field="kind"))
     if checker.errors:
-        raise DeclarationErrors(checker.errors)
+        raise DeclarationErrors(checker.sorted_errors())
     return found[0]
 
 
@@ -531,8 +536,37 @@ class _Checker:
         self.invalid_generators: set[tuple[str, str]] = set()
         # The model of each store kind's `spec`; the controller reads ClusterSecretStore conditions.
         self.store_specs: dict[str, type[StoreSpec]] = dict.fromkeys(STORE_KINDS, StoreSpec)
+        # Store references of ExternalSecrets that failed validation, for `check_references`.
+        self.unchecked_store_refs: list[tuple[_Subject, tuple[str, str]]] = []
+        # Files in reading order and the documents read, for `sorted_errors`.
+        self.source_order: dict[str, int] = {}
+        self.documents: dict[tuple[str, int], Any] = {}
+        self._errors_noted = 0
+
+    def sorted_errors(self) -> list[DeclarationError]:
+        """Return every error sorted by file (in reading order), document and field position."""
+        self._note_sources()
+
+        def order(error: DeclarationError) -> tuple[int, int, tuple[int, ...]]:
+            rank = self.source_order.get(error.source, -1)
+            document = error.document or 0
+            raw = self.documents.get((error.source, document))
+            return rank, document, _field_position(raw, error.field)
+
+        return sorted(self.errors, key=order)
+
+    def _note_sources(self) -> None:
+        """Record the files named by errors added since the last call (reading problems)."""
+        for error in self.errors[self._errors_noted :]:
+            if error.source:
+                self.source_order.setdefault(error.source, len(self.source_order))
+        self._errors_noted = len(self.errors)
 
     def add_document(self, origin: Origin, document: Any) -> None:
+        self._note_sources()
+        self.source_order.setdefault(origin.source, len(self.source_order))
+        self.documents[(origin.source, origin.document)] = document
+        first_error = len(self.errors)
         subject = self._check_header(origin, document)
         if subject is None:
             return
@@ -545,11 +579,16 @@ class _Checker:
         else:
             spec_model = self.store_specs[subject.kind] if is_store else ExternalSecretSpec
         spec = self._validate(spec_model, document, "spec", subject)
+        if meta is not None:
+            self._check_own_annotations(subject, meta)
         if meta is None or spec is None:
             if is_store:
                 self.invalid_stores.add((subject.kind, _metadata_name(document)))
             if subject.kind in GENERATOR_KINDS:
                 self.invalid_generators.add((subject.kind, _metadata_name(document)))
+            if subject.kind == "ExternalSecret":
+                reported = {error.field for error in self.errors[first_error:]}
+                self._check_invalid_external_secret(subject, document, reported)
             return
         if isinstance(spec, StoreSpec):
             self._add_store(subject, meta, spec)
@@ -648,9 +687,9 @@ class _Checker:
     def _add_external_secret(
         self, subject: _Subject, meta: ObjectMeta, spec: ExternalSecretSpec
     ) -> None:
+        # Added even when an annotation is invalid, so that `check_references` reports the
+        # document's other problems too. Any error keeps the whole load from returning.
         overrides = self._ownership_overrides(subject, meta)
-        if overrides is None:
-            return
         declaration = ExternalSecretDeclaration(
             name=meta.name,
             namespace=meta.namespace,
@@ -681,10 +720,9 @@ class _Checker:
         notify_target = NotifyTargetDeclaration(name=meta.name, spec=spec, origin=subject.origin)
         self.result.notify_targets.append(notify_target)
 
-    def _ownership_overrides(self, subject: _Subject, meta: ObjectMeta) -> dict[str, int] | None:
-        """Read the file mode, uid and gid annotations that are present; None after errors."""
+    def _ownership_overrides(self, subject: _Subject, meta: ObjectMeta) -> dict[str, int]:
+        """Read the valid file mode, uid and gid annotations; report the invalid ones."""
         overrides: dict[str, int] = {}
-        valid = True
         for field_name, key in (
             ("file_mode", FILE_MODE_ANNOTATION),
             ("file_uid", FILE_UID_ANNOTATION),
@@ -694,13 +732,75 @@ class _Checker:
                 continue
             value = _annotation_number(meta.annotations[key], octal=field_name == "file_mode")
             if value is None:
-                valid = False
                 problem, fix = _ANNOTATION_PROBLEMS[field_name]
                 field_path = f"metadata.annotations[{_quoted_key(key)}]"
                 self.errors.append(subject.error(problem, field=field_path, fix=fix))
             else:
                 overrides[field_name] = value
-        return overrides if valid else None
+        return overrides
+
+    def _check_own_annotations(self, subject: _Subject, meta: ObjectMeta) -> None:
+        """Reject annotations in secrets-agent's domain that it does not read, such as typos."""
+        known = _OWN_ANNOTATIONS if subject.kind == "ExternalSecret" else ()
+        names = ", ".join(_OWN_ANNOTATIONS)
+        for key in meta.annotations:
+            domain = key.split("/", 1)[0] if "/" in key else ""
+            if key in known or not (
+                domain == _OWN_ANNOTATION_DOMAIN or domain.endswith("." + _OWN_ANNOTATION_DOMAIN)
+            ):
+                continue
+            # Compare the names after the domain, which every candidate shares.
+            local_names = [known_key.split("/", 1)[1] for known_key in _OWN_ANNOTATIONS]
+            close = difflib.get_close_matches(key.split("/", 1)[1], local_names, n=1)
+            if not known:
+                fix = f"remove it; secrets-agent reads its annotations ({names}) on ExternalSecrets"
+            elif close:
+                fix = f"did you mean {_OWN_ANNOTATION_DOMAIN}/{close[0]}?"
+            else:
+                fix = f"remove it (secrets-agent reads only {names})"
+            field_path = f"metadata.annotations[{_quoted_key(key)}]"
+            problem = "unknown secrets-agent annotation"
+            self.errors.append(subject.error(problem, field=field_path, fix=fix))
+
+    def _check_invalid_external_secret(
+        self, subject: _Subject, document: dict[Any, Any], reported: set[str]
+    ) -> None:
+        """Check what can still be checked of an ExternalSecret whose metadata or spec is invalid.
+
+        Reporting these together with the validation errors saves the user a round of fixes.
+        Fields in `reported` already have an error and are skipped.
+        """
+        spec = document.get("spec")
+        if not isinstance(spec, dict):
+            return
+        if "spec" not in reported and not spec.get("data") and not spec.get("dataFrom"):
+            fix = "add spec.data or spec.dataFrom entries"
+            self.errors.append(subject.error("nothing to fetch", field="spec", fix=fix))
+        target = spec.get("target")
+        target_name = target.get("name") if isinstance(target, dict) else None
+        field_path = "spec.target.name"
+        if not (isinstance(target_name, str) and target_name):
+            target_name, field_path = _metadata_name(document), "metadata.name"
+        if isinstance(target_name, str) and target_name and field_path not in reported:
+            self._check_target_name(subject, target_name, field_path)
+        store_ref = spec.get("secretStoreRef")
+        if isinstance(store_ref, dict) and not any(
+            field.startswith("spec.secretStoreRef") for field in reported
+        ):
+            name, kind = store_ref.get("name"), store_ref.get("kind", "SecretStore")
+            if isinstance(name, str) and name and kind in STORE_KINDS:
+                self.unchecked_store_refs.append((subject, (kind, name)))
+        data = spec.get("data")
+        if isinstance(data, list):
+            keys = [
+                (index, item["secretKey"])
+                for index, item in enumerate(data)
+                if isinstance(item, dict)
+                and isinstance(item.get("secretKey"), str)
+                and f"spec.data[{index}]" not in reported
+                and f"spec.data[{index}].secretKey" not in reported
+            ]
+            self._check_secret_keys(subject, keys)
 
     def check_references(self) -> None:
         """Check the references between documents: stores, targets and secret keys."""
@@ -710,8 +810,10 @@ class _Checker:
             self._check_store_ref(subject, declaration)
             self._check_generator_refs(subject, declaration)
             self._check_target(subject, declaration, targets)
-            self._check_secret_keys(subject, declaration)
+            self._check_secret_keys(subject, _secret_keys(declaration))
             self._check_template(subject, declaration)
+        for subject, store_ref in self.unchecked_store_refs:
+            self._check_known_store(subject, store_ref)
         for notify_target in self.result.notify_targets:
             self._check_watched_targets(notify_target, targets)
 
@@ -728,7 +830,6 @@ class _Checker:
                 self.errors.append(subject.error(problem, field=f"spec.targets[{index}]", fix=fix))
 
     def _check_store_ref(self, subject: _Subject, declaration: ExternalSecretDeclaration) -> None:
-        stores = self.result.stores
         if declaration.store_ref is None:
             spec = declaration.spec
             if spec.data or any(item.source_ref is None for item in spec.data_from):
@@ -739,9 +840,14 @@ class _Checker:
                 )
                 self.errors.append(subject.error(problem, field="spec.secretStoreRef", fix=fix))
             return
-        if declaration.store_ref in stores or declaration.store_ref in self.invalid_stores:
+        self._check_known_store(subject, declaration.store_ref)
+
+    def _check_known_store(self, subject: _Subject, store_ref: tuple[str, str]) -> None:
+        """Report a `spec.secretStoreRef` that names no declared store."""
+        stores = self.result.stores
+        if store_ref in stores or store_ref in self.invalid_stores:
             return
-        kind, name = declaration.store_ref
+        kind, name = store_ref
         other_kind = "ClusterSecretStore" if kind == "SecretStore" else "SecretStore"
         if (other_kind, name) in stores:
             fix = f"set spec.secretStoreRef.kind to {other_kind}"
@@ -777,12 +883,7 @@ class _Checker:
     ) -> None:
         target = declaration.target
         field_path = "spec.target.name" if declaration.spec.target.name else "metadata.name"
-        # A target is one directory: the writer's rule for secret keys, never nested.
-        reason = "contains '/'" if "/" in target else check_secret_key(target)
-        if reason is not None:
-            problem = f"target name {_shown(target)} {reason}"
-            fix = "use a plain directory name such as payment-secrets"
-            self.errors.append(subject.error(problem, field=field_path, fix=fix))
+        if not self._check_target_name(subject, target, field_path):
             return
         first = targets.setdefault(target, declaration)
         if first is not declaration:
@@ -793,15 +894,27 @@ class _Checker:
             fix = "give each ExternalSecret its own spec.target.name"
             self.errors.append(subject.error(problem, field=field_path, fix=fix))
 
-    def _check_secret_keys(self, subject: _Subject, declaration: ExternalSecretDeclaration) -> None:
-        """Check every `spec.data[].secretKey`: a safe file name, unique, no file/directory clash.
+    def _check_target_name(self, subject: _Subject, target: str, field_path: str) -> bool:
+        """Check that a target name is a plain directory name; return False after reporting it."""
+        # A target is one directory: the writer's rule for secret keys, never nested.
+        reason = "contains '/'" if "/" in target else check_secret_key(target)
+        if reason is None:
+            return True
+        problem = f"target name {_shown(target)} {reason}"
+        fix = "use a plain directory name such as payment-secrets"
+        self.errors.append(subject.error(problem, field=field_path, fix=fix))
+        return False
+
+    def _check_secret_keys(self, subject: _Subject, keys: list[tuple[int, str]]) -> None:
+        """Check `spec.data[].secretKey` values, given as (index, key): each a safe file name,
+        unique, and never both a file and a directory.
 
         Secret keys imported by `dataFrom` are known only after fetching; the snapshot checks them.
         """
         files: dict[str, int] = {}
         directories: dict[str, int] = {}
-        for index, item in enumerate(declaration.spec.data):
-            key, field_path = item.secret_key, f"spec.data[{index}].secretKey"
+        for index, key in keys:
+            field_path = f"spec.data[{index}].secretKey"
             problem, fix = self._secret_key_problem(key, files, directories)
             if problem is not None:
                 self.errors.append(subject.error(problem, field=field_path, fix=fix))
@@ -853,6 +966,36 @@ def _kind_problem(kind: Any) -> str:
     if isinstance(kind, str) and _KIND_NAME.fullmatch(kind):
         return f"{kind} is not supported"
     return "not a supported kind"
+
+
+def _secret_keys(declaration: ExternalSecretDeclaration) -> list[tuple[int, str]]:
+    """Return (index, secret key) for each `spec.data` entry."""
+    return [(index, item.secret_key) for index, item in enumerate(declaration.spec.data)]
+
+
+def _field_position(document: Any, field_path: str) -> tuple[int, ...]:
+    """Return where `field_path` is in `document`: the index of each part within its parent.
+
+    Sorting errors by this puts them in the manifest's order. A part that is missing from the
+    document (a required field) counts as after every part that is present.
+    """
+    positions: list[int] = []
+    node = document
+    for match in _FIELD_PATH_PART.finditer(field_path):
+        index, quoted, name = match.groups()
+        if index is not None:
+            position = int(index)
+            node = node[position] if isinstance(node, list) and position < len(node) else None
+        elif isinstance(node, dict):
+            part = json.loads(quoted) if quoted is not None else name
+            keys = list(node)
+            names = [str(key) for key in keys]
+            position = names.index(part) if part in names else len(names)
+            node = node[keys[position]] if position < len(keys) else None
+        else:
+            position, node = 0, None
+        positions.append(position)
+    return tuple(positions)
 
 
 def _parents(key: str) -> list[str]:

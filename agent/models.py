@@ -33,6 +33,9 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from agent import field_rules
+from agent.goregexp import compile_regexp
+
 API_VERSIONS = frozenset(
     {"secrets-agent.io/v1alpha1", "external-secrets.io/v1beta1", "external-secrets.io/v1"}
 )
@@ -192,34 +195,33 @@ def _exactly_one(model: BaseModel, names: tuple[str, ...], what: str, *, hint: s
 
 
 def _check_regexp(value: str) -> str:
-    try:
-        re.compile(value)
-    except re.error as error:
-        # re.error's message gives the position, never the pattern.
-        raise ValueError(f"invalid regular expression ({error}); fix the pattern") from None
+    compile_regexp(value)  # raises ValueError worded "problem; fix", without the pattern
     return value
 
 
-# NOTE: patterns are compiled with Python's `re`, not Go's RE2. Ordinary patterns behave the same,
-# but RE2-only syntax such as `\z` is rejected here.
+# A Go regexp (RE2 syntax), translated for Python's `re` by agent.goregexp.
 Regexp = Annotated[str, Field(min_length=1), AfterValidator(_check_regexp)]
 
 
 # --- references to Kubernetes objects, resolved to files inside the pod ------------------------
 
+# Both become path segments under the refs directory, so they must be what Kubernetes accepts.
+ObjectName = Annotated[str, Field(min_length=1), AfterValidator(field_rules.object_name)]
+DataKey = Annotated[str, Field(min_length=1), AfterValidator(field_rules.data_key)]
+
 
 class SecretKeySelector(Model):
     """A key of a Kubernetes Secret; in the pod, the file `<refs dir>/<name>/<key>`."""
 
-    name: str = Field(min_length=1)
-    key: str = Field(min_length=1)
+    name: ObjectName
+    key: DataKey
     namespace: str | None = None
 
 
 class ServiceAccountSelector(Model):
     """A service account whose token is used to log in."""
 
-    name: str = Field(min_length=1)
+    name: ObjectName
     namespace: str | None = None
     audiences: list[str] = []
 
@@ -228,8 +230,8 @@ class CAProvider(Model):
     """A CA bundle kept in a Secret or ConfigMap; in the pod, `<refs dir>/<name>/<key>`."""
 
     type: Literal["Secret", "ConfigMap"]
-    name: str = Field(min_length=1)
-    key: str = Field(min_length=1)
+    name: ObjectName
+    key: DataKey
     namespace: str | None = None
 
 
@@ -266,6 +268,15 @@ class AwsProvider(Model):
     role: str | None = None
     auth: AwsAuth | None = None
 
+    @model_validator(mode="after")
+    def _jwt_needs_role(self) -> AwsProvider:
+        if self.auth is not None and self.auth.jwt is not None and not self.role:
+            raise ValueError(
+                "auth.jwt is set but role is missing; set role to the ARN of the IAM role that "
+                "the service account's token may assume"
+            )
+        return self
+
 
 # --- Vault ---------------------------------------------------------------------------------------
 
@@ -289,11 +300,14 @@ class VaultAppRoleAuth(Model):
         return self
 
 
+VaultNamespace = Annotated[str, AfterValidator(field_rules.vault_namespace)]
+
+
 class VaultAuth(Model):
     token_secret_ref: SecretKeySelector | None = None
     kubernetes: VaultKubernetesAuth | None = None
     app_role: VaultAppRoleAuth | None = None
-    namespace: str | None = None
+    namespace: VaultNamespace | None = None
 
     @model_validator(mode="after")
     def _one_method(self) -> VaultAuth:
@@ -304,22 +318,13 @@ class VaultAuth(Model):
 class VaultProvider(Model):
     """`provider.vault`: one Vault server and KV mount."""
 
-    server: str = Field(min_length=1)
+    server: Annotated[str, Field(min_length=1), AfterValidator(field_rules.vault_server)]
     path: str | None = None
     version: Literal["v1", "v2"] = "v2"
-    namespace: str | None = None
-    ca_bundle: str | None = None
+    namespace: VaultNamespace | None = None
+    ca_bundle: Annotated[str, AfterValidator(field_rules.ca_bundle)] | None = None
     ca_provider: CAProvider | None = None
     auth: VaultAuth
-
-    @field_validator("server")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(
-                "not an http:// or https:// URL; write e.g. https://vault.example:8200"
-            )
-        return value.rstrip("/")
 
 
 class Provider(Model):
@@ -526,7 +531,7 @@ class Target(Model):
 
 
 class ExternalSecretSpec(Model):
-    refresh_interval: Duration = 3600.0
+    refresh_interval: Annotated[Duration, AfterValidator(field_rules.refresh_interval)] = 3600.0
     # Only External Secrets Operator's default is supported: refresh every refreshInterval.
     refresh_policy: Literal["Periodic"] = "Periodic"
     # Optional as in External Secrets Operator: only generatorRef entries need no store. The

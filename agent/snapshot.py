@@ -22,6 +22,7 @@ from typing import Any
 
 from agent.declarations import ExternalSecretDeclaration
 from agent.errors import AgentError, InvalidValueError, RemoteKeyNotFoundError, StoreError
+from agent.goregexp import compile_regexp, replace_all
 from agent.models import DecodingStrategy, RemoteRef
 from agent.stores import RemoteKey, RemoteValue
 from agent.templates import TemplateError, TemplateErrors, render_files
@@ -222,7 +223,7 @@ class _Builder:
 
     def find(self, find: Any, read_prefix: PrefixReader, field_path: str) -> dict[str, bytes]:
         path = find.path or "/"
-        pattern = re.compile(find.name.regexp) if find.name is not None else None
+        pattern = compile_regexp(find.name.regexp) if find.name is not None else None
         imported = self.prefix(
             path, read_prefix, find.decoding_strategy, field_path, name_filter=pattern
         )
@@ -349,15 +350,26 @@ def select_property(
         elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
             current = current[int(part)]
         else:
-            available = ", ".join(sorted(document)) if isinstance(document, Mapping) else ""
-            hint = f" (top-level fields: {available})" if available else ""
             raise RemoteKeyNotFoundError(
-                f"property {property_path!r} not found{hint}",
+                f"property {property_path!r} not found ({_describe_shape(document)})",
                 store=store_name,
                 remote_key=remote_key,
                 fix="check remoteRef.property",
             )
     return _render(current)
+
+
+def _describe_shape(document: Any) -> str:
+    """Describe a remote value for an error without any of its field names or values.
+
+    Field names can be sensitive too (a user name used as a key), and their number is unbounded.
+    """
+    if isinstance(document, Mapping):
+        count = len(document)
+        return f"the value is a JSON object with {count} top-level field{'' if count == 1 else 's'}"
+    if isinstance(document, list):
+        return "the value is a JSON array, not an object"
+    return "the value is a JSON scalar, not an object"
 
 
 def decode(raw: bytes, strategy: DecodingStrategy, *, remote_key: str, store_name: str) -> bytes:
@@ -389,25 +401,11 @@ def _rewrite(imported: dict[str, bytes] | None, rewrites: list[Any]) -> dict[str
 
 
 def _rewrite_name(name: str, rewrites: list[Any]) -> str:
-    """Apply each `rewrite[].regexp` in order to one imported secret key name."""
+    """Apply each `rewrite[].regexp` in order to one imported secret key name, as Go does."""
     for rewrite in rewrites:
-        name = re.sub(rewrite.regexp.source, _go_replacement(rewrite.regexp.target), name)
+        regexp = compile_regexp(rewrite.regexp.source)
+        name = replace_all(regexp, name, rewrite.regexp.target)
     return name
-
-
-_GO_GROUP = re.compile(r"\$(\$|\{(\w+)\}|(\w+))")
-
-
-def _go_replacement(template: str) -> str:
-    """Translate a Go regexp replacement (`$1`, `${name}`, `$$`) into Python's syntax."""
-    escaped = template.replace("\\", "\\\\")
-
-    def translate(match: re.Match[str]) -> str:
-        if match.group(1) == "$":
-            return "$"
-        return "\\g<" + (match.group(2) or match.group(3)) + ">"
-
-    return _GO_GROUP.sub(translate, escaped)
 
 
 def _parse_json(value: RemoteValue, *, remote_key: str, store_name: str) -> Any:

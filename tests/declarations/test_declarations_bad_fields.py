@@ -6,6 +6,7 @@ error at `field`, with `problem` and `fix` as substrings of what the user reads.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,27 @@ EXTERNAL_SECRET_CASES = [
         "invalid file gid",
         "from 0 to 4294967294",
     ),
+    es(
+        "own annotation misspelt",
+        'metadata.annotations["secrets-agent.io/file-modee"]',
+        "0440",
+        "unknown secrets-agent annotation",
+        "did you mean secrets-agent.io/file-mode?",
+    ),
+    es(
+        "own annotation unknown",
+        'metadata.annotations["secrets-agent.io/owner"]',
+        "payments",
+        "unknown secrets-agent annotation",
+        "secrets-agent reads only secrets-agent.io/file-mode",
+    ),
+    es(
+        "own subdomain annotation unknown",
+        'metadata.annotations["notify.secrets-agent.io/target"]',
+        "x",
+        "unknown secrets-agent annotation",
+        "remove it",
+    ),
     # spec
     es("spec missing", "spec", DELETE, "required field is missing", "add it"),
     es("spec a list", "spec", ["data"], "expected a mapping", "indentation"),
@@ -163,6 +185,8 @@ EXTERNAL_SECRET_CASES = [
     es("refreshInterval negative", "spec.refreshInterval", "-5m", "negative", "Go duration"),
     es("refreshInterval days", "spec.refreshInterval", "1d", "days", "24h"),
     es("refreshInterval boolean", "spec.refreshInterval", True, "true or false", "Go duration"),
+    es("refreshInterval 1ms", "spec.refreshInterval", "1ms", "shorter than 1s", "0 to fetch once"),
+    es("refreshInterval 999ms", "spec.refreshInterval", "999ms", "shorter than 1s", "1s or more"),
     es(
         "refreshPolicy OnChange",
         "spec.refreshPolicy",
@@ -229,6 +253,9 @@ EXTERNAL_SECRET_CASES = [
     ),
     es("target.name unsafe", "spec.target.name", "..payment", "target name", "plain directory"),
     es("target.name with slash", "spec.target.name", "a/b", "contains '/'", "plain directory"),
+    es("target.name with newline", "spec.target.name", "a\nb", "control character", "plain"),
+    es("target.name padded", "spec.target.name", "payment ", "ends with whitespace", "plain"),
+    es("secretKey with tab", "spec.data[0].secretKey", "db\tpass", "control character", "plain"),
     es(
         "target.name from unsafe metadata.name",
         "spec.target",
@@ -424,12 +451,237 @@ EXTERNAL_SECRET_CASES = [
         field="spec.dataFrom[0].rewrite[0].regexp.source",
     ),
     es(
+        "rewrite regexp lookahead",
+        "spec.dataFrom",
+        [{"find": {"path": "/a"}, "rewrite": [{"regexp": {"source": "a(?=b)", "target": "x"}}]}],
+        "lookahead and lookbehind assertions",
+        "remove them",
+        field="spec.dataFrom[0].rewrite[0].regexp.source",
+    ),
+    es(
+        "find.name.regexp Python-only \\Z",
+        "spec.dataFrom",
+        [{"find": {"name": {"regexp": "db\\Z"}}}],
+        "\\Z is not part of Go's regular expression syntax",
+        "write \\z",
+        field="spec.dataFrom[0].find.name.regexp",
+    ),
+    es(
         "rewrite regexp target missing",
         "spec.dataFrom",
         [{"find": {"path": "/a"}, "rewrite": [{"regexp": {"source": "^/a/"}}]}],
         "required field is missing",
         "add it",
         field="spec.dataFrom[0].rewrite[0].regexp.target",
+    ),
+]
+
+SECRET_REF = f"{AWS}.auth.secretRef"
+VALID_SECRET_REF = {
+    "accessKeyIDSecretRef": {"name": "aws", "key": "id"},
+    "secretAccessKeySecretRef": {"name": "aws", "key": "secret"},
+    "sessionTokenSecretRef": {"name": "aws", "key": "session-token"},
+}
+OBJECT_NAME_FIX = "lowercase letters, digits, '-' and '.'"
+DATA_KEY_FIX = "letters, digits, '-', '_' and '.'"
+VAULT = "spec.provider.vault"
+
+
+def secret_ref_case(id: str, field: str, value: str, problem: str, fix: str) -> Case:
+    """An SSM store case whose secretRef has one bad `name` or `key` (field relative to it)."""
+    secret_ref = with_field(copy.deepcopy(VALID_SECRET_REF), field, value)
+    return ssm(id, SECRET_REF, secret_ref, problem, fix, field=f"{SECRET_REF}.{field}")
+
+
+REFERENCE_CASES = [
+    secret_ref_case(
+        "secretRef name ..",
+        "accessKeyIDSecretRef.name",
+        "..",
+        "invalid Kubernetes object name",
+        OBJECT_NAME_FIX,
+    ),
+    secret_ref_case(
+        "secretRef name with slash",
+        "accessKeyIDSecretRef.name",
+        "aws/../../etc",
+        "invalid Kubernetes object name",
+        OBJECT_NAME_FIX,
+    ),
+    secret_ref_case(
+        "secretRef name upper case",
+        "secretAccessKeySecretRef.name",
+        "AWS-Keys",
+        "invalid Kubernetes object name",
+        "(e.g. vault-token)",
+    ),
+    secret_ref_case(
+        "secretRef name too long",
+        "secretAccessKeySecretRef.name",
+        "a" * 254,
+        "invalid Kubernetes object name",
+        "at most 253 characters",
+    ),
+    secret_ref_case(
+        "secretRef key with slash",
+        "accessKeyIDSecretRef.key",
+        "victim/file",
+        "invalid Secret or ConfigMap key",
+        DATA_KEY_FIX,
+    ),
+    secret_ref_case(
+        "secretRef key absolute",
+        "accessKeyIDSecretRef.key",
+        "/etc/passwd",
+        "invalid Secret or ConfigMap key",
+        DATA_KEY_FIX,
+    ),
+    secret_ref_case(
+        "secretRef key ..",
+        "secretAccessKeySecretRef.key",
+        "..",
+        "invalid Secret or ConfigMap key",
+        "not '.' or '..'",
+    ),
+    secret_ref_case(
+        "sessionTokenSecretRef name ..",
+        "sessionTokenSecretRef.name",
+        "..",
+        "invalid Kubernetes object name",
+        OBJECT_NAME_FIX,
+    ),
+    ssm(
+        "aws jwt serviceAccountRef name ..",
+        f"{AWS}.auth.jwt.serviceAccountRef.name",
+        "..",
+        "invalid Kubernetes object name",
+        OBJECT_NAME_FIX,
+        also=((f"{AWS}.role", "arn:aws:iam::000000000000:role/payment"),),
+    ),
+    vault(
+        "vault caProvider name ..",
+        f"{VAULT}.caProvider",
+        {"type": "Secret", "name": "..", "key": "ca.crt"},
+        "invalid Kubernetes object name",
+        OBJECT_NAME_FIX,
+        field=f"{VAULT}.caProvider.name",
+    ),
+    vault(
+        "vault caProvider key absolute",
+        f"{VAULT}.caProvider",
+        {"type": "ConfigMap", "name": "vault-ca", "key": "/etc/ssl/ca.crt"},
+        "invalid Secret or ConfigMap key",
+        DATA_KEY_FIX,
+        field=f"{VAULT}.caProvider.key",
+    ),
+    vault(
+        "vault kubernetes serviceAccountRef name ..",
+        f"{AUTH}.kubernetes.serviceAccountRef",
+        {"name": "../../../../etc"},
+        "invalid Kubernetes object name",
+        OBJECT_NAME_FIX,
+        field=f"{AUTH}.kubernetes.serviceAccountRef.name",
+    ),
+    vault(
+        "vault tokenSecretRef key with slash",
+        AUTH,
+        {"tokenSecretRef": {"name": "vault-token", "key": "victim/file"}},
+        "invalid Secret or ConfigMap key",
+        DATA_KEY_FIX,
+        field=f"{AUTH}.tokenSecretRef.key",
+    ),
+    vault(
+        "vault appRole secretRef name ..",
+        AUTH,
+        {"appRole": {"roleId": "fake-role-id", "secretRef": {"name": "..", "key": "secret-id"}}},
+        "invalid Kubernetes object name",
+        OBJECT_NAME_FIX,
+        field=f"{AUTH}.appRole.secretRef.name",
+    ),
+]
+
+# Problems that `once` used to find only when it reached the store.
+LOAD_TIME_CASES = [
+    ssm(
+        "aws jwt without role",
+        f"{AWS}.auth",
+        {"jwt": {"serviceAccountRef": {"name": "payment"}}},
+        "auth.jwt is set but role is missing",
+        "set role to the ARN",
+        field=AWS,
+    ),
+    vault(
+        "vault.caBundle base64 of no certificate",
+        f"{VAULT}.caBundle",
+        "ZmFrZS1jYS1idW5kbGU=",
+        "contains no PEM certificate",
+        "-----BEGIN CERTIFICATE-----",
+    ),
+    vault(
+        "vault.caBundle PEM block with a broken body",
+        f"{VAULT}.caBundle",
+        "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+        "contains no PEM certificate",
+        "as base64 of that text",
+    ),
+    vault("vault.server without host", f"{VAULT}.server", "http://", "has no host", "https://"),
+    vault(
+        "vault.server with user and password",
+        f"{VAULT}.server",
+        "http://agent:fake-password-1@vault.example:8200",
+        "contains a user name or password",
+        "log in with spec.provider.vault.auth",
+    ),
+    vault(
+        "vault.server with a path",
+        f"{VAULT}.server",
+        "http://vault.example:8200/v1/",
+        "the URL has a path, query or fragment",
+        "drop it",
+    ),
+    vault(
+        "vault.server with a query",
+        f"{VAULT}.server",
+        "https://vault.example:8200?tls=1",
+        "the URL has a path, query or fragment",
+        "drop it",
+    ),
+    vault("vault.server bad port", f"{VAULT}.server", "https://vault:99999", "invalid URL", "e.g."),
+    vault(
+        "vault.server with a space",
+        f"{VAULT}.server",
+        "https://vault example:8200",
+        "a space or a control character",
+        "https://",
+    ),
+    vault(
+        "vault.namespace with ..",
+        f"{VAULT}.namespace",
+        "team-a/../admin",
+        "'..' path segment",
+        "team-a/payments",
+    ),
+    vault(
+        "vault.namespace with an empty segment",
+        f"{VAULT}.namespace",
+        "team-a//payments",
+        "an empty, '.' or '..' path segment",
+        "team-a/payments",
+    ),
+    vault("vault.namespace only a slash", f"{VAULT}.namespace", "/", "only '/'", "VAULT_NAMESPACE"),
+    vault(
+        "vault.auth.namespace with ..",
+        f"{AUTH}.namespace",
+        "..",
+        "'..' path segment",
+        "team-a",
+    ),
+    vault(
+        "own annotation on a store",
+        'metadata.annotations["secrets-agent.io/file-mode"]',
+        "0440",
+        "unknown secrets-agent annotation",
+        "on ExternalSecrets",
     ),
 ]
 
@@ -590,7 +842,10 @@ STORE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", EXTERNAL_SECRET_CASES + STORE_CASES, ids=lambda case: case.id)
+ALL_CASES = EXTERNAL_SECRET_CASES + STORE_CASES + REFERENCE_CASES + LOAD_TIME_CASES
+
+
+@pytest.mark.parametrize("case", ALL_CASES, ids=lambda case: case.id)
 def test_bad_field_reported(case: Case, tmp_path: Path) -> None:
     documents = base_documents()
     with_field(documents[case.document - 1], case.path, case.value)

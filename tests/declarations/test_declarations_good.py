@@ -205,7 +205,7 @@ spec:
   provider:
     vault:
       server: https://vault.example.internal:8200
-      caBundle: ZmFrZS1jYS1idW5kbGU=
+      caBundle: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tClptRnJaUT09Ci0tLS0tRU5EIENFUlRJRklDQVRFLS0tLS0K
       auth:
         namespace: admin
         tokenSecretRef:
@@ -349,7 +349,7 @@ def test_vault_manifests_load(tmp_path: Path) -> None:
 
     token = declarations.stores[("ClusterSecretStore", "vault-token")].spec.provider.vault
     assert token is not None
-    assert token.ca_bundle == "ZmFrZS1jYS1idW5kbGU="
+    assert token.ca_bundle.startswith("LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0t")
     assert token.auth.namespace == "admin"
     assert token.auth.token_secret_ref.name == "vault-token"
 

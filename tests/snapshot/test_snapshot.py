@@ -92,15 +92,29 @@ def test_vault_map_without_property_is_json():
     assert json.loads(rendered) == value
 
 
-def test_missing_property_names_fields_not_values():
-    value = {"username": "fake-user-value", "password": "fake-password-value"}
+def test_missing_property_counts_fields_without_names():
+    value = {
+        "username": "fake-user-value",
+        "password": "fake-password-value",
+        "fake-sensitive-field-name": "x",
+    }
     with pytest.raises(RemoteKeyNotFoundError) as caught:
         select_property(value, "pasword", remote_key="secret/app", store_name="vault")
     message = str(caught.value)
     assert "pasword" in message
-    assert "password" in message
+    assert "JSON object with 3 top-level fields" in message
+    assert "username" not in message
+    assert "fake-sensitive-field-name" not in message
     assert "fake-password-value" not in message
     assert "secret/app" in message
+
+
+def test_missing_property_in_array_says_not_object():
+    with pytest.raises(RemoteKeyNotFoundError) as caught:
+        select_property(b'[{"fake-name": 1}]', "user", remote_key="/p", store_name="ssm")
+    message = str(caught.value)
+    assert "JSON array, not an object" in message
+    assert "fake-name" not in message
 
 
 def test_property_on_non_json_value_is_invalid():
@@ -184,6 +198,29 @@ def test_find_with_name_filter_and_rewrite():
 
     snapshot = build_snapshot(decl, store_name="s", fetched={}, read_prefix=read_prefix)
     assert snapshot.data == {"DB_user": b"fake-u", "DB_pass": b"fake-p"}
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "expected"),
+    [
+        ("(.*)", "x-$1", {"x-db": b"fake-d"}),
+        ("^(d)(b)$", "$1x", {"": b"fake-d"}),
+        ("^(d)(b)$", "${1}x", {"dx": b"fake-d"}),
+        ("^(?<first>d)b$", "${first}-$$", {"d-$": b"fake-d"}),
+    ],
+)
+def test_rewrite_follows_go_replace(source: str, target: str, expected: dict) -> None:
+    rewrite = [{"regexp": {"source": source, "target": target}}]
+    decl = declaration({"dataFrom": [{"extract": {"key": "/json"}, "rewrite": rewrite}]})
+    fetched = {RemoteKey("/json"): b'{"db": "fake-d"}'}
+
+    if "" in expected:  # an empty secret key is reported, not a traceback
+        with pytest.raises(SnapshotError) as caught:
+            build_snapshot(decl, store_name="s", fetched=fetched, read_prefix=no_prefix)
+        assert "is empty" in str(caught.value)
+        return
+    snapshot = build_snapshot(decl, store_name="s", fetched=fetched, read_prefix=no_prefix)
+    assert snapshot.data == expected
 
 
 def test_data_overrides_data_from():

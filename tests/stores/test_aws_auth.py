@@ -21,8 +21,9 @@ import boto3
 import pytest
 from aws_helpers import ScriptedEndpoint, SeenRequest, aws_store, query_error, request_count
 from aws_helpers import json_error as aws_json_error
+from pydantic import ValidationError
 
-from agent.errors import AccessDeniedError, StoreError, StoreUnavailableError
+from agent.errors import AccessDeniedError, StoreUnavailableError
 from agent.metrics import Metrics
 from agent.refs import MissingReferenceError, Refs
 from agent.stores import RemoteKey
@@ -227,18 +228,11 @@ def test_jwt_token_read_again_at_refresh(endpoint, refs_dir, metrics, no_environ
 
 
 def test_jwt_requires_role(endpoint, refs_dir, metrics):
-    write_token(
-        refs_dir, "payment-api", fake_service_account_token(namespace="a", service_account="b")
-    )
+    # The declaration is rejected when it loads, so `check` reports it and no request is sent.
+    with pytest.raises(ValidationError) as raised:
+        ssm_store(refs_dir, metrics, auth=JWT_AUTH)
 
-    with pytest.raises(StoreError) as raised:
-        fetch_value(ssm_store(refs_dir, metrics, auth=JWT_AUTH))
-
-    assert str(raised.value) == (
-        "store aws-ssm: spec.provider.aws.auth.jwt.serviceAccountRef is set but "
-        "spec.provider.aws.role is missing; set spec.provider.aws.role to the ARN of the IAM "
-        "role the service account's token may assume"
-    )
+    assert "auth.jwt is set but role is missing; set role to the ARN" in str(raised.value)
     assert endpoint.requests == []
 
 

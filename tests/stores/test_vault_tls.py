@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from vault_helpers import (
     TOKEN_SECRET,
     VAULT_VARIABLES,
@@ -175,14 +176,13 @@ def test_ca_bundle_file_private_and_removed(https_vault, factory, certificate) -
     assert not path.exists()
 
 
-def test_ca_bundle_without_certificate(https_vault, factory) -> None:
-    store = factory(https_declaration(https_vault, caBundle="not a certificate"))
+def test_ca_bundle_without_certificate(https_vault) -> None:
+    # Rejected when the declaration loads, before any connection.
+    with pytest.raises(ValidationError) as caught:
+        https_declaration(https_vault, caBundle="not a certificate")
 
-    with pytest.raises(StoreError) as caught:
-        store.fetch([KEY])
-
-    assert "spec.provider.vault.caBundle contains no PEM certificate" in str(caught.value)
-    assert not caught.value.transient
+    assert "caBundle" in str(caught.value)
+    assert "contains no PEM certificate" in str(caught.value)
 
 
 def test_vault_cacert_missing_file(https_vault, factory, tmp_path, monkeypatch) -> None:

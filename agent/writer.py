@@ -22,9 +22,11 @@ What the writer guarantees:
   symbolic link. The writer writes only files it has just created with O_EXCL. It opens
   other files only to read them, and only regular files inside the generation directory that
   `..data` points to, with O_NOFOLLOW|O_NONBLOCK. Planted links or files at the names the
-  writer uses (visible names, `..data`, `..data_tmp`) are replaced, other planted entries are
-  ignored, and a planted directory where a link belongs is an error naming it. Apart from
-  creating the target directory, nothing outside it is written or removed.
+  writer uses (visible names, `..data`, `..data_tmp`) are replaced. Each replacement is logged
+  as a `planted_entry_replaced` warning, except at `..data_tmp`, which may be the writer's own
+  crash leftover. Other planted entries are ignored, and a planted directory where a link
+  belongs is an error naming it. Apart from creating the target directory, nothing outside it
+  is written or removed.
 - A snapshot equal to the current generation (same secret keys, bytes, mode and owner) creates
   no generation and changes no mtime. Missing or wrong visible links are still repaired, as the
   kubelet does after a restart halfway through a write.
@@ -34,12 +36,15 @@ What the writer guarantees:
   first projection of the target in a new process, and by the one after a failed projection.
   Between those, a projection removes only the entries this Writer recorded as its own.
 - A superseded generation stays on disk for a grace period (1 s by default) and is removed by
-  the first projection after that, changed or not. Unlike the kubelet, which removes it at
-  once, this lets a reader whose path lookup read the old `..data` a moment before the switch
-  still open its file. With immediate removal, a reader of a visible name preempted during
-  its lookup got ENOENT (5 times in about 69,000 reads during 10,000 back-to-back switches on
-  2 loaded CPUs, in tests/writer/test_writer_concurrent_readers.py). A grace of 0 restores the
-  kubelet's behaviour.
+  the first projection after that, changed or not, or by `remove_superseded`, whatever was
+  planted in it. A removal that fails, for example because entries keep appearing in the
+  directory, is tried again after 1 s, then after twice as long each time, up to 5 min.
+  Unlike the kubelet, which removes it at once, the grace lets a reader whose path lookup read
+  the old `..data` a moment before the switch still open its file. With immediate removal, a
+  reader of a visible name preempted during its lookup got ENOENT (5 times in about 69,000
+  reads during 10,000 back-to-back switches on 2 loaded CPUs, in
+  tests/writer/test_writer_concurrent_readers.py). A grace of 0 restores the kubelet's
+  behaviour.
 
 What it does not guarantee:
 - Concurrent writers on one target. Callers serialise writes per target. The per-target lock
@@ -61,17 +66,17 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import stat
 import threading
 import time
 import unicodedata
 from collections.abc import Iterator, Mapping
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import AgentError
+from agent.logs import log_event
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +97,12 @@ _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOE
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 # errno values meaning "something was planted or removed under us", not an I/O failure.
 _FOREIGN_ERRNOS = frozenset({errno.ENOENT, errno.ELOOP, errno.ENOTDIR})
+# Removing a generation: how often to try again at once when entries keep appearing in it, and
+# the backoff of later attempts (1 s, 2 s, 4 s ... up to 5 min) while it still fails.
+_REMOVAL_ATTEMPTS = 5
+_REMOVAL_RETRY_MAX_SECONDS = 300.0
+# Deeper trees are not removed; one descriptor and two stack frames are used per level.
+_MAX_REMOVAL_DEPTH = 200
 
 
 class ProjectionError(AgentError):
@@ -179,12 +190,12 @@ def check_secret_key(name: str, *, allow_nested: bool = False) -> str | None:
     """Return None when `name` is safe as a secret key (a file name), else the reason it is not.
 
     A safe secret key is a plain file name: not empty, not `.` or `..`, not starting with `..`
-    (reserved for the writer), no NUL or other control character (U+0000-U+001F, U+007F-U+009F),
-    no whitespace at its start or end, at most 255 bytes in UTF-8, and no `/`. A name such as
-    `.hidden` is allowed. With `allow_nested`, `/` separates path segments that each follow
-    those rules, the whole path is at most 4096 bytes, and it may not be absolute. The reason
-    never repeats the name, so the caller decides how to quote it, for example
-    `f"secret key {name!r} {reason}"`.
+    (reserved for the writer), and no `/`. It contains no NUL or other control character
+    (U+0000-U+001F, U+007F-U+009F), no whitespace at its start or end, and at most 255 bytes
+    in UTF-8. A name such as `.hidden` is allowed. With `allow_nested`, `/` separates path
+    segments that each follow those rules, the whole path is at most 4096 bytes, and it may not
+    be absolute. The reason never repeats the name, so the caller decides how to quote it, for
+    example `f"secret key {name!r} {reason}"`.
     """
     if not isinstance(name, str):
         return "is not a string"
@@ -277,8 +288,11 @@ class _TargetState:
     """State one Writer keeps per target between projections."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
-    # Generations this Writer superseded, with the time.monotonic() of the switch.
+    # Generations this Writer superseded, with the time.monotonic() of the switch. After a
+    # failed removal the time is moved so that the generation expires at its next attempt.
     superseded: dict[str, float] = field(default_factory=dict)
+    # Failed removals so far, per generation still on disk, for the retry backoff.
+    removal_failures: dict[str, int] = field(default_factory=dict)
     # Visible names of the last complete projection. None until a projection completed in
     # this process, and after a failed one, so that the next cleanup scans the directory.
     visible: set[str] | None = None
@@ -377,7 +391,7 @@ class Writer:
         Returns the seconds until the next kept generation expires, or None when none is kept.
         The sync loop calls this on that schedule, so old values leave the volume soon after a
         switch even when no later projection of the target comes. A failed removal is logged,
-        and the leftover scan of a later first projection in a process removes the directory.
+        and tried again after a backoff (1 s, doubling up to 5 min) until it succeeds.
         """
         grace = self.old_generation_grace_seconds
         next_expiry: float | None = None
@@ -389,16 +403,33 @@ class Writer:
             with state.lock, self._open_target(target, create=False) as found:
                 if found is None:
                     state.superseded.clear()
+                    state.removal_failures.clear()
                     continue
                 now = time.monotonic()
-                for generation, superseded_at in sorted(state.superseded.items()):
-                    remaining = superseded_at + grace - now
-                    if remaining <= 0:
-                        _remove_generation(found, generation)
-                        del state.superseded[generation]
-                    elif next_expiry is None or remaining < next_expiry:
+                expired = [name for name, at in state.superseded.items() if at + grace <= now]
+                self._remove_expired(found, state, expired)
+                now = time.monotonic()
+                for superseded_at in state.superseded.values():
+                    remaining = max(superseded_at + grace - now, 0.0)
+                    if next_expiry is None or remaining < next_expiry:
                         next_expiry = remaining
         return next_expiry
+
+    def _remove_expired(self, found: _Target, state: _TargetState, generations: list[str]) -> None:
+        """Remove expired superseded generations; schedule another attempt for each failure."""
+        for generation in sorted(generations):
+            if _remove_generation(found, generation):
+                state.superseded.pop(generation, None)
+                state.removal_failures.pop(generation, None)
+            else:
+                self._schedule_removal_retry(state, generation)
+
+    def _schedule_removal_retry(self, state: _TargetState, generation: str) -> None:
+        failures = state.removal_failures.get(generation, 0) + 1
+        state.removal_failures[generation] = failures
+        delay = min(2.0 ** (failures - 1), _REMOVAL_RETRY_MAX_SECONDS)
+        # A generation expires at superseded_at + grace, so this makes it due after `delay`.
+        state.superseded[generation] = time.monotonic() + delay - self.old_generation_grace_seconds
 
     def _create_output_dir(self) -> None:
         fix = "set the output directory to a writable path, usually the shared volume's mount"
@@ -432,6 +463,7 @@ class Writer:
         top_names: list[str],
     ) -> bool:
         current = _current_generation(found)
+        planted_data = _planted_data_link(found) if current is None else None
         attributes = _expected_attributes(found, ownership)
         links = _plan_links(found, top_names)
         if current is not None and _generation_matches(found, current, files, attributes):
@@ -445,18 +477,22 @@ class Writer:
         started = time.monotonic()
         generation = _build_generation(found, files, ownership)
         _switch(found, generation)
+        if planted_data is not None:
+            _log_planted_entry(found, DATA_LINK, planted_data)
         if current is not None:
             state.superseded[current] = time.monotonic()
         _create_links(found, links)
         with found.step("sync target directory", None, fix=_FIX_VOLUME):
             os.fsync(found.fd)
         self._clean_up(found, state, current=generation, top_names=top_names)
-        log.debug(
-            "event=projection_switched target=%s keys=%d generation=%s duration_ms=%.1f",
-            found.name,
-            len(files),
-            generation,
-            (time.monotonic() - started) * 1000,
+        log_event(
+            log,
+            logging.DEBUG,
+            "projection_switched",
+            target=found.name,
+            keys=len(files),
+            generation=generation,
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
         return True
 
@@ -473,14 +509,18 @@ class Writer:
         expired = {name for name, at in state.superseded.items() if at <= expired_before}
         if state.visible is None:
             recent = set(state.superseded) - expired
-            _remove_leftovers(found, keep={current, *recent}, top_names=top_names)
+            failed = _remove_leftovers(found, keep={current, *recent}, top_names=top_names)
+            for generation in expired - failed:
+                state.superseded.pop(generation, None)
+                state.removal_failures.pop(generation, None)
+            for generation in sorted(failed):
+                self._schedule_removal_retry(state, generation)
         else:
-            for generation in sorted(expired):
-                _remove_generation(found, generation)
+            self._remove_expired(found, state, sorted(expired))
             for name in sorted(state.visible.difference(top_names)):
                 _remove_own_link(found, name)
-        for generation in expired | {current}:
-            state.superseded.pop(generation, None)
+        state.superseded.pop(current, None)
+        state.removal_failures.pop(current, None)
         state.visible = set(top_names)
 
     def _state_for(self, target: str) -> _TargetState:
@@ -638,7 +678,22 @@ def _expected_attributes(found: _Target, ownership: FileOwnership) -> _Attribute
 
 
 class _ForeignEntry(Exception):
-    """A generation contains an entry the writer does not create; internal to this module."""
+    """A generation contains an entry the writer does not create; internal to this module.
+
+    `key` is its path inside the generation and `kind` its file type, as `_file_type` names it.
+    """
+
+    def __init__(self, key: str, kind: str) -> None:
+        super().__init__(key)
+        self.key = key
+        self.kind = kind
+
+
+def _entry_kind(entry: os.DirEntry[str]) -> str:
+    try:
+        return _file_type(entry.stat(follow_symlinks=False).st_mode)
+    except OSError:
+        return "unknown"
 
 
 def _walk_files(generation_fd: int) -> Iterator[tuple[str, int, str]]:
@@ -670,19 +725,19 @@ def _walk_files(generation_fd: int) -> Iterator[tuple[str, int, str]]:
                 continue
             key = prefix + entry.name
             if entry.name.startswith(".."):
-                raise _ForeignEntry(key)
+                raise _ForeignEntry(key, _entry_kind(entry))
             try:
                 size = len(key.encode("utf-8"))
             except UnicodeEncodeError:  # os.scandir decodes invalid bytes to surrogates
-                raise _ForeignEntry(key) from None
+                raise _ForeignEntry(key, _entry_kind(entry)) from None
             if size > MAX_PATH_BYTES:
-                raise _ForeignEntry(key)
+                raise _ForeignEntry(key, _entry_kind(entry))
             if entry.is_dir(follow_symlinks=False):
                 descend(key + "/", os.open(entry.name, _DIR_FLAGS, dir_fd=dir_fd))
             elif entry.is_file(follow_symlinks=False):
                 yield key, dir_fd, entry.name
             else:
-                raise _ForeignEntry(key)
+                raise _ForeignEntry(key, _entry_kind(entry))
     finally:
         for _, fd, _ in stack:
             os.close(fd)
@@ -700,7 +755,7 @@ def _read_file(
     try:
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):
-            raise _ForeignEntry(name)
+            raise _ForeignEntry(name, _file_type(status.st_mode))
         if expected_size is not None and status.st_size != expected_size:
             return None, status
         # A short read of a regular file means end of file, so one read usually suffices.
@@ -717,7 +772,11 @@ def _read_file(
 def _generation_matches(
     found: _Target, generation: str, files: Mapping[str, bytes], attributes: _Attributes
 ) -> bool:
-    """Return True when `generation` contains exactly `files`, with the expected mode and owner."""
+    """Return True when `generation` contains exactly `files`, with the expected mode and owner.
+
+    After a difference the walk goes on without reading files, so that an entry planted in the
+    generation (a link, a FIFO, a `..` name) is still logged: the new generation replaces it.
+    """
     with found.step("read current generation", generation, fix=_FIX_VOLUME):
         try:
             generation_fd = os.open(generation, _DIR_FLAGS, dir_fd=found.fd)
@@ -726,18 +785,22 @@ def _generation_matches(
                 return False
             raise
         try:
+            matches = True
             seen = 0
             with closing(_walk_files(generation_fd)) as walk:
                 for key, dir_fd, name in walk:
-                    expected = files.get(key)
+                    expected = files.get(key) if matches else None
                     if expected is None:
-                        return False
+                        matches = False
+                        continue
                     content, opened = _read_file(dir_fd, name, expected_size=len(expected))
                     if content != expected or not attributes.match(opened):
-                        return False
+                        matches = False
+                        continue
                     seen += 1
-            return seen == len(files)
-        except _ForeignEntry:
+            return matches and seen == len(files)
+        except _ForeignEntry as foreign:
+            _log_planted_entry(found, f"{generation}/{foreign.key}", foreign.kind)
             return False
         except OSError as err:
             if err.errno in _FOREIGN_ERRNOS:
@@ -800,7 +863,7 @@ def _plan_links(found: _Target, top_names: list[str]) -> dict[str, str | None]:
             try:
                 # One system call for the usual case, a link that is already right.
                 if os.readlink(name, dir_fd=found.fd) != f"{DATA_LINK}/{name}":
-                    plan[name] = "link"
+                    plan[name] = "symlink"
                 continue
             except FileNotFoundError:
                 plan[name] = None
@@ -815,6 +878,13 @@ def _plan_links(found: _Target, top_names: list[str]) -> dict[str, str | None]:
             )
         plan[name] = None if status is None else _file_type(status.st_mode)
     return plan
+
+
+def _planted_data_link(found: _Target) -> str | None:
+    """Return the file type of a `..data` entry that points to no generation, or None."""
+    with found.step("inspect", DATA_LINK, fix=_FIX_VOLUME):
+        status = _lstat_or_none(found, DATA_LINK)
+    return None if status is None else _file_type(status.st_mode)
 
 
 def _lstat_or_none(found: _Target, name: str) -> os.stat_result | None:
@@ -975,14 +1045,17 @@ def _clear_data_tmp(found: _Target) -> None:
                 fix=_FIX_RESERVED,
             )
         os.unlink(DATA_TMP_LINK, dir_fd=found.fd)
-        log.info("event=projection_leftover_removed target=%s entry=%s", found.name, DATA_TMP_LINK)
+        log_event(
+            log, logging.INFO, "projection_leftover_removed", target=found.name, entry=DATA_TMP_LINK
+        )
 
 
 def _create_links(found: _Target, plan: Mapping[str, str | None]) -> None:
     """Make each planned visible name a link `name -> ..data/name`.
 
     Whatever is at the name is replaced atomically: a new link under a temporary `..` name is
-    renamed over it, so a planted file or FIFO is never opened or written through.
+    renamed over it, so a planted file or FIFO is never opened or written through. Replacing
+    anything but a missing name is logged, because only the application can have put it there.
     """
     for name, replaced in plan.items():
         temporary = LINK_TMP_PREFIX + secrets.token_hex(8)
@@ -993,25 +1066,28 @@ def _create_links(found: _Target, plan: Mapping[str, str | None]) -> None:
             except BaseException:
                 _unlink_quietly(found, temporary)
                 raise
-        if replaced not in (None, "link"):
-            log.warning(
-                "event=visible_link_replaced target=%s secret_key=%s replaced=%s",
-                found.name,
-                name,
-                replaced,
-            )
+        if replaced is not None:
+            _log_planted_entry(found, name, replaced)
 
 
-def _remove_leftovers(found: _Target, *, keep: set[str], top_names: list[str]) -> None:
+def _log_planted_entry(found: _Target, entry: str, kind: str) -> None:
+    """Log an entry the application planted at a name the writer uses, now replaced."""
+    log_event(
+        log, logging.WARNING, "planted_entry_replaced", target=found.name, entry=entry, kind=kind
+    )
+
+
+def _remove_leftovers(found: _Target, *, keep: set[str], top_names: list[str]) -> set[str]:
     """Scan the target directory and remove every entry the writer left behind.
 
     Only entries the writer creates are removed: real directories with a generation name not
     in `keep` (recursively, never following a link), `..data_tmp` and `..link_tmp.*` links,
     and visible links whose target is `..data/<own name>` for names not in `top_names`.
     Anything else the application put here stays. Failures are logged, not raised, because
-    the projection itself already succeeded.
+    the projection itself already succeeded. Returns the generations that could not be removed.
     """
     visible = set(top_names)
+    failed: set[str] = set()
     with found.step("list target directory", None, fix=_FIX_VOLUME):
         with os.scandir(found.fd) as listing:
             entries = list(listing)
@@ -1023,9 +1099,11 @@ def _remove_leftovers(found: _Target, *, keep: set[str], top_names: list[str]) -
             if entry.is_symlink():
                 _remove_own_link(found, name)
         elif _GENERATION_NAME.fullmatch(name) and entry.is_dir(follow_symlinks=False):
-            _remove_generation(found, name)
+            if not _remove_generation(found, name):
+                failed.add(name)
         elif entry.is_symlink() and (name == DATA_TMP_LINK or _LINK_TMP_NAME.fullmatch(name)):
             _unlink_quietly(found, name)
+    return failed
 
 
 def _remove_own_link(found: _Target, name: str) -> None:
@@ -1040,26 +1118,79 @@ def _remove_own_link(found: _Target, name: str) -> None:
             _log_cleanup_failure(found, name, err)
 
 
-def _remove_generation(found: _Target, generation: str) -> None:
-    """Remove a generation directory recursively without following links; log a failure.
+def _remove_generation(found: _Target, generation: str) -> bool:
+    """Remove a generation directory and everything in it, never following a link.
 
-    On Linux shutil.rmtree.avoids_symlink_attacks is true: it walks with descriptors, unlinks
-    links inside instead of following them, and raises on a link at the top.
+    Returns True when nothing of it is left, and False after logging a failure. An entry
+    planted while the tree is emptied makes rmdir(2) fail with ENOTEMPTY, so the removal is
+    tried again at once a few times. Something other than a directory at `generation` is not
+    the writer's and is left alone.
     """
+    for attempt in range(1, _REMOVAL_ATTEMPTS + 1):
+        try:
+            _remove_tree(found.fd, generation, depth=0)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError as err:
+            if err.errno in (errno.ELOOP, errno.ENOTDIR):
+                return True  # replaced by a link or file, which the leftover scan leaves too
+            if err.errno == errno.ENOTEMPTY and attempt < _REMOVAL_ATTEMPTS:
+                continue
+            _log_cleanup_failure(found, generation, err)
+            return False
+    return False  # not reached: the last attempt returns
+
+
+def _remove_tree(parent_fd: int, name: str, *, depth: int) -> None:
+    """Remove the directory `name` of `parent_fd` with its contents; raise OSError on failure.
+
+    Directories are opened with O_DIRECTORY|O_NOFOLLOW|O_NONBLOCK, so a link or FIFO swapped in
+    for one fails the open instead of being followed or blocking. shutil.rmtree opens them
+    without O_NONBLOCK, and a FIFO swapped in after its type check would block it.
+    """
+    if depth > _MAX_REMOVAL_DEPTH:
+        raise OSError(errno.ELOOP, f"more than {_MAX_REMOVAL_DEPTH} levels of directories")
+    fd = os.open(name, _DIR_FLAGS | os.O_NONBLOCK, dir_fd=parent_fd)
     try:
-        shutil.rmtree(generation, dir_fd=found.fd)
+        with os.scandir(fd) as listing:
+            names = [entry.name for entry in listing]
+        for child in names:
+            _remove_entry(fd, child, depth=depth + 1)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent_fd)
+
+
+def _remove_entry(dir_fd: int, name: str, *, depth: int) -> None:
+    """Remove one entry of a directory being emptied, whatever its type; unlink(2) never follows."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+        return
     except FileNotFoundError:
+        return
+    except IsADirectoryError:  # Linux unlink(2) returns EISDIR for a directory
         pass
+    try:
+        _remove_tree(dir_fd, name, depth=depth)
+    except FileNotFoundError:
+        return
     except OSError as err:
-        _log_cleanup_failure(found, generation, err)
+        if err.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        # The directory was swapped for a link or file after unlink(2) saw it: unlink that.
+        with suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dir_fd)
 
 
 def _log_cleanup_failure(found: _Target, name: str, err: OSError) -> None:
-    log.warning(
-        "event=projection_cleanup_failed target=%s entry=%s error=%s",
-        found.name,
-        name,
-        err.strerror or type(err).__name__,
+    log_event(
+        log,
+        logging.WARNING,
+        "projection_cleanup_failed",
+        target=found.name,
+        entry=name,
+        error=err.strerror or type(err).__name__,
     )
 
 
@@ -1080,5 +1211,7 @@ def _file_type(mode: int) -> str:
     if stat.S_ISSOCK(mode):
         return "socket"
     if stat.S_ISLNK(mode):
-        return "link"
+        return "symlink"
+    if stat.S_ISDIR(mode):
+        return "directory"
     return "special"

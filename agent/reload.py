@@ -249,14 +249,17 @@ class ConfigReloader:
         try:
             declarations = load_declarations(self.paths, allow_nested=self.allow_nested)
         except DeclarationErrors as error:
-            self.rejected += 1
-            log_event(
-                logger,
-                logging.ERROR,
-                "declarations_rejected",
-                errors=len(error.errors),
-                kept_targets=len(self._current.external_secrets),
-                problems="\n".join(str(problem) for problem in error.errors),
+            self._reject([str(problem) for problem in error.errors])
+            return
+        if not declarations.external_secrets:
+            # As at start: an emptied ConfigMap is far more likely a mistake than a wish to stop
+            # refreshing every target.
+            self._reject(
+                [
+                    "no ExternalSecret is declared in "
+                    + ", ".join(str(path) for path in self.paths)
+                    + "; the running declarations stay until one is"
+                ]
             )
             return
         if declarations == self._current:
@@ -275,6 +278,17 @@ class ConfigReloader:
         self.apply(declarations)
         self._current = declarations
         self.applied += 1
+
+    def _reject(self, problems: list[str]) -> None:
+        self.rejected += 1
+        log_event(
+            logger,
+            logging.ERROR,
+            "declarations_rejected",
+            errors=len(problems),
+            kept_targets=len(self._current.external_secrets),
+            problems="\n".join(problems),
+        )
 
     # --- watches --------------------------------------------------------------------------------
 

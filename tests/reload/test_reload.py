@@ -262,6 +262,18 @@ def test_rejected_log_has_no_value(
 # --- how files change on disk --------------------------------------------------------------------
 
 
+def test_emptied_directory_rejected(
+    agent: Agent, config_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="agent.reload")
+    (config_dir / "a.yaml").unlink()
+
+    assert wait_for(lambda: agent.reloader.rejected >= 1)
+    [line] = rejected_lines(caplog)[-1:]
+    assert "no ExternalSecret is declared" in line["problems"]
+    assert agent.targets() == {"a"}
+
+
 def test_file_replaced_by_rename(agent: Agent, config_dir: Path) -> None:
     # Editors save by writing a temporary file and renaming it over the original.
     temporary = config_dir / ".a.yaml.swp"

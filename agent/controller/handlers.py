@@ -38,13 +38,15 @@ from agent.controller.cache import ReadCache, RefreshPlanner, StoreConnections
 from agent.controller.health import HealthEndpoints
 from agent.controller.kube import KubeApiError, KubeClient, resource_path
 from agent.controller.metrics import ControllerMetrics
-from agent.controller.reconcile import Reconciler, StoreIndex, plain
+from agent.controller.reconcile import Outcome, Reconciler, StoreIndex, plain
 from agent.controller.refs import ApiRefs
 from agent.controller.secrets import drifted
 from agent.controller.settings import ControllerSettings
+from agent.errors import StoreError
 from agent.logs import log_event
 from agent.refs import ReferenceResolver, Refs
 from agent.stores import Store, open_store
+from agent.sync import backoff_delay
 
 logger = logging.getLogger("agent.controller")
 
@@ -287,7 +289,7 @@ class Controller:
                     continue
             tracked.wake.clear()
             tracked.reasons.clear()
-            outcome = await self.reconciler.reconcile(body, failures=tracked.failures)
+            outcome = await self._reconcile(key, body, tracked)
             if outcome.result == "error":
                 tracked.failures += 1
             else:
@@ -297,6 +299,22 @@ class Controller:
         reason = stopped.reason
         if reason is not None and reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
             await self._forget_deleted(key, body)
+
+    async def _reconcile(self, key: tuple[str, str], body: Any, tracked: _Tracked) -> Outcome:
+        try:
+            return await self.reconciler.reconcile(body, failures=tracked.failures)
+        except (KubeApiError, StoreError, OSError) as error:
+            # Not a declared failure: the API or a store failed outside the reconcile's own
+            # handling. The daemon keeps running and retries after a backoff.
+            log_event(
+                logger,
+                logging.ERROR,
+                "reconcile_crashed",
+                namespace=key[0],
+                external_secret=key[1],
+                error=f"{type(error).__name__}: {error}",
+            )
+            return Outcome("error", backoff_delay(tracked.failures + 1), str(error))
 
     @staticmethod
     def _due(tracked: _Tracked) -> bool:

@@ -482,7 +482,12 @@ class Reconciler:
             reason, message, ready = SYNCED, "fetched; creationPolicy None writes no Secret", True
         else:
             reason, message, ready = SYNCED, f"Secret {target} is in sync", True
-        await self._write_status(body, ready=ready, reason=reason, message=message, synced=True)
+        try:
+            await self._write_status(body, ready=ready, reason=reason, message=message, synced=True)
+        except KubeApiError as error:
+            # The Secret is written; the status is retried after a backoff.
+            problem = ReconcileError(f"writing the status failed: {error}")
+            return Outcome("error", backoff_delay(1), str(problem))
         if action in ("created", "updated", "deleted"):
             event_reason = action.capitalize()
             self.post_event(body, "Normal", event_reason, f"Secret {target} {action}")

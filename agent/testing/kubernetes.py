@@ -255,6 +255,11 @@ class KubernetesApiEmulator(KubernetesEmulator):
         }
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        if request.resource is not None and request.name is not None:
+            if str(request.method.value).upper() == "GET" and request.action != "WATCH":
+                # Served directly: kmock's reaction matching costs more than the read itself.
+                async with self._lock:
+                    return aiohttp.web.json_response(self._current(request))
         write = self._write_for(request)
         if write is None:
             return await super()._handle(request)
@@ -578,3 +583,28 @@ def _now() -> str:
 
 def _stamp(moment: datetime.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def serve(*, host: str, port: int, namespaces: list[str]) -> None:
+    """Serve an emulator until cancelled; print its URL on the first line of stdout."""
+    import asyncio
+
+    import kmock
+
+    emulator = KubernetesApiEmulator()
+    for name in namespaces:
+        emulator.add_namespace(name)
+    async with emulator, kmock.Server(emulator, host=host, port=port) as server:
+        print(str(server.url).rstrip("/"), flush=True)
+        await asyncio.Event().wait()
+
+
+if __name__ == "__main__":  # pragma: no cover - used by bench/bench_controller.py
+    import argparse
+    import asyncio
+
+    parser = argparse.ArgumentParser(description="Serve the Kubernetes API emulator.")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--namespace", action="append", default=[])
+    options = parser.parse_args()
+    asyncio.run(serve(host="127.0.0.1", port=options.port, namespaces=options.namespace))

@@ -83,8 +83,15 @@ async def test_store_error_keeps_secret(cluster: Cluster, vault) -> None:
 
 async def test_invalid_declarations_reported(cluster: Cluster, ssm) -> None:
     ssm("/app/a", "fake-db-password-1")
+    ssm("/app/settings", json.dumps({"api key": "fake-api-key-2"}))
     await cluster.apply_store("aws-ssm", SSM)
     controller = await cluster.start_controller()
+    imported = {
+        "refreshInterval": "1h",
+        "secretStoreRef": {"name": "aws-ssm"},
+        "dataFrom": [{"extract": {"key": "/app/settings"}}],
+    }
+    await cluster.apply_external_secret("imported", imported)
     typo = es_spec("/app/a")
     typo["target"] = {"tempalte": {}}
     await cluster.apply_external_secret("typo", typo)
@@ -101,39 +108,19 @@ async def test_invalid_declarations_reported(cluster: Cluster, ssm) -> None:
     assert "spec.data[0].secretKey" in condition["message"]
     condition = await eventually(lambda: failed(cluster, "unsupported"))
     assert "find.tags" in condition["message"]
-    assert cluster.secret("typo") is None
-    requests = controller.metrics.backend_requests.labels("aws-ssm", "GetParameters", "success")
-    assert requests._value.get() == 0  # nothing was fetched for invalid declarations
-
-
-async def test_imported_key_invalid_for_kubernetes(cluster: Cluster, ssm) -> None:
-    ssm("/app/settings", json.dumps({"api key": "fake-api-key-2"}))
-    await cluster.apply_store("aws-ssm", SSM)
-    await cluster.start_controller()
-    spec = {
-        "refreshInterval": "1h",
-        "secretStoreRef": {"name": "aws-ssm"},
-        "dataFrom": [{"extract": {"key": "/app/settings"}}],
-    }
-    await cluster.apply_external_secret("app", spec)
-    condition = await eventually(lambda: failed(cluster, "app"))
+    condition = await eventually(lambda: failed(cluster, "imported"))
     assert "'api key'" in condition["message"]
     assert "rewrite" in condition["message"]
+    assert cluster.secret("typo") is None
     assert_no_values(cluster)
+    requests = controller.metrics.backend_requests.labels("aws-ssm", "GetParameters", "success")
+    # Only the valid ExternalSecret was fetched; the invalid ones were rejected before.
+    assert requests._value.get() == 1
 
 
-async def test_secret_store_serves_own_namespace(cluster: Cluster, ssm) -> None:
+async def test_namespace_boundaries(cluster: Cluster, ssm) -> None:
     ssm("/app/a", "fake-db-password-1")
-    await cluster.apply_store("aws-ssm", SSM, namespace="team-a")
-    await cluster.start_controller()
-    await cluster.apply_external_secret("app", es_spec("/app/a"), namespace="team-b")
-    condition = await eventually(lambda: failed(cluster, "app", "team-b"))
-    assert "not found in namespace team-b" in condition["message"]
-    assert cluster.secret("app", "team-b") is None
-
-
-async def test_secret_store_refuses_other_namespace_ref(cluster: Cluster, ssm) -> None:
-    ssm("/app/a", "fake-db-password-1")
+    await cluster.create_namespace("team-c", {"tier": "trusted"})
     keys = {
         "metadata": {"name": "aws-keys"},
         "data": {
@@ -142,50 +129,48 @@ async def test_secret_store_refuses_other_namespace_ref(cluster: Cluster, ssm) -
         },
     }
     await cluster.call("POST", "/api/v1/namespaces/team-b/secrets", keys)
-    provider = {
+    other_namespace = {"name": "aws-keys", "namespace": "team-b"}
+    borrowing = {
         "aws": {
             "service": "ParameterStore",
             "region": "us-east-1",
             "auth": {
                 "secretRef": {
-                    "accessKeyIDSecretRef": {
-                        "name": "aws-keys",
-                        "key": "id",
-                        "namespace": "team-b",
-                    },
-                    "secretAccessKeySecretRef": {
-                        "name": "aws-keys",
-                        "key": "secret",
-                        "namespace": "team-b",
-                    },
+                    "accessKeyIDSecretRef": {**other_namespace, "key": "id"},
+                    "secretAccessKeySecretRef": {**other_namespace, "key": "secret"},
                 }
             },
         }
     }
-    await cluster.apply_store("aws-ssm", provider, namespace="team-a")
-    await cluster.start_controller()
-    await cluster.apply_external_secret("app", es_spec("/app/a"))
-    condition = await eventually(lambda: failed(cluster, "app"))
-    assert "reads references only in its own namespace" in condition["message"]
-
-
-async def test_cluster_store_conditions(cluster: Cluster, ssm) -> None:
-    ssm("/app/a", "fake-db-password-1")
-    await cluster.create_namespace("team-c", {"tier": "trusted"})
+    await cluster.apply_store("aws-ssm", SSM, namespace="team-a")
+    await cluster.apply_store("borrowing", borrowing, namespace="team-a")
     conditions = [
         {"namespaces": ["team-a"]},
         {"namespaceSelector": {"matchLabels": {"tier": "trusted"}}},
     ]
     await cluster.apply_store("shared", SSM, namespace=None, conditions=conditions)
     await cluster.start_controller()
-    spec = es_spec("/app/a", store="shared", kind="ClusterSecretStore")
-    for namespace in ("team-a", "team-b", "team-c"):
-        await cluster.apply_external_secret("app", spec, namespace=namespace)
-    await eventually(lambda: cluster.secret_data("app", "team-a"))
-    await eventually(lambda: cluster.secret_data("app", "team-c"))
+
+    # A SecretStore serves only ExternalSecrets of its own namespace.
+    await cluster.apply_external_secret("app", es_spec("/app/a"), namespace="team-b")
     condition = await eventually(lambda: failed(cluster, "app", "team-b"))
-    assert "does not serve namespace team-b" in condition["message"]
+    assert "not found in namespace team-b" in condition["message"]
     assert cluster.secret("app", "team-b") is None
+
+    # A SecretStore reads references only in its own namespace.
+    await cluster.apply_external_secret("borrow", es_spec("/app/a", store="borrowing"))
+    condition = await eventually(lambda: failed(cluster, "borrow"))
+    assert "reads references only in its own namespace" in condition["message"]
+
+    # A ClusterSecretStore serves the namespaces its conditions admit.
+    shared = es_spec("/app/a", store="shared", kind="ClusterSecretStore")
+    for namespace in ("team-a", "team-b", "team-c"):
+        await cluster.apply_external_secret("shared", shared, namespace=namespace)
+    await eventually(lambda: cluster.secret_data("shared", "team-a"))
+    await eventually(lambda: cluster.secret_data("shared", "team-c"))
+    condition = await eventually(lambda: failed(cluster, "shared", "team-b"))
+    assert "does not serve namespace team-b" in condition["message"]
+    assert cluster.secret("shared", "team-b") is None
 
 
 async def test_store_references_read_through_api(cluster: Cluster, ssm) -> None:

@@ -122,6 +122,9 @@ async def test_only_leader_writes(cluster: Cluster, ssm) -> None:
     await cluster.call("POST", "/apis/kopf.dev/v1/clusterkopfpeerings", peering)
     leader = await cluster.start_controller(standalone=False, priority=200, peering_lifetime=3)
     follower = await cluster.start_controller(standalone=False, priority=100, peering_lifetime=3)
+    # kopf pauses the follower once it has read the leader's entry in the peering object; the
+    # ExternalSecret is created after that, so the follower never sees it while running.
+    await asyncio.sleep(1.0)
     spec = {
         "refreshInterval": "1s",
         "secretStoreRef": {"name": "aws-ssm"},

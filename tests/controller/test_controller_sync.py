@@ -6,7 +6,6 @@ repair, the creation and deletion policies, Merge with foreign keys, and templat
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 
@@ -18,6 +17,7 @@ from tests.controller.conftest import Cluster, eventually
 SSM = {"aws": {"service": "ParameterStore", "region": "us-east-1"}}
 SECRETS = "/api/v1/namespaces/team-a/secrets"
 MERGE = {"Content-Type": "application/merge-patch+json"}
+ES = "/apis/secrets-agent.io/v1alpha1/namespaces/team-a/externalsecrets"
 
 
 @pytest.fixture
@@ -45,6 +45,11 @@ def spec(*keys: tuple[str, str], interval: str = "1h", **extra) -> dict:
 
 def target(**fields) -> dict:
     return {"target": fields}
+
+
+def failed(cluster: Cluster, name: str) -> dict | None:
+    condition = cluster.ready(name) or {}
+    return condition if condition.get("status") == "False" else None
 
 
 async def synced(cluster: Cluster, name: str) -> dict:
@@ -93,7 +98,7 @@ async def test_spec_and_metadata_untouched(cluster: Cluster, ssm) -> None:
     assert es["metadata"]["finalizers"] == ["secrets-agent.io/finalizer"]
 
 
-async def test_spec_change_updates_at_once(cluster: Cluster, ssm) -> None:
+async def test_spec_change_applies_at_once(cluster: Cluster, ssm) -> None:
     ssm.put("/app/a", "fake-a")
     ssm.put("/app/b", "fake-b")
     await cluster.apply_store("aws-ssm", SSM)
@@ -101,28 +106,13 @@ async def test_spec_change_updates_at_once(cluster: Cluster, ssm) -> None:
     await cluster.apply_external_secret("app", spec(("a", "/app/a")))
     await eventually(lambda: cluster.secret_data("app"))
     await cluster.patch_external_secret("app", {"spec": spec(("a", "/app/a"), ("b", "/app/b"))})
-    data = await eventually(
-        lambda: (cluster.secret_data("app") or {}).get("b") and cluster.secret_data("app")
-    )
-    assert data == {"a": b"fake-a", "b": b"fake-b"}
-
-
-async def test_key_removed_from_spec(cluster: Cluster, ssm) -> None:
-    ssm.put("/app/a", "fake-a")
-    ssm.put("/app/b", "fake-b")
-    await cluster.apply_store("aws-ssm", SSM)
-    await cluster.start_controller()
-    await cluster.apply_external_secret("app", spec(("a", "/app/a"), ("b", "/app/b")))
-    await eventually(lambda: len(cluster.secret_data("app") or {}) == 2)
+    await eventually(lambda: cluster.secret_data("app") == {"a": b"fake-a", "b": b"fake-b"})
     await cluster.patch_external_secret("app", {"spec": spec(("a", "/app/a"))})
-    data = await eventually(
-        lambda: len(cluster.secret_data("app") or {}) == 1 and cluster.secret_data("app")
-    )
-    assert data == {"a": b"fake-a"}
+    await eventually(lambda: cluster.secret_data("app") == {"a": b"fake-a"})
 
 
-async def test_unchanged_refresh_writes_nothing(cluster: Cluster, ssm) -> None:
-    ssm.put("/app/a", "fake-a")
+async def test_refresh_writes_only_changes(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a-1")
     await cluster.apply_store("aws-ssm", SSM)
     controller = await cluster.start_controller(cache_seconds=0.1)
     await cluster.apply_external_secret("app", spec(("a", "/app/a"), interval="1s"))
@@ -132,52 +122,22 @@ async def test_unchanged_refresh_writes_nothing(cluster: Cluster, ssm) -> None:
     await eventually(lambda: unchanged._value.get() >= 2, timeout=10)
     assert cluster.secret("app")["metadata"]["resourceVersion"] == version
     assert cluster.writes_to("secrets", "app") == 1  # the create, nothing after it
-
-
-async def test_refresh_picks_up_new_value(cluster: Cluster, ssm) -> None:
-    ssm.put("/app/a", "fake-a-1")
-    await cluster.apply_store("aws-ssm", SSM)
-    await cluster.start_controller(cache_seconds=0.1)
-    await cluster.apply_external_secret("app", spec(("a", "/app/a"), interval="1s"))
-    await eventually(lambda: cluster.secret_data("app"))
     ssm.put("/app/a", "fake-a-2")
     await eventually(lambda: cluster.secret_data("app") == {"a": b"fake-a-2"})
+    assert cluster.writes_to("secrets", "app") == 2
 
 
-async def test_drift_repair_after_edit(cluster: Cluster, ssm) -> None:
+async def test_drift_repair(cluster: Cluster, ssm) -> None:
     ssm.put("/app/a", "fake-a")
     await cluster.apply_store("aws-ssm", SSM)
     await cluster.start_controller()
     await cluster.apply_external_secret("app", spec(("a", "/app/a")))
     await eventually(lambda: cluster.secret_data("app"))
+
     tampered = {"data": {"a": base64.b64encode(b"fake-tampered").decode(), "extra": "eA=="}}
     await cluster.call("PATCH", f"{SECRETS}/app", tampered, headers=MERGE)
     await eventually(lambda: cluster.secret_data("app") == {"a": b"fake-a"})
 
-
-async def test_drift_repair_after_delete(cluster: Cluster, ssm) -> None:
-    ssm.put("/app/a", "fake-a")
-    await cluster.apply_store("aws-ssm", SSM)
-    await cluster.start_controller()
-    await cluster.apply_external_secret("app", spec(("a", "/app/a")))
-    await eventually(lambda: cluster.secret_data("app"))
-    first_uid = cluster.secret("app")["metadata"]["uid"]
-    await cluster.call("DELETE", f"{SECRETS}/app")
-    recreated = await eventually(
-        lambda: (
-            (cluster.secret("app") or {}).get("metadata", {}).get("uid") not in (None, first_uid)
-        )
-    )
-    assert recreated
-    assert cluster.secret_data("app") == {"a": b"fake-a"}
-
-
-async def test_relabel_after_label_removed(cluster: Cluster, ssm) -> None:
-    ssm.put("/app/a", "fake-a")
-    await cluster.apply_store("aws-ssm", SSM)
-    await cluster.start_controller()
-    await cluster.apply_external_secret("app", spec(("a", "/app/a")))
-    await eventually(lambda: cluster.secret_data("app"))
     unlabel = {"metadata": {"labels": {"secrets-agent.io/managed": None}}}
     await cluster.call("PATCH", f"{SECRETS}/app", unlabel, headers=MERGE)
     await eventually(
@@ -186,35 +146,30 @@ async def test_relabel_after_label_removed(cluster: Cluster, ssm) -> None:
         )
     )
 
-
-async def test_owner_secret_collected_with_es(cluster: Cluster, ssm) -> None:
-    ssm.put("/app/a", "fake-a")
-    await cluster.apply_store("aws-ssm", SSM)
-    await cluster.start_controller()
-    await cluster.apply_external_secret("app", spec(("a", "/app/a")))
-    await eventually(lambda: cluster.secret_data("app"))
-    await cluster.call(
-        "DELETE", "/apis/secrets-agent.io/v1alpha1/namespaces/team-a/externalsecrets/app"
+    first_uid = cluster.secret("app")["metadata"]["uid"]
+    await cluster.call("DELETE", f"{SECRETS}/app")
+    await eventually(
+        lambda: (
+            (cluster.secret("app") or {}).get("metadata", {}).get("uid") not in (None, first_uid)
+        )
     )
-    await eventually(lambda: cluster.external_secret("app") is None)
-    await eventually(lambda: cluster.secret("app") is None)
-
-
-async def test_orphan_secret_survives_es(cluster: Cluster, ssm) -> None:
-    ssm.put("/app/a", "fake-a")
-    await cluster.apply_store("aws-ssm", SSM)
-    await cluster.start_controller()
-    await cluster.apply_external_secret(
-        "app", spec(("a", "/app/a"), **target(creationPolicy="Orphan"))
-    )
-    await eventually(lambda: cluster.secret_data("app"))
-    assert "ownerReferences" not in cluster.secret("app")["metadata"]
-    await cluster.call(
-        "DELETE", "/apis/secrets-agent.io/v1alpha1/namespaces/team-a/externalsecrets/app"
-    )
-    await eventually(lambda: cluster.external_secret("app") is None)
-    await asyncio.sleep(0.3)
     assert cluster.secret_data("app") == {"a": b"fake-a"}
+
+
+async def test_deleted_es_owner_and_orphan(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller()
+    await cluster.apply_external_secret("owned", spec(("a", "/app/a")))
+    orphan = spec(("a", "/app/a"), **target(creationPolicy="Orphan"))
+    await cluster.apply_external_secret("orphan", orphan)
+    await eventually(lambda: cluster.secret_data("owned") and cluster.secret_data("orphan"))
+    assert "ownerReferences" not in cluster.secret("orphan")["metadata"]
+    for name in ("owned", "orphan"):
+        await cluster.call("DELETE", f"{ES}/{name}")
+    await eventually(lambda: cluster.external_secret("orphan") is None)
+    await eventually(lambda: cluster.secret("owned") is None)  # garbage-collected
+    assert cluster.secret_data("orphan") == {"a": b"fake-a"}
 
 
 async def test_merge_keeps_foreign_keys(cluster: Cluster, ssm) -> None:
@@ -238,49 +193,37 @@ async def test_merge_keeps_foreign_keys(cluster: Cluster, ssm) -> None:
     await eventually(
         lambda: cluster.secret_data("shared") == {"foreign": b"fake-foreign", "a": b"fake-a"}
     )
-    await cluster.call(
-        "DELETE", "/apis/secrets-agent.io/v1alpha1/namespaces/team-a/externalsecrets/app"
-    )
+    await cluster.call("DELETE", f"{ES}/app")
     await eventually(lambda: cluster.secret_data("shared") == {"foreign": b"fake-foreign"})
     labels = cluster.secret("shared")["metadata"]["labels"]
     assert "secrets-agent.io/managed" not in labels
 
 
-async def test_merge_without_secret_is_error(cluster: Cluster, ssm) -> None:
+async def test_creation_policy_limits(cluster: Cluster, ssm) -> None:
     ssm.put("/app/a", "fake-a")
-    await cluster.apply_store("aws-ssm", SSM)
-    await cluster.start_controller()
-    await cluster.apply_external_secret(
-        "app", spec(("a", "/app/a"), **target(creationPolicy="Merge"))
-    )
-    ready = await eventually(lambda: cluster.ready("app"))
-    assert ready["status"] == "False"
-    assert "does not exist" in ready["message"]
-    assert cluster.secret("app") is None
-
-
-async def test_policy_none_writes_nothing(cluster: Cluster, ssm) -> None:
-    ssm.put("/app/a", "fake-a")
-    await cluster.apply_store("aws-ssm", SSM)
-    await cluster.start_controller()
-    await cluster.apply_external_secret(
-        "app", spec(("a", "/app/a"), **target(creationPolicy="None"))
-    )
-    await synced(cluster, "app")
-    assert cluster.secret("app") is None
-
-
-async def test_owner_refuses_foreign_secret(cluster: Cluster, ssm) -> None:
-    ssm.put("/app/a", "fake-a")
-    foreign = {"metadata": {"name": "app"}, "data": {"x": base64.b64encode(b"fake-x").decode()}}
+    foreign = {"metadata": {"name": "taken"}, "data": {"x": base64.b64encode(b"fake-x").decode()}}
     await cluster.call("POST", SECRETS, foreign)
     await cluster.apply_store("aws-ssm", SSM)
     await cluster.start_controller()
-    await cluster.apply_external_secret("app", spec(("a", "/app/a")))
-    ready = await eventually(lambda: cluster.ready("app"))
+    merge = spec(("a", "/app/a"), **target(creationPolicy="Merge"))
+    await cluster.apply_external_secret("merge", merge)
+    await cluster.apply_external_secret(
+        "none", spec(("a", "/app/a"), **target(creationPolicy="None"))
+    )
+    await cluster.apply_external_secret("owner", spec(("a", "/app/a"), **target(name="taken")))
+
+    ready = await eventually(lambda: cluster.ready("merge"))
+    assert ready["status"] == "False"
+    assert "does not exist" in ready["message"]
+    assert cluster.secret("merge") is None
+
+    await synced(cluster, "none")
+    assert cluster.secret("none") is None
+
+    ready = await eventually(lambda: cluster.ready("owner"))
     assert ready["status"] == "False"
     assert "not created by secrets-agent" in ready["message"]
-    assert cluster.secret_data("app") == {"x": b"fake-x"}
+    assert cluster.secret_data("taken") == {"x": b"fake-x"}
 
 
 async def test_template_type_and_metadata(cluster: Cluster, ssm) -> None:
@@ -306,47 +249,35 @@ async def test_template_type_and_metadata(cluster: Cluster, ssm) -> None:
     assert secret["metadata"]["annotations"]["owner"] == "payments"
 
 
-async def test_retain_keeps_secret_when_key_gone(cluster: Cluster, ssm) -> None:
-    ssm.put("/app/a", "fake-a")
+async def test_deletion_policies(cluster: Cluster, ssm) -> None:
+    for name in ("retain", "delete", "merge-a", "merge-b"):
+        ssm.put(f"/app/{name}", f"fake-{name}")
     await cluster.apply_store("aws-ssm", SSM)
     await cluster.start_controller(cache_seconds=0.1)
-    await cluster.apply_external_secret("app", spec(("a", "/app/a"), interval="1s"))
-    await eventually(lambda: cluster.secret_data("app"))
-    ssm.delete("/app/a")
-    ready = await eventually(
-        lambda: (cluster.ready("app") or {}).get("status") == "False" and cluster.ready("app")
+    await cluster.apply_external_secret("retain", spec(("v", "/app/retain"), interval="1s"))
+    deleting = spec(("v", "/app/delete"), interval="1s", **target(deletionPolicy="Delete"))
+    await cluster.apply_external_secret("delete", deleting)
+    merging = spec(
+        ("a", "/app/merge-a"),
+        ("b", "/app/merge-b"),
+        interval="1s",
+        **target(deletionPolicy="Merge"),
     )
+    await cluster.apply_external_secret("merge", merging)
+    await eventually(lambda: all(cluster.secret_data(n) for n in ("retain", "delete", "merge")))
+    for name in ("retain", "delete", "merge-b"):
+        ssm.delete(f"/app/{name}")
+
+    ready = await eventually(lambda: failed(cluster, "retain"))
     assert ready["reason"] == "SecretSyncedError"
-    assert "/app/a" in ready["message"]
-    assert cluster.secret_data("app") == {"a": b"fake-a"}
+    assert "/app/retain" in ready["message"]
+    assert cluster.secret_data("retain") == {"v": b"fake-retain"}
 
+    await eventually(lambda: cluster.secret("delete") is None)
+    await eventually(lambda: (cluster.ready("delete") or {}).get("reason") == "SecretDeleted")
 
-async def test_delete_policy_removes_secret(cluster: Cluster, ssm) -> None:
-    ssm.put("/app/a", "fake-a")
-    await cluster.apply_store("aws-ssm", SSM)
-    await cluster.start_controller(cache_seconds=0.1)
-    declared = spec(("a", "/app/a"), interval="1s", **target(deletionPolicy="Delete"))
-    await cluster.apply_external_secret("app", declared)
-    await eventually(lambda: cluster.secret_data("app"))
-    ssm.delete("/app/a")
-    await eventually(lambda: cluster.secret("app") is None)
-    ready = await eventually(lambda: (cluster.ready("app") or {}).get("reason") == "SecretDeleted")
-    assert ready
-
-
-async def test_merge_policy_drops_missing_key(cluster: Cluster, ssm) -> None:
-    ssm.put("/app/a", "fake-a")
-    ssm.put("/app/b", "fake-b")
-    await cluster.apply_store("aws-ssm", SSM)
-    await cluster.start_controller(cache_seconds=0.1)
-    declared = spec(
-        ("a", "/app/a"), ("b", "/app/b"), interval="1s", **target(deletionPolicy="Merge")
-    )
-    await cluster.apply_external_secret("app", declared)
-    await eventually(lambda: len(cluster.secret_data("app") or {}) == 2)
-    ssm.delete("/app/b")
-    await eventually(lambda: cluster.secret_data("app") == {"a": b"fake-a"})
-    ready = await synced(cluster, "app")
+    await eventually(lambda: cluster.secret_data("merge") == {"a": b"fake-merge-a"})
+    ready = await synced(cluster, "merge")
     assert ready["reason"] == "SecretSynced"
 
 

@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "exec mode: with -- COMMAND, the agent starts COMMAND after the first complete "
                 "write, signals or restarts it after changes, and exits with its exit status"
             )
+    from agent.controller.cli import add_commands  # imports neither kopf nor a backend
+
+    add_commands(commands)
     return parser
 
 
@@ -161,6 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = argv[argv.index("--") + 1 :] if "--" in argv else None
     argv = argv[: argv.index("--")] if "--" in argv else argv
     arguments = build_parser().parse_args(argv)
+    if arguments.command in ("controller", "crds"):
+        from agent.controller.cli import main as controller_main
+
+        return controller_main(arguments)
     problem = _command_problem(arguments.command, command)
     if problem is not None:
         print(f"secrets-agent: {problem}", file=sys.stderr)

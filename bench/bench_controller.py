@@ -114,7 +114,7 @@ async def create_objects(session: aiohttp.ClientSession, args: argparse.Namespac
 
 
 def baseline(args: argparse.Namespace) -> float:
-    """One GetParameter per ExternalSecret key, as External Secrets Operator reads them."""
+    """Send one GetParameter per ExternalSecret key, as External Secrets Operator reads them."""
     client = boto3.client("ssm", region_name="us-east-1")
     started = time.perf_counter()
     for index in range(args.external_secrets):

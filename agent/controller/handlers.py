@@ -63,7 +63,7 @@ StoreOpener = Callable[..., Store]
 
 @dataclass
 class _Tracked:
-    """What the controller keeps about one ExternalSecret between reconciles."""
+    """The state the controller keeps for one ExternalSecret between reconciles."""
 
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     reasons: set[str] = field(default_factory=set)

@@ -1,6 +1,6 @@
 """HTTP endpoints of the controller: `/healthz` and `/metrics`, served on the controller's loop.
 
-`/healthz` answers 200 while the event loop runs and the operator has started, 503 before; it is
+`/healthz` returns 200 while the event loop runs and the operator has started, 503 before; it is
 served by the same loop as the reconciles, so a blocked loop fails the probe.
 """
 
@@ -32,7 +32,7 @@ class HealthEndpoints:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host=self.address[0], port=self.address[1])
         await site.start()
-        server = site._server  # the bound socket tells the port chosen for port 0
+        server = site._server  # the bound socket gives the port chosen for port 0
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.address[1]
 

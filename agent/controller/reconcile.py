@@ -3,9 +3,9 @@
 `Reconciler.reconcile` guarantees:
 - The snapshot comes from `agent.snapshot.build_snapshot`, the agent's own code, so `property`,
   `extract`, `find`, `rewrite` and templates mean the same in a pod and in the cluster.
-- On any failure the Secret stays as it is; the status gets `Ready=False` with reason
-  `SecretSyncedError` and a message that names the problem and never a value, and the caller
-  backs off. A Secret is written only when its content differs (see `agent.controller.secrets`).
+- On any failure the Secret stays as it is, and the caller backs off. The status gets
+  `Ready=False` with reason `SecretSyncedError` and a message that names the problem, never a
+  value. A Secret is written only when its content differs (see `agent.controller.secrets`).
 - `deletionPolicy` (what happens when remote keys disappear) follows External Secrets Operator:
   Retain reports the missing key as an error, Merge drops the missing entries and keeps the
   Secret, Delete drops them and deletes the Secret (creationPolicy Owner) once nothing is left.

@@ -1,6 +1,6 @@
 """Building the target Secret: what it should contain, and the smallest patch that gets it there.
 
-`plan_write` compares the Secret as it is with what the snapshot says and returns nothing to do,
+`plan_write` compares the Secret as it is with the snapshot and returns nothing to do,
 a whole Secret to create, or a JSON merge patch conditional on the current resourceVersion. An
 unchanged Secret is never written, so its resourceVersion stays the same and Stakater Reloader
 (or anyone watching it) sees no event.

@@ -2,7 +2,7 @@
 
 kmock's `KubernetesEmulator` keeps objects in memory and serves discovery, list, watch, get,
 create, merge patch and delete over HTTP. It keeps no resourceVersion, ignores label selectors
-and never answers 409 Conflict to an update. `KubernetesApiEmulator` adds the API server
+and never returns 409 Conflict for an update. `KubernetesApiEmulator` adds the API server
 behaviour the controller depends on:
 
 - `metadata.uid`, `creationTimestamp` and `resourceVersion` (one counter for every object,
@@ -544,7 +544,7 @@ class KubernetesApiEmulator(KubernetesEmulator):
 def _watch_event(
     event: Mapping[str, Any], request: rendering.Request, requirements: list[LabelRequirement]
 ) -> dict[str, Any] | None:
-    """Translate a recorded change into what one watcher sees, or None when it sees nothing."""
+    """Translate a recorded change into the event one watcher receives, or None for none."""
     body = event["object"]
     metadata = body.get("metadata", {})
     if request.namespace is not None and metadata.get("namespace") != request.namespace:

@@ -123,7 +123,7 @@ async def test_only_leader_writes(cluster: Cluster, ssm) -> None:
     leader = await cluster.start_controller(standalone=False, priority=200, peering_lifetime=3)
     follower = await cluster.start_controller(standalone=False, priority=100, peering_lifetime=3)
     # kopf pauses the follower once it has read the leader's entry in the peering object; the
-    # ExternalSecret is created after that, so the follower never sees it while running.
+    # ExternalSecret is created after that, so only the leader receives it while running.
     await asyncio.sleep(1.0)
     spec = {
         "refreshInterval": "1s",

@@ -250,7 +250,13 @@ class _Worker:
     def _record(self, delivery: _Delivery, attempt: Attempt) -> None:
         """Count and log an attempt, and schedule its retry when one is left and can help."""
         if attempt.result == "success":
+            # After a success, a command's output is only worth a debug line.
+            output = attempt.fields.pop("output", "")
             self._log(delivery, attempt, "success", logging.INFO, "notify_sent")
+            if output:
+                log_event(
+                    logger, logging.DEBUG, "notify_output", notify_target=self.name, output=output
+                )
         elif attempt.result == "no_process":
             self._log(delivery, attempt, "no_process", logging.WARNING, "notify_no_process")
         elif not attempt.retryable or delivery.failures >= self.retries:

@@ -172,5 +172,29 @@ def test_command_failure_logs_output(tmp_path: Path, caplog: pytest.LogCaptureFi
     assert fields["error"] == "exited with status 4"
 
 
+def test_command_success_output_at_debug(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    config = write_config(
+        tmp_path,
+        vault_url="http://127.0.0.1:9",
+        notify_targets=notify_target(
+            "greets",
+            f"  command:\n    argv: {json.dumps([sys.executable, '-c', 'print(1234)'])}\n",
+        ),
+    )
+    syncer = make_syncer(tmp_path, config)
+    notifier = Notifier(refs=Refs(tmp_path / "refs"), metrics=syncer.metrics, delay=0.0)
+    notifier.attach(syncer)
+    with caplog.at_level(logging.DEBUG, logger="agent.notify"):
+        notifier.notify([Change("app", changed=("password",))])
+        assert wait_for(lambda: _events(caplog, "notify_output"), seconds=10)
+    notifier.close()
+    [sent] = _events(caplog, "notify_sent")
+    assert sent.levelno == logging.INFO
+    assert "output" not in sent.event_fields  # type: ignore[attr-defined]
+    [output] = _events(caplog, "notify_output")
+    assert output.levelno == logging.DEBUG
+    assert output.event_fields["output"] == "1234"  # type: ignore[attr-defined]
+
+
 def _events(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogRecord]:
     return [record for record in caplog.records if record.getMessage() == event]

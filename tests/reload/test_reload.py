@@ -1,6 +1,6 @@
 """Config reload with real files, real watchdog observers and a running Syncer against moto.
 
-Every wait is bounded; debounce windows are short so each test takes about a second.
+Every wait is bounded, and debounce windows are short, so each test takes about a second.
 """
 
 from __future__ import annotations
@@ -288,7 +288,7 @@ def test_directory_deleted_and_recreated(
 ) -> None:
     caplog.set_level(logging.INFO, logger="agent.reload")
     shutil.rmtree(config_dir)
-    # A load during the removal may also see an empty directory; the last one sees none.
+    # A load during the removal may also find an empty directory, but the last finds none.
     assert wait_for(lambda: any("not found" in line["problems"] for line in rejected_lines(caplog)))
     assert agent.targets() == {"a"}
 

@@ -1,4 +1,4 @@
-"""`secrets-agent run` in a subprocess picks up an added declaration file, unless told not to."""
+"""`secrets-agent run` in a subprocess applies an added declaration file, unless reload is off."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def test_no_watch_config_keeps_declarations(environment: dict[str, str], tmp_pat
         config = tmp_path / "config"
         (config / "b.yaml").write_text(external_secret("b", {"password": "/app/b/password"}))
 
-        # A reload would take the 0.5 s debounce and one fetch; give it well over that.
+        # A reload would take the 0.5 s debounce and one fetch, so 2 s is well over that.
         time.sleep(2.0)
         assert not (tmp_path / "out" / "b").exists()
     finally:

@@ -245,17 +245,18 @@ metadata:
     app.kubernetes.io/component: secrets-agent-declarations
     app.kubernetes.io/instance: {{ $root.Release.Name }}
     app.kubernetes.io/managed-by: {{ $root.Release.Service }}
+{{- $data := dict }}
+{{- with .documents }}
+{{- $texts := list }}
+{{- range . }}
+{{- $texts = append $texts (toYaml .) }}
+{{- end }}
+{{- $_ := set $data "declarations.yaml" (printf "%s\n" (join "\n---\n" $texts)) }}
+{{- end }}
+{{- range $file, $text := .files }}
+{{- $_ := set $data $file $text }}
+{{- end }}
 data:
-  {{- with .documents }}
-  {{- $texts := list }}
-  {{- range . }}
-  {{- $texts = append $texts (toYaml .) }}
-  {{- end }}
-  declarations.yaml: |
-    {{- join "\n---\n" $texts | nindent 4 }}
-  {{- end }}
-  {{- range $file, $text := .files }}
-  {{ $file }}: |
-    {{- $text | trimSuffix "\n" | nindent 4 }}
-  {{- end }}
-{{- end -}}
+  {{- toYaml $data | nindent 2 }}
+{{/* The closing newline keeps the last value's own final newline. */}}
+{{ end -}}

@@ -433,8 +433,35 @@ for _name, _member in [*vars(Undefined).items(), *vars(StrictUndefined).items()]
         setattr(_MissingKey, _name, _MissingKey._fail_with_undefined_error)
 
 
+# Largest string or list a `*` may build, and largest exponent a `**` may use: templates render
+# small configuration files, and without a bound `{{ "x" * 10**9 }}` exhausts the agent's memory.
+MAX_REPEAT_LENGTH = 1024 * 1024
+MAX_EXPONENT = 1024
+
+
+class _BoundedEnvironment(ImmutableSandboxedEnvironment):
+    """The immutable sandbox with `*` and `**` bounded, so a template cannot exhaust memory."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for sequence, count in ((left, right), (right, left)):
+                if (
+                    isinstance(sequence, str | list | tuple)
+                    and isinstance(count, int)
+                    and len(sequence) * count > MAX_REPEAT_LENGTH
+                ):
+                    raise SecurityError(
+                        f"a repetition longer than {MAX_REPEAT_LENGTH} items is not allowed"
+                    )
+        if operator == "**" and isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
+            raise SecurityError(f"an exponent above {MAX_EXPONENT} is not allowed")
+        return super().call_binop(context, operator, left, right)
+
+
 def _environment() -> ImmutableSandboxedEnvironment:
-    environment = ImmutableSandboxedEnvironment(
+    environment = _BoundedEnvironment(
         undefined=_MissingKey,
         autoescape=False,
         # A file template ends with the newline its author wrote.

@@ -422,3 +422,17 @@ def test_check_command_reports_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     stderr = capsys.readouterr().err
     assert 'spec.target.template.data["application.properties"]: line 2' in stderr
     assert "Go template" in stderr
+
+
+@pytest.mark.parametrize(
+    "source",
+    ['{{ "x" * 10**9 }}', "{{ [0] * 5000000 }}", "{{ 10 ** 100000 }}", '{{ 3000000 * "ab" }}'],
+)
+def test_sandbox_bounds_memory_hungry_operators(tmp_path: Path, source: str) -> None:
+    errors = render_error(tmp_path, {"bomb.txt": source})
+    assert "bomb.txt" in str(errors)
+
+
+def test_small_repetition_still_allowed(tmp_path: Path) -> None:
+    files = render(tmp_path, {"line.txt": '{{ "-" * 10 }}'})
+    assert files["line.txt"] == b"----------"

@@ -16,8 +16,9 @@ RUN python -m build --wheel --outdir /dist
 
 FROM ${PYTHON_IMAGE} AS install
 COPY --from=build /dist/ /dist/
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN python -m venv /opt/secrets-agent \
-    && /opt/secrets-agent/bin/pip install --no-cache-dir /dist/*.whl \
+    && /opt/secrets-agent/bin/pip install --no-cache-dir "$(ls /dist/*.whl)[controller]" \
     && /opt/secrets-agent/bin/python -m compileall -q /opt/secrets-agent
 
 FROM ${PYTHON_IMAGE}

@@ -37,6 +37,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_once.py
 	$(BIN)/python bench/bench_writer.py
+	$(BIN)/python bench/bench_run_rss.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

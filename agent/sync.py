@@ -670,6 +670,15 @@ def _no_prefixes(path: str) -> Mapping[str, RemoteValue]:
 def _timed_out(state: TargetState, timeout: float) -> StoreError:
     kind, name = state.declaration.store_ref
     store = name if kind == "SecretStore" else f"{kind}/{name}"
+    if state.last_error is not None:
+        # The round in flight hung, but earlier attempts failed for a reason worth showing
+        # (throttling, for instance), which says more than the timeout.
+        return StoreUnavailableError(
+            f"not written within the {timeout:g} s timeout; the last attempt failed: "
+            f"{state.last_error}",
+            store=store,
+            fix="fix that failure, or raise --timeout",
+        )
     return StoreUnavailableError(
         f"no answer within the {timeout:g} s timeout",
         store=store,

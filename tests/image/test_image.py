@@ -70,6 +70,8 @@ def test_final_stage_runtime_settings():
     assert stage["STOPSIGNAL"] == "SIGTERM"
     assert "PYTHONDONTWRITEBYTECODE=1" in stage["ENV"]
     assert "org.opencontainers.image.title" in stage["LABEL"]
+    installs = [arguments for keyword, arguments in instructions() if keyword == "RUN"]
+    assert any("[controller]" in command for command in installs), "the controller needs kopf"
     keywords = [keyword for keyword, _ in final_stage()]
     assert "RUN" not in keywords, "the final stage needs no shell, so it runs no command"
 
@@ -116,7 +118,7 @@ def installed_wheel() -> Iterator[Path]:
             [image_like_python(), "-m", "venv", str(workdir / "venv")], check=True, timeout=120
         )
         subprocess.run(
-            [str(workdir / "venv" / "bin" / "pip"), "install", "--quiet", str(wheel)],
+            [str(workdir / "venv" / "bin" / "pip"), "install", "--quiet", f"{wheel}[controller]"],
             check=True,
             timeout=600,
         )
@@ -164,6 +166,9 @@ def test_wheel_runs_as_non_root_user(installed_wheel: Path):
     check = run_as_image_user(installed_wheel, "check", "--config", str(declarations), cwd=home)
     assert check.returncode == 0, check.stderr
     assert "1 ExternalSecret(s)" in check.stdout
+
+    controller = run_as_image_user(installed_wheel, "controller", "--help", cwd=home)
+    assert controller.returncode == 0, controller.stderr
 
     venv_files = [path for path in (installed_wheel / "venv").rglob("*") if path.is_file()]
     assert all(path.stat().st_uid == 0 for path in venv_files[:50])

@@ -172,13 +172,19 @@ async def measure(session: aiohttp.ClientSession, url: str, args: argparse.Names
     started = time.perf_counter()
     thread.start()
     await asyncio.to_thread(ready.wait, 30)
-    while await managed_secrets(session) < args.external_secrets:
+    reported = time.perf_counter()
+    while (synced := await managed_secrets(session)) < args.external_secrets:
+        if time.perf_counter() - reported > 30:
+            reported = time.perf_counter()
+            waited = reported - started
+            print(f"  {synced} Secrets after {waited:.0f} s", flush=True)
         await asyncio.sleep(0.5)
     initial = time.perf_counter() - started
     print(f"ExternalSecrets: {args.external_secrets}, distinct SSM keys: {args.keys}")
     print(
         f"initial sync: {initial:.1f} s, {reconciles(controller) / initial:.1f} reconciles/s, "
-        f"{requests(controller):.0f} GetParameters calls, {CountingStore.names_read} names read"
+        f"{requests(controller):.0f} GetParameters calls, {CountingStore.names_read} names read",
+        flush=True,
     )
     print(
         f"\nper interval of {args.interval:g} s | GetParameters calls | names read | "
@@ -192,7 +198,8 @@ async def measure(session: aiohttp.ClientSession, url: str, args: argparse.Names
         print(
             f"interval {number} | {requests(controller) - calls:.0f} | "
             f"{CountingStore.names_read - names} | {args.external_secrets} | "
-            f"{(reconciles(controller) - runs) / elapsed:.1f}"
+            f"{(reconciles(controller) - runs) / elapsed:.1f}",
+            flush=True,
         )
     stop.set()
     await asyncio.to_thread(thread.join, 60)

@@ -108,7 +108,8 @@ def vault_namespace(value: str) -> str:
     """Check a Vault namespace path such as `team-a/payments`; return it without outer `/`.
 
     Vault ignores a leading or trailing `/`, so they are dropped. Empty, `.` and `..` segments
-    are rejected: Vault does not resolve them, so such a path names no namespace.
+    are rejected as mistakes: a namespace path lists namespace names, and Vault does not read
+    `..` as the parent namespace.
     """
     example = "write a namespace path such as team-a or team-a/payments"
     if any(character.isspace() or not character.isprintable() for character in value):

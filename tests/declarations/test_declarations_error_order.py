@@ -77,8 +77,8 @@ def test_annotation_and_secret_key_reported_together(tmp_path: Path) -> None:
 
 def test_errors_sorted_by_file_document_and_field(tmp_path: Path) -> None:
     first = base_documents()
-    # Document 3: a reference error (found after every document is read) and, earlier in the
-    # manifest, a secret key error that field validation of a later field hides today.
+    # Document 3: a reference error (found after every document is read), and a secret key
+    # error that is reported although a later field (dataFrom) fails validation.
     with_field(first[EXTERNAL_SECRET - 1], "spec.secretStoreRef.name", "missing-store")
     with_field(first[EXTERNAL_SECRET - 1], "spec.data[0].secretKey", "..db-password")
     first[EXTERNAL_SECRET - 1]["spec"]["dataFrom"] = [{"find": {"name": {"regexp": "("}}}]

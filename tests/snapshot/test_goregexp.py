@@ -1,8 +1,9 @@
 """Go regexp semantics: ReplaceAllString, template expansion and RE2 syntax, table-driven.
 
-The expected values are what Go's regexp package returns for the same inputs, as its
-documentation states (`Regexp.ReplaceAllString`, `Regexp.Expand`, RE2 syntax). They differ
-from Python's `re.sub` in the cases marked "Python gives".
+The expected values follow the behaviour that Go's regexp package documents for
+`Regexp.ReplaceAllString`, `Regexp.Expand` and the RE2 syntax. The four `a(x*)b` cases are
+the examples of `ReplaceAllString`'s documentation. Cases marked "Python gives" show where
+Python's `re.sub` differs.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
 import boto3
@@ -123,7 +124,13 @@ async def test_only_leader_writes(cluster: Cluster, ssm) -> None:
     leader = await cluster.start_controller(standalone=False, priority=200, peering_lifetime=3)
     follower = await cluster.start_controller(standalone=False, priority=100, peering_lifetime=3)
     # kopf pauses the follower once it has read the leader's entry in the peering object; the
-    # ExternalSecret is created after that, so only the leader receives it while running.
+    # ExternalSecret is created after both have announced themselves there, so only the leader
+    # receives it while running. A fixed sleep was not enough on a loaded machine.
+    path = "/apis/kopf.dev/v1/clusterkopfpeerings/secrets-agent"
+    deadline = time.monotonic() + 15
+    while len((await cluster.call("GET", path)).get("status") or {}) < 2:
+        assert time.monotonic() < deadline, "both controllers must announce themselves"
+        await asyncio.sleep(0.1)
     await asyncio.sleep(1.0)
     spec = {
         "refreshInterval": "1s",

@@ -1,7 +1,7 @@
 """Exception types shared by every mechanism of the agent.
 
 Every message is written for the person who has to fix the problem: it names the declaration,
-store, field or remote key involved and says what to do. No message ever contains a secret value,
+store, field or remote key involved and gives the fix. No message ever contains a secret value,
 so any of these exceptions may be logged or printed as it is.
 """
 
@@ -21,7 +21,7 @@ class DeclarationError(AgentError):
 
     `source` is the file, `document` the 1-based position of the document in that file, `kind`
     and `name` identify the object when they could be read, `field` is the dotted field path
-    (`spec.data[0].remoteRef.key`), `problem` says what is wrong and `fix` what to do.
+    (`spec.data[0].remoteRef.key`), `problem` is what is wrong and `fix` the remedy.
     """
 
     def __init__(
@@ -74,7 +74,7 @@ class StoreError(AgentError):
     """A store could not deliver a remote key.
 
     `transient` errors (connection refused, 5xx, throttling, a sealed Vault) are worth retrying
-    with backoff; the others (access denied, not found, invalid answer) need a person to act.
+    with backoff; the others (access denied, not found, invalid response) need a person to act.
     """
 
     transient = False
@@ -94,7 +94,7 @@ class StoreError(AgentError):
 
 
 class StoreUnavailableError(StoreError):
-    """The store did not answer usefully now; a later attempt may succeed."""
+    """The store gave no usable response now; a later attempt may succeed."""
 
     transient = True
 

@@ -54,7 +54,7 @@ def backoff_delay(failures: int, *, rng: Callable[[], float] = random.random) ->
 
 @dataclass
 class TargetState:
-    """What the loop knows about one target between rounds."""
+    """The loop's state for one target between rounds."""
 
     declaration: ExternalSecretDeclaration
     next_due: float = 0.0
@@ -103,7 +103,7 @@ class RoundResult:
 # return quickly (hand the work to its own thread) and must not raise.
 ChangeListener = Callable[[list[Change]], None]
 
-# Called in the sync thread when its deadline has come; returns the seconds until it wants to
+# Called in the sync thread when its deadline has come. It returns the seconds until it wants to
 # run again, or None when it has nothing scheduled.
 PeriodicTask = Callable[[], float | None]
 
@@ -451,7 +451,7 @@ class Syncer:
 
     def adopt(self) -> None:
         """Mark targets that already have a complete generation on disk (an init container's
-        work) as complete, so readiness holds from the start and nothing is rewritten."""
+        work) as complete, so readiness is true from the start and nothing is rewritten."""
         for state in self.states.values():
             self._adopt_target(state)
 
@@ -549,37 +549,21 @@ class Syncer:
             declarations, self._pending_declarations = self._pending_declarations, None
         if declarations is None:
             return
-        old_stores = self.declarations.stores
-        changed_stores = {
-            ref
-            for ref, store in old_stores.items()
-            if declarations.stores.get(ref) is None or declarations.stores[ref].spec != store.spec
-        }
+
+        changed_stores = _changed_stores(self.declarations, declarations)
         self.stores.replace(declarations, close=changed_stores)
-        added, updated, removed = [], [], []
+
+        added, updated = [], []
         states: dict[str, TargetState] = {}
         for declaration in declarations.external_secrets:
             previous = self.states.get(declaration.target)
+            state = self._next_state(previous, declaration, changed_stores)
             if previous is None:
-                state = TargetState(declaration)
-                self._adopt_target(state)
                 added.append(declaration.target)
-            elif (
-                previous.declaration.spec != declaration.spec
-                or previous.declaration.metadata.annotations != declaration.metadata.annotations
-                or declaration.store_ref in changed_stores
-            ):
-                state = TargetState(
-                    declaration,
-                    complete=previous.complete,
-                    digests=previous.digests,
-                    last_success=previous.last_success,
-                )
+            elif state is not previous:
                 updated.append(declaration.target)
-            else:
-                state = previous
-                state.declaration = declaration
             states[declaration.target] = state
+
         removed = [target for target in self.states if target not in states]
         for target in removed:
             # Limitation: the files of a removed target stay on disk (last good wins); only
@@ -599,6 +583,32 @@ class Syncer:
             removed=len(removed),
             targets=",".join(sorted(added + updated + removed)) or "-",
         )
+
+    def _next_state(
+        self,
+        previous: TargetState | None,
+        declaration: ExternalSecretDeclaration,
+        changed_stores: set[tuple[str, str]],
+    ) -> TargetState:
+        """The state of a target under new declarations: new (due now), updated (due now,
+        keeping what is on disk) or the previous one when nothing that matters changed."""
+        if previous is None:
+            state = TargetState(declaration)
+            self._adopt_target(state)
+            return state
+        if (
+            previous.declaration.spec != declaration.spec
+            or previous.declaration.metadata.annotations != declaration.metadata.annotations
+            or declaration.store_ref in changed_stores
+        ):
+            return TargetState(
+                declaration,
+                complete=previous.complete,
+                digests=previous.digests,
+                last_success=previous.last_success,
+            )
+        previous.declaration = declaration
+        return previous
 
     def _remove_superseded(self, *, changed: bool) -> None:
         """Remove old generations once their grace period has passed (see Writer)."""
@@ -671,8 +681,8 @@ def _timed_out(state: TargetState, timeout: float) -> StoreError:
     kind, name = state.declaration.store_ref
     store = name if kind == "SecretStore" else f"{kind}/{name}"
     if state.last_error is not None:
-        # The round in flight hung, but earlier attempts failed for a reason worth showing
-        # (throttling, for instance), which says more than the timeout.
+        # The round in flight hung, but an earlier attempt failed for a reason (throttling,
+        # for instance) that is more useful to the reader than the timeout.
         return StoreUnavailableError(
             f"not written within the {timeout:g} s timeout; the last attempt failed: "
             f"{state.last_error}",
@@ -690,6 +700,15 @@ def _is_transient(error: AgentError) -> bool:
     if isinstance(error, SnapshotError):
         return error.transient
     return bool(getattr(error, "transient", False))
+
+
+def _changed_stores(old: Declarations, new: Declarations) -> set[tuple[str, str]]:
+    """The stores whose declaration changed or went away."""
+    return {
+        ref
+        for ref, store in old.stores.items()
+        if new.stores.get(ref) is None or new.stores[ref].spec != store.spec
+    }
 
 
 def _digests(data: Mapping[str, bytes]) -> dict[str, bytes]:

@@ -41,6 +41,7 @@ from agent.controller.secrets import (
 )
 from agent.declarations import ExternalSecretDeclaration, StoreDeclaration, load_manifest
 from agent.errors import DeclarationErrors, RemoteKeyNotFoundError, StoreError
+from agent.goregexp import compile_regexp
 from agent.logs import log_event
 from agent.models import (
     CAProvider,
@@ -355,7 +356,10 @@ class Reconciler:
         for condition in spec.conditions:
             if namespace in condition.namespaces:
                 return True
-            if any(re.search(pattern, namespace) for pattern in condition.namespace_regexes):
+            # Go regexp syntax, as the declarations check it (`(?<name>...)` and the like).
+            if any(
+                compile_regexp(pattern).search(namespace) for pattern in condition.namespace_regexes
+            ):
                 return True
             if condition.namespace_selector is not None:
                 labels = await self._labels_of(namespace)

@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_once.py
 	$(BIN)/python bench/bench_writer.py
 	$(BIN)/python bench/bench_run_rss.py
+	$(BIN)/python bench/bench_controller.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -204,8 +204,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from agent.settings import unknown_variables
 
     for variable in unknown_variables():
-        log_event(logger, logging.WARNING, "setting_unknown", variable=variable,
-                  fix="check the spelling; the README lists every SECRETS_AGENT_* variable")
+        log_event(
+            logger,
+            logging.WARNING,
+            "setting_unknown",
+            variable=variable,
+            fix="check the spelling; the README lists every SECRETS_AGENT_* variable",
+        )
 
     try:
         from agent.declarations import load_declarations
@@ -216,7 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INVALID
     if arguments.command != "check" and not declarations.external_secrets:
         problem = AgentError(
-            "no ExternalSecret is declared in " + ", ".join(str(p) for p in settings.config)
+            "no ExternalSecret is declared in "
+            + ", ".join(str(p) for p in settings.config)
             + "; without one the application would start without its secrets, so check the "
             "--config paths"
         )
@@ -259,8 +265,7 @@ def _printable(text: str) -> str:
     """Escape control characters except newlines between problems, so that a remote key or
     file name holding a newline cannot forge a log line."""
     return "\n".join(
-        "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
-        for line in text.split("\n")
+        "".join(c if c.isprintable() else repr(c)[1:-1] for c in line) for line in text.split("\n")
     )
 
 
@@ -306,8 +311,12 @@ def _once(settings: Settings, declarations: Declarations) -> int:
     written = len(result.changed) + len(result.unchanged)
     if result.failed:
         for target, error in result.failed.items():
-            _report("once", settings, "target_not_written",
-                    AgentError(f"target {target} not written: {error}"))
+            _report(
+                "once",
+                settings,
+                "target_not_written",
+                AgentError(f"target {target} not written: {error}"),
+            )
         log_event(logger, logging.ERROR, "once_failed", written=written, failed=len(result.failed))
         return EXIT_FAILED
     log_event(logger, logging.INFO, "once_done", targets=written, changed=len(result.changed))
@@ -332,9 +341,14 @@ def _run(
         log_event(logger, logging.ERROR, "agent_start_failed", error=str(error))
         return EXIT_FAILED
     except OSError as error:
-        log_event(logger, logging.ERROR, "agent_start_failed", listen=settings.listen,
-                  error=f"cannot listen on {settings.listen}: {error.strerror or error}",
-                  fix="set --listen (SECRETS_AGENT_LISTEN) to a free host:port")
+        log_event(
+            logger,
+            logging.ERROR,
+            "agent_start_failed",
+            listen=settings.listen,
+            error=f"cannot listen on {settings.listen}: {error.strerror or error}",
+            fix="set --listen (SECRETS_AGENT_LISTEN) to a free host:port",
+        )
         return EXIT_FAILED
     supervisor = build_supervisor(settings, command) if command else None
 

@@ -150,8 +150,12 @@ def unknown_variables() -> list[str]:
     """Return the SECRETS_AGENT_* environment variables that match no setting (likely typos)."""
     known = {"SECRETS_AGENT_" + name.upper() for name in Settings.model_fields}
     # Variables the agent sets for notify commands, which may run secrets-agent themselves.
-    known |= {"SECRETS_AGENT_CHANGED_TARGETS", "SECRETS_AGENT_CHANGED_KEYS",
-              "SECRETS_AGENT_CHANGES", "SECRETS_AGENT_NOTIFY_TARGET"}
+    known |= {
+        "SECRETS_AGENT_CHANGED_TARGETS",
+        "SECRETS_AGENT_CHANGED_KEYS",
+        "SECRETS_AGENT_CHANGES",
+        "SECRETS_AGENT_NOTIFY_TARGET",
+    }
     return sorted(
         name for name in os.environ if name.startswith("SECRETS_AGENT_") and name not in known
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -19,6 +19,7 @@ from agent.models import signal_from_name
 from agent.writer import FileOwnership
 
 DEFAULT_LISTEN = "0.0.0.0:8741"
+SettingsModel = TypeVar("SettingsModel", bound=BaseSettings)
 MAX_ID = 2**32 - 2  # the largest uid or gid Linux accepts; 2**32 - 1 means "no change"
 
 
@@ -113,15 +114,11 @@ class Settings(BaseSettings):
     @field_validator("listen")
     @classmethod
     def _host_port(cls, value: str) -> str:
-        host, separator, port = value.rpartition(":")
-        if not separator or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError("must be host:port, e.g. 0.0.0.0:8741 or 127.0.0.1:0")
-        return value
+        return check_listen(value, example="0.0.0.0:8741")
 
     @property
     def listen_address(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]") or "0.0.0.0", int(port)
+        return split_listen(self.listen)
 
     @property
     def ownership(self) -> FileOwnership:
@@ -133,17 +130,39 @@ def load_settings(**overrides: object) -> Settings:
 
     Raises SettingsError naming the flag and its variable.
     """
+    return build_settings(Settings, overrides, prefix="SECRETS_AGENT_", what="settings")
+
+
+def build_settings(
+    model: type[SettingsModel], overrides: dict[str, object], *, prefix: str, what: str
+) -> SettingsModel:
+    """Build `model` from the flags given (None meaning not given) and the environment; raise
+    SettingsError naming each invalid flag and its variable, in plain words."""
     given = {name: value for name, value in overrides.items() if value is not None}
     try:
-        return Settings(**given)
+        return model(**given)
     except ValidationError as error:
         problems = []
         for item in error.errors(include_url=False, include_input=False):
             name = str(item["loc"][0]) if item["loc"] else "settings"
             flag = "--" + name.replace("_", "-")
-            variable = "SECRETS_AGENT_" + name.upper()
+            variable = prefix + name.upper()
             problems.append(f"{flag} ({variable}): {_describe(item)}")
-        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+        raise SettingsError(f"invalid {what}: " + "; ".join(problems)) from None
+
+
+def check_listen(value: str, *, example: str) -> str:
+    """Validate a `host:port` listen address; raise ValueError with an example."""
+    host, separator, port = value.rpartition(":")
+    if not separator or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"must be host:port, e.g. {example} or 127.0.0.1:0")
+    return value
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """Split a validated listen address into host and port; an empty host means all."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def unknown_variables() -> list[str]:

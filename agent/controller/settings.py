@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from agent.errors import SettingsError
+from agent.settings import build_settings, check_listen, split_listen
 
 DEFAULT_LISTEN = "0.0.0.0:8080"
 
@@ -46,15 +46,11 @@ class ControllerSettings(BaseSettings):
     @field_validator("listen")
     @classmethod
     def _host_port(cls, value: str) -> str:
-        host, separator, port = value.rpartition(":")
-        if not separator or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError("must be host:port, e.g. 0.0.0.0:8080 or 127.0.0.1:0")
-        return value
+        return check_listen(value, example="0.0.0.0:8080")
 
     @property
     def listen_address(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]") or "0.0.0.0", int(port)
+        return split_listen(self.listen)
 
 
 def load_controller_settings(**overrides: object) -> ControllerSettings:
@@ -62,15 +58,9 @@ def load_controller_settings(**overrides: object) -> ControllerSettings:
 
     Raises SettingsError naming the flag and its variable.
     """
-    given = {name: value for name, value in overrides.items() if value is not None}
-    try:
-        return ControllerSettings(**given)
-    except ValidationError as error:
-        problems = []
-        for item in error.errors(include_url=False, include_input=False):
-            name = str(item["loc"][0]) if item["loc"] else "settings"
-            flag = "--" + name.replace("_", "-")
-            variable = "SECRETS_AGENT_CONTROLLER_" + name.upper()
-            message = item["msg"].removeprefix("Value error, ")
-            problems.append(f"{flag} ({variable}): {message}")
-        raise SettingsError("invalid controller settings: " + "; ".join(problems)) from None
+    return build_settings(
+        ControllerSettings,
+        overrides,
+        prefix="SECRETS_AGENT_CONTROLLER_",
+        what="controller settings",
+    )

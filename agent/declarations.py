@@ -652,18 +652,7 @@ class _Checker:
         store = StoreDeclaration(
             kind=subject.kind, name=meta.name, spec=spec, origin=subject.origin
         )
-        first = self.result.stores.get(store.ref)
-        if first is not None:
-            self.errors.append(
-                subject.error(
-                    f"duplicate {store.kind} {_shown(store.name)}, first declared in "
-                    f"{first.origin.source} document {first.origin.document}",
-                    field="metadata.name",
-                    fix="give each store a unique name, or remove one of them",
-                )
-            )
-            return
-        self.result.stores[store.ref] = store
+        self._add_unique(subject, self.result.stores, store, noun="store")
 
     def _add_generator(
         self, subject: _Subject, meta: ObjectMeta, spec: VaultDynamicSecretSpec
@@ -671,18 +660,29 @@ class _Checker:
         generator = GeneratorDeclaration(
             kind=subject.kind, name=meta.name, spec=spec, origin=subject.origin
         )
-        first = self.result.generators.get(generator.ref)
+        self._add_unique(subject, self.result.generators, generator, noun="generator")
+
+    def _add_unique(
+        self,
+        subject: _Subject,
+        table: dict[tuple[str, str], Any],
+        declaration: StoreDeclaration | GeneratorDeclaration,
+        *,
+        noun: str,
+    ) -> None:
+        """Add a declaration under its (kind, name), or report the duplicate."""
+        first = table.get(declaration.ref)
         if first is not None:
             self.errors.append(
                 subject.error(
-                    f"duplicate {generator.kind} {_shown(generator.name)}, first declared in "
-                    f"{first.origin.source} document {first.origin.document}",
+                    f"duplicate {declaration.kind} {_shown(declaration.name)}, first declared "
+                    f"in {first.origin.source} document {first.origin.document}",
                     field="metadata.name",
-                    fix="give each generator a unique name, or remove one of them",
+                    fix=f"give each {noun} a unique name, or remove one of them",
                 )
             )
             return
-        self.result.generators[generator.ref] = generator
+        table[declaration.ref] = declaration
 
     def _add_external_secret(
         self, subject: _Subject, meta: ObjectMeta, spec: ExternalSecretSpec

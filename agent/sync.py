@@ -590,7 +590,7 @@ class Syncer:
         declaration: ExternalSecretDeclaration,
         changed_stores: set[tuple[str, str]],
     ) -> TargetState:
-        """The state of a target under new declarations: new (due now), updated (due now,
+        """Return a target's state under new declarations: new (due now), updated (due now,
         keeping what is on disk) or the previous one when nothing that matters changed."""
         if previous is None:
             state = TargetState(declaration)
@@ -690,7 +690,7 @@ def _timed_out(state: TargetState, timeout: float) -> StoreError:
             fix="fix that failure, or raise --timeout",
         )
     return StoreUnavailableError(
-        f"no answer within the {timeout:g} s timeout",
+        f"no response within the {timeout:g} s timeout",
         store=store,
         fix="check that the store is reachable from the pod, or raise --timeout",
     )
@@ -703,7 +703,7 @@ def _is_transient(error: AgentError) -> bool:
 
 
 def _changed_stores(old: Declarations, new: Declarations) -> set[tuple[str, str]]:
-    """The stores whose declaration changed or went away."""
+    """Return the stores whose declaration changed or was removed."""
     return {
         ref
         for ref, store in old.stores.items()

@@ -364,6 +364,6 @@ def test_run_once_timeout_bounds_a_hanging_store(tmp_path: Path):
     silent.close()
 
     assert list(result.failed) == ["app"]
-    assert "no answer within the 1.5 s timeout" in str(result.failed["app"])
+    assert "no response within the 1.5 s timeout" in str(result.failed["app"])
     assert "vault-kv" in str(result.failed["app"])
     assert elapsed < 4

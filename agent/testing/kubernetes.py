@@ -13,8 +13,9 @@ behaviour the controller depends on:
 - JSON merge patch as RFC 7386 defines it, JSON patch, and PUT to replace an object;
 - the status subresource: a write to `/status` changes only `status`, and a write to the object
   itself leaves `status` alone;
-- label selectors (`k=v`, `k!=v`, `k in (a,b)`, `k notin (a)`, `k`, `!k`) on list and watch;
-  a watch reports an object that starts or stops matching as ADDED or DELETED;
+- label selectors on list and watch, parsed and matched as the API server does (see
+  `agent.testing.labels`; an invalid one gets 400); a watch reports an object that starts or
+  stops matching as ADDED or DELETED;
 - garbage collection: deleting an object deletes, in the background, every object whose
   `ownerReferences` all point to deleted objects;
 - namespace objects (`/api/v1/namespaces[/NAME]`), which kmock's URL parser cannot read;
@@ -44,7 +45,9 @@ import jsonpatch
 from kmock import KubernetesEmulator, KubernetesError, ResourceInfo, resource
 from kmock._internal import rendering
 
+from agent.testing import labels
 from agent.testing.jwt import fake_jwt
+from agent.testing.labels import LabelRequirement
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
@@ -71,12 +74,6 @@ CONTROLLER_RESOURCES: dict[str, ResourceInfo] = {
     ),
 }  # fmt: skip
 
-_SELECTOR_TERM = re.compile(
-    r"^\s*(?P<negated>!)?\s*(?P<key>[A-Za-z0-9./_-]+)\s*"
-    r"(?:(?P<operator>==|=|!=|\bin\b|\bnotin\b)\s*(?P<value>\([^)]*\)|[A-Za-z0-9._-]*))?\s*$"
-)
-
-
 _NAMESPACES_PATH = re.compile(r"/api/v1/namespaces(?:/(?P<name>[^/]+))?/?")
 
 
@@ -88,62 +85,20 @@ class KubernetesInvalidError(KubernetesError):
     """422: the request cannot be applied (a failed JSON patch test, an invalid body)."""
 
 
-@dataclass(frozen=True)
-class LabelRequirement:
-    key: str
-    operator: str  # "in", "notin", "exists", "!exists"
-    values: frozenset[str] = frozenset()
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        present = self.key in labels
-        if self.operator == "exists":
-            return present
-        if self.operator == "!exists":
-            return not present
-        if self.operator == "in":
-            return present and labels[self.key] in self.values
-        return not present or labels[self.key] not in self.values
-
-
 def parse_label_selector(text: str) -> list[LabelRequirement]:
     """Parse a label selector as the API server does; raise KubernetesInvalidError if invalid."""
-    requirements = []
-    for term in _split_terms(text):
-        match = _SELECTOR_TERM.match(term)
-        if match is None or (match["negated"] and match["operator"]):
-            raise KubernetesInvalidError(status=400, reason="BadRequest", message="bad selector")
-        key, operator, value = match["key"], match["operator"], match["value"]
-        if operator is None:
-            requirements.append(LabelRequirement(key, "!exists" if match["negated"] else "exists"))
-        elif operator in ("in", "notin"):
-            values = frozenset(v.strip() for v in value.strip("()").split(",") if v.strip())
-            requirements.append(LabelRequirement(key, operator, values))
-        else:
-            kind = "notin" if operator == "!=" else "in"
-            requirements.append(LabelRequirement(key, kind, frozenset({value})))
-    return requirements
-
-
-def _split_terms(text: str) -> list[str]:
-    """Split a selector at the commas outside parentheses."""
-    terms, depth, current = [], 0, ""
-    for char in text:
-        depth += {"(": 1, ")": -1}.get(char, 0)
-        if char == "," and depth == 0:
-            terms.append(current)
-            current = ""
-        else:
-            current += char
-    if current.strip():
-        terms.append(current)
-    return [term for term in terms if term.strip()]
+    try:
+        return labels.parse_label_selector(text)
+    except labels.LabelSelectorError as error:
+        raise KubernetesInvalidError(
+            status=400, reason="BadRequest", message=f"unable to parse requirement: {error}"
+        ) from None
 
 
 def selector_matches(requirements: list[LabelRequirement], body: Mapping[str, Any] | None) -> bool:
     if body is None:
         return False
-    labels = body.get("metadata", {}).get("labels") or {}
-    return all(requirement.matches(labels) for requirement in requirements)
+    return labels.labels_match(requirements, body.get("metadata", {}).get("labels") or {})
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

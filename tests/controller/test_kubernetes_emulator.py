@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import kmock
 import pytest
+from kmock import KubernetesError
 
 from agent.testing.kubernetes import KubernetesApiEmulator, merge_patch, parse_label_selector
 
@@ -276,3 +277,114 @@ async def test_namespaces_served(api) -> None:
     assert [item["metadata"]["name"] for item in listed["items"]] == ["team-x"]
     status, _ = await call(session, "GET", "/api/v1/namespaces/missing")
     assert status == 404
+
+
+SELECTOR_LABELS = {"tier": "web", "env": "prod", "size": "10", "empty": "", "in": "in"}
+VALID_SELECTORS = [
+    ("", True),
+    ("  ", True),
+    ("tier=web", True),
+    ("tier==web", True),
+    ("  tier = web  ", True),
+    ("tier!=web", False),
+    ("tier!=db", True),
+    ("missing!=x", True),
+    ("missing=x", False),
+    ("env in (prod,dev)", True),
+    ("env in(prod)", True),
+    ("env notin (prod)", False),
+    ("env notin (dev)", True),
+    ("missing notin (a)", True),
+    ("missing in (a)", False),
+    ("tier", True),
+    ("!tier", False),
+    ("! missing", True),
+    ("size>5", True),
+    ("size<5", False),
+    ("size>10", False),
+    ("size<11", True),
+    ("tier>1", False),
+    ("missing<100", False),
+    ("empty=", True),
+    ("tier=", False),
+    ("empty in ()", True),
+    ("empty in (,)", True),
+    ("empty in (a,)", True),
+    ("empty in (,a)", True),
+    ("empty in (a,,b)", True),
+    ("empty in (a,,,)", True),
+    ("tier in (a,b)", False),
+    ("tier=web,env=dev", False),
+    ("tier=web, env=prod,!missing", True),
+    ("in in (in)", True),
+    ("example.com/tier!=web", True),
+]
+INVALID_SELECTORS = [
+    "tier=web,",
+    ",tier=web",
+    "tier=web,,env=prod",
+    "!tier=web",
+    "!!tier",
+    "tier in prod",
+    "tier in (a b)",
+    "tier in (a",
+    "tier in (,,)",
+    "tier in (a,,)",
+    "tier notin",
+    "tier=a=b",
+    "tier=!x",
+    "tier<=5",
+    "tier>abc",
+    "tier>-1",
+    "tier<",
+    "tier web",
+    "(tier)",
+    "tier=web)",
+    "-tier=x",
+    "a/b/c=x",
+    "/tier=x",
+    "Example.com/tier=x",
+    "tier=-x",
+    "x" * 64,
+    "tier=" + "v" * 64,
+    "tier in (ok,bad!)",
+]
+
+
+def test_label_selector_semantics() -> None:
+    for text, expected in VALID_SELECTORS:
+        requirements = parse_label_selector(text)
+        matched = all(r.matches(SELECTOR_LABELS) for r in requirements)
+        assert matched is expected, text
+
+
+def test_label_selector_rejects_invalid() -> None:
+    for text in INVALID_SELECTORS:
+        with pytest.raises(KubernetesError) as caught:
+            parse_label_selector(text)
+        assert caught.value.status == 400, text
+
+
+async def test_list_and_watch_reject_invalid_selector(api) -> None:
+    _, session = api
+    for params in ({"labelSelector": "a in (b"}, {"labelSelector": "!a=b", "watch": "true"}):
+        status, body = await call(session, "GET", SECRETS, params=params)
+        assert status == 400, params
+        assert body["reason"] == "BadRequest", params
+
+
+async def test_list_not_equal_matches_unlabelled(api) -> None:
+    _, session = api
+    await call(session, "POST", SECRETS, secret("web", {"tier": "web"}))
+    await call(session, "POST", SECRETS, secret("db", {"tier": "db"}))
+    await call(session, "POST", SECRETS, secret("bare"))
+    expected = {
+        "tier!=web": ["bare", "db"],
+        "tier notin (web,db)": ["bare"],
+        "tier in (web,db)": ["db", "web"],
+        "!tier": ["bare"],
+        "tier,tier!=db": ["web"],
+    }
+    for selector, names in expected.items():
+        _, body = await call(session, "GET", SECRETS, params={"labelSelector": selector})
+        assert sorted(item["metadata"]["name"] for item in body["items"]) == names, selector

@@ -38,21 +38,28 @@ Rules, with times on the manager's clock (Unix seconds):
 - A response with neither a lease nor a TTL is read again at every sync of its target, as External
   Secrets Operator does for every generator.
 
+The controller runs one manager per namespace with a `syncer` of its own shape (see
+`agent.controller.dynamic`): it passes the namespace's reference resolver, shared lease metrics
+and a `LeaseStateStore` that keeps the records on the managed Secret instead of in a file, and
+offers those records back with `adopt_records` after a restart.
+
 Not guaranteed: a token from `tokenSecretRef` that someone else lets expire or revokes takes its
 leases with it, and the manager cannot log in again with such a token.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -66,7 +73,7 @@ from agent.lease_state import (
     write_state,
 )
 from agent.logs import log_event
-from agent.refs import Refs
+from agent.refs import ReferenceResolver, Refs
 from agent.snapshot import GeneratedValue, LeaseUse
 from agent.writer import ProjectionError
 
@@ -165,6 +172,41 @@ class LeaseMetrics:
         )
 
 
+class LeaseSettings(Protocol):
+    """The settings a manager reads: the agent's `Settings` and the controller's both have them."""
+
+    lease_revoke_grace: float
+    lease_renewal_threshold: float
+
+
+class LeaseStateStore(Protocol):
+    """Where a manager keeps its lease records between processes."""
+
+    def read(self) -> list[LeaseRecord]:
+        """Return the saved records; raise LeaseStateError when they cannot be used."""
+
+    def write(self, records: Sequence[LeaseRecord], *, now: float) -> None:
+        """Save `records` in place of the previous ones; raise OSError on failure."""
+
+
+class LeaseStateFile:
+    """The agent's state file in the output directory (see agent.lease_state)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def __str__(self) -> str:
+        return str(self.directory)
+
+    def read(self) -> list[LeaseRecord]:
+        return read_state(self.directory)
+
+    def write(self, records: Sequence[LeaseRecord], *, now: float) -> None:
+        if not records and not os.path.lexists(self.directory / STATE_FILE_NAME):
+            return  # no generator in use: do not create the file
+        write_state(self.directory, records, now=now)
+
+
 class LeaseManager:
     """Holds the leases of every generator entry; see the module docstring for the rules.
 
@@ -176,18 +218,27 @@ class LeaseManager:
         self,
         syncer: Syncer,
         *,
-        settings: Settings,
+        settings: LeaseSettings,
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
+        refs: ReferenceResolver | None = None,
+        metrics: LeaseMetrics | None = None,
+        state: LeaseStateStore | None = None,
     ) -> None:
+        """Without `refs`, `metrics` or `state`, `settings` must be the agent's `Settings`: the
+        manager reads references from `refs_dir`, registers its metrics on the syncer's
+        registry and keeps the state file in the writer's output directory."""
         self.syncer = syncer
         self.grace = settings.lease_revoke_grace
         self.threshold = settings.lease_renewal_threshold
         self.clock = clock
         self.rng = rng
-        self.state_dir = syncer.writer.output_dir
-        self.refs = Refs(settings.refs_dir, pod_token=settings.pod_token)
-        self.metrics = LeaseMetrics(syncer.metrics.registry)
+        if refs is None:
+            agent_settings = cast("Settings", settings)
+            refs = Refs(agent_settings.refs_dir, pod_token=agent_settings.pod_token)
+        self.refs = refs
+        self.metrics = metrics if metrics is not None else LeaseMetrics(syncer.metrics.registry)
+        self.state = state if state is not None else LeaseStateFile(syncer.writer.output_dir)
         self._backend_metrics = syncer.metrics
         self._lock = threading.RLock()
         self._current: dict[LeaseKey, HeldLease] = {}
@@ -219,14 +270,16 @@ class LeaseManager:
     # -- the sync round's side -----------------------------------------------------------------
 
     def values_for(
-        self, declaration: ExternalSecretDeclaration
+        self, declaration: ExternalSecretDeclaration, *, target: str | None = None
     ) -> dict[int, GeneratedValue | StoreError]:
         """Return the response of each generator entry of `declaration`, by `dataFrom` index.
 
         Issues a lease on first need (or adopts one from the state file), and a new one when
         the held lease has ended or its generator changed. A failure is returned as the entry's
-        StoreError.
+        StoreError. `target` names the leases' owner, by default the declaration's target; the
+        controller passes `namespace/name` of the ExternalSecret.
         """
+        owner = target if target is not None else declaration.target
         values: dict[int, GeneratedValue | StoreError] = {}
         with self._lock:
             self._load_state()
@@ -243,7 +296,7 @@ class LeaseManager:
                     )
                     continue
                 try:
-                    held = self._held_for(declaration.target, entry, generator)
+                    held = self._held_for(owner, entry, generator)
                 except StoreError as error:
                     values[entry] = error
                     continue
@@ -325,6 +378,69 @@ class LeaseManager:
             for client in self._clients.values():
                 client.close(revoke_token=revoke)
             self._clients.clear()
+
+    # -- hand-over between controller processes ------------------------------------------------
+
+    def adopt_records(self, records: Sequence[LeaseRecord]) -> None:
+        """Take saved records as if the state file had listed them.
+
+        A current record is adopted when its entry is next asked for, unless the manager holds
+        a lease for that entry already. A superseded one is revoked at its revocation time.
+        """
+        with self._lock:
+            self._load_state()
+            assert self._records is not None
+            held_ids = {held.lease_id for held in self._all_held() if held.lease_id}
+            for record in records:
+                if record.lease_id and record.lease_id in held_ids:
+                    continue
+                if record.superseded:
+                    self._adopt_superseded(record)
+                elif (record.target, record.entry) not in self._current:
+                    self._records[(record.target, record.entry)] = record
+
+    def forget(self, target: str) -> None:
+        """Stop serving and renewing the current leases of `target` without revoking them.
+
+        Another process takes them over from their saved records. Superseded leases stay, so
+        they are still revoked when their grace ends.
+        """
+        with self._lock:
+            for key in [key for key in self._current if key[0] == target]:
+                held = self._current.pop(key)
+                log_event(
+                    logger,
+                    logging.INFO,
+                    "lease_handed_over",
+                    target=held.target,
+                    path=held.path,
+                    lease=held.label,
+                )
+            if self._records is not None:
+                for key in [key for key in self._records if key[0] == target]:
+                    del self._records[key]
+            self._dirty = True
+
+    def records_for(self, target: str, leases: Sequence[LeaseUse] = ()) -> list[LeaseRecord]:
+        """Return the records to save for `target`: its current leases and the superseded ones
+        that wait for revocation.
+
+        A current lease found in `leases` (a snapshot about to be written) gets the secret keys
+        given there, so the record is right as soon as that write succeeds.
+        """
+        keys = {id(use.lease): dict(use.secret_keys) for use in leases}
+        with self._lock:
+            records = []
+            for held in self._current.values():
+                record = self._record_of(held, superseded=False) if held.target == target else None
+                if record is not None and id(held) in keys:
+                    record = dataclasses.replace(record, secret_keys=keys[id(held)])
+                records.append(record)
+            for held in self._superseded:
+                if held.target == target:
+                    records.append(self._record_of(held, superseded=True))
+            unclaimed = [r for key, r in (self._records or {}).items() if key[0] == target]
+        return [record for record in records if record is not None] + unclaimed
 
     # -- holding a lease -----------------------------------------------------------------------
 
@@ -747,7 +863,7 @@ class LeaseManager:
             return
         self._records = {}
         try:
-            records = read_state(self.state_dir)
+            records = self.state.read()
         except LeaseStateError as error:
             log_event(logger, logging.WARNING, "lease_state_ignored", reason=str(error))
             return
@@ -956,17 +1072,14 @@ class LeaseManager:
         records += [self._record_of(held, superseded=True) for held in self._superseded]
         kept = [record for record in records if record is not None]
         kept += list((self._records or {}).values())
-        if not kept and not os.path.lexists(self.state_dir / STATE_FILE_NAME):
-            self._dirty = False
-            return  # no generator in use: do not create the file
         try:
-            write_state(self.state_dir, kept, now=self.clock())
+            self.state.write(kept, now=self.clock())
         except OSError as error:
             log_event(
                 logger,
                 logging.WARNING,
                 "lease_state_write_failed",
-                path=str(self.state_dir),
+                path=str(self.state),
                 error=error.strerror or type(error).__name__,
             )
             return

@@ -179,8 +179,9 @@ def load_declarations(paths: Sequence[Path | str], *, allow_nested: bool = False
 
 def load_manifest(
     document: Mapping[str, Any], *, source: str
-) -> StoreDeclaration | ExternalSecretDeclaration:
-    """Check one SecretStore, ClusterSecretStore or ExternalSecret read from the Kubernetes API.
+) -> StoreDeclaration | ExternalSecretDeclaration | GeneratorDeclaration:
+    """Check one SecretStore, ClusterSecretStore, ExternalSecret or VaultDynamicSecret read from
+    the Kubernetes API.
 
     The controller calls this, so an object means what the same document means in a file. The
     checks of one document apply (fields, target name, `spec.data` secret keys), and a
@@ -198,9 +199,13 @@ def load_manifest(
         subject = _Subject(origin, kind="ExternalSecret", name=declaration.name)
         checker._check_target(subject, declaration, {})
         checker._check_secret_keys(subject, _secret_keys(declaration))
-    found = [*checker.result.stores.values(), *checker.result.external_secrets]
+    found = [
+        *checker.result.stores.values(),
+        *checker.result.external_secrets,
+        *checker.result.generators.values(),
+    ]
     if not checker.errors and len(found) != 1:
-        problem = "not a SecretStore, ClusterSecretStore or ExternalSecret"
+        problem = "not a SecretStore, ClusterSecretStore, ExternalSecret or VaultDynamicSecret"
         checker.errors.append(DeclarationError(problem, source=source, field="kind"))
     if checker.errors:
         raise DeclarationErrors(checker.sorted_errors())

@@ -1,26 +1,57 @@
 """The AWS Systems Manager Parameter Store store.
 
 `fetch` reads remote keys with GetParameters, at most 10 names per request (the API's limit) and
-with decryption, so N distinct parameters cost ceil(N/10) requests. A remote key's version
-becomes a selector: `name:3` for a version number, `name:label` for a label. `fetch_prefix`
-reads a whole hierarchy with GetParametersByPath. Values are the UTF-8 bytes of the parameter
-value; a StringList stays the raw comma-separated text.
+with decryption. A remote key's version becomes a selector: `name:3` for a version number,
+`name:label` for a label. `fetch_prefix` reads a whole hierarchy with GetParametersByPath at every
+call. Values are the UTF-8 bytes of the parameter value; a StringList stays the raw
+comma-separated text.
+
+A store that is reused across refreshes (the `run` sidecar, the controller) does not read
+unchanged parameters again. It remembers each value it read together with the parameter's Version
+and LastModifiedDate. A later `fetch` of remembered keys first lists that pair with
+DescribeParameters (up to 50 names per request, following NextToken), which returns no values and
+decrypts nothing. GetParameters then reads only the keys whose pair changed, whose parameter is
+missing from the listing, or that were never read. N unchanged keys cost ceil(N/50) requests when
+DescribeParameters returns full pages (moto 5.2 returns 10 entries a page, so ceil(N/10) against
+it), and C changed keys add ceil(C/10). A first `fetch`, as in `once` mode, costs what it always
+did.
+
+These keys are read with GetParameters at every refresh:
+- label selectors (`name:label`): moving a label changes neither Version nor LastModifiedDate, and
+  DescribeParameters neither returns labels nor filters by them;
+- ARN-form keys: an ARN usually names a parameter shared from another account, which
+  DescribeParameters does not list by default, and moto 5.2 leaves the ARN out of its listing, so
+  a listed entry could not be checked to be the same parameter;
+- every key, for one refresh, when DescribeParameters fails, and for the rest of the store's life
+  when AWS denies it (the identity lacks ssm:DescribeParameters), logged once as
+  `ssm_describe_denied`.
+
+Remembered values follow the requested keys: a key that no `fetch` requested for
+FORGET_AFTER_SECONDS is forgotten, and so is a key whose read failed.
+
+Limitation: a parameter deleted and re-created with the same Version and the same LastModifiedDate
+looks unchanged, so the agent keeps its old value until the parameter changes again.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import RemoteKeyNotFoundError, StoreError
+from agent.logs import log_event
 from agent.stores import RemoteKey, RemoteValue, Store
 from agent.stores.aws import (
     AwsClientOptions,
     AwsClients,
     PermissionDeniedError,
     RequestRejectedError,
+    chunked,
 )
 
 if TYPE_CHECKING:
@@ -28,8 +59,16 @@ if TYPE_CHECKING:
     from agent.metrics import Metrics
     from agent.refs import ReferenceResolver
 
+logger = logging.getLogger(__name__)
+
 MAX_NAMES_PER_REQUEST = 10
 MAX_RESULTS_PER_PAGE = 10
+# DescribeParameters takes at most 50 values in one filter and a MaxResults of at most 50.
+MAX_NAMES_PER_DESCRIBE = 50
+MAX_RESULTS_PER_DESCRIBE = 50
+# Longer than a 24-hour refreshInterval plus its 10 % jitter, so a daily refresh still finds its
+# values remembered. Forgetting too early costs one GetParameters read, never a missed change.
+FORGET_AFTER_SECONDS = 27 * 3600.0
 _SELECTOR = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 # arn:partition:ssm:region:account:parameter/name has six colon-separated fields.
 _ARN_FIELDS = 6
@@ -46,9 +85,48 @@ class _Request:
     def name(self) -> str:
         return self.base if self.selector is None else f"{self.base}:{self.selector}"
 
+    @property
+    def checkable(self) -> bool:
+        """Whether DescribeParameters can show that this request's value is unchanged.
+
+        Labels cannot begin with a digit, so a selector of digits is a version number.
+        """
+        if self.base.startswith("arn:"):
+            return False
+        return self.selector is None or self.selector.isdigit()
+
+
+@dataclass(frozen=True)
+class _Fingerprint:
+    """A parameter's Version and LastModifiedDate (POSIX seconds), which change on every put."""
+
+    version: int
+    last_modified: float
+
+
+@dataclass(frozen=True)
+class _Read:
+    """One parameter value returned by GetParameters, with the fingerprint it came with."""
+
+    value: bytes
+    fingerprint: _Fingerprint | None
+
+
+@dataclass
+class _Remembered:
+    """A value read earlier, the fingerprint it belongs to, and when a fetch last requested it."""
+
+    value: bytes
+    fingerprint: _Fingerprint
+    requested_at: float
+
 
 class ParameterStore(Store):
-    """SSM Parameter Store in one region, through the store's `AwsClients`."""
+    """SSM Parameter Store in one region, through the store's `AwsClients`.
+
+    `clock` (monotonic seconds) and `forget_after` decide when a remembered value whose key is no
+    longer requested is dropped; tests inject both.
+    """
 
     def __init__(
         self,
@@ -57,13 +135,24 @@ class ParameterStore(Store):
         refs: ReferenceResolver,
         metrics: Metrics,
         options: AwsClientOptions | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        forget_after: float = FORGET_AFTER_SECONDS,
     ) -> None:
         super().__init__(declaration, refs=refs, metrics=metrics)
         self.aws = AwsClients(declaration, refs=refs, metrics=metrics, options=options)
+        self.clock = clock
+        self.forget_after = forget_after
+        self._remembered: dict[_Request, _Remembered] = {}
+        # Set for good once AWS denies DescribeParameters, after which every fetch reads every key.
+        self._describe_denied = False
+        # Consecutive fetches whose DescribeParameters failed, so that only the first one warns.
+        self._describe_failures = 0
 
     def fetch(self, keys: Sequence[RemoteKey]) -> dict[RemoteKey, RemoteValue | Exception]:
-        """Read `keys` with GetParameters, at most 10 distinct names per request.
+        """Read `keys`, skipping the parameters that did not change since this store read them.
 
+        GetParameters reads the keys that were never read, changed since, are labelled or are in
+        ARN form, at most 10 distinct names per request. DescribeParameters checks the others.
         Raises a `StoreError` only when the store as a whole fails (connection, throttling,
         credentials). A missing parameter, version or label is returned as that key's
         `RemoteKeyNotFoundError`.
@@ -77,11 +166,10 @@ class ParameterStore(Store):
             else:
                 requests.setdefault(request, []).append(key)
 
-        for batch in _plan_batches(list(requests)):
-            answers = self._get_parameters(batch)
-            for request in batch:
-                for key in requests[request]:
-                    results[key] = answers[request]
+        values = self._read(list(requests))
+        for request, request_keys in requests.items():
+            for key in request_keys:
+                results[key] = values[request]
         return results
 
     def fetch_prefix(self, path: str) -> dict[str, RemoteValue]:
@@ -125,7 +213,164 @@ class ParameterStore(Store):
             params["NextToken"] = token
 
     def close(self) -> None:
+        self._remembered.clear()
         self.aws.close()
+
+    # --- skipping unchanged parameters -----------------------------------------------------------
+
+    def _read(self, requests: list[_Request]) -> dict[_Request, RemoteValue | Exception]:
+        now = self.clock()
+        self._forget_idle(now)
+        unchanged, listed = self._check_remembered(requests)
+        stale = [request for request in requests if request not in unchanged]
+        answers: dict[_Request, _Read | Exception] = {}
+        for batch in _plan_batches(stale):
+            answers.update(self._get_parameters(batch))
+
+        values: dict[_Request, RemoteValue | Exception] = {}
+        for request in requests:
+            if request in unchanged:
+                remembered = self._remembered[request]
+                remembered.requested_at = now
+                values[request] = remembered.value
+                continue
+            answer = answers[request]
+            self._remember(request, answer, listed=listed.get(request), now=now)
+            values[request] = answer.value if isinstance(answer, _Read) else answer
+        return values
+
+    def _check_remembered(
+        self, requests: list[_Request]
+    ) -> tuple[set[_Request], dict[_Request, _Fingerprint]]:
+        """Return the remembered requests whose parameter is unchanged, and the fingerprint
+        DescribeParameters listed for each remembered request whose parameter changed."""
+        remembered = [request for request in requests if request in self._remembered]
+        if not remembered or self._describe_denied:
+            return set(), {}
+        listing = self._describe({_canonical_name(request.base) for request in remembered})
+        if listing is None:
+            return set(), {}
+
+        unchanged: set[_Request] = set()
+        listed: dict[_Request, _Fingerprint] = {}
+        for request in remembered:
+            current = listing.get(_canonical_name(request.base))
+            if current is None:
+                # Deleted, or listed without a usable fingerprint. GetParameters reads it again,
+                # or reports it missing exactly as for a key that was never read.
+                del self._remembered[request]
+            elif current == self._remembered[request].fingerprint:
+                unchanged.add(request)
+            else:
+                listed[request] = current
+        return unchanged, listed
+
+    def _remember(
+        self,
+        request: _Request,
+        answer: _Read | Exception,
+        *,
+        listed: _Fingerprint | None,
+        now: float,
+    ) -> None:
+        if not isinstance(answer, _Read) or not request.checkable or self._describe_denied:
+            self._remembered.pop(request, None)
+            return
+        # Prefer the fingerprint listed before this read. It is never newer than the value, so a
+        # put in between shows as a difference at the next refresh and costs one more read, never
+        # a missed change. GetParameters' own fingerprint is used for a first read, and for a
+        # version selector it belongs to that version, which costs one more read if the version
+        # is not the latest.
+        fingerprint = listed or answer.fingerprint
+        if fingerprint is None:
+            self._remembered.pop(request, None)
+            return
+        self._remembered[request] = _Remembered(answer.value, fingerprint, now)
+
+    def _forget_idle(self, now: float) -> None:
+        oldest = now - self.forget_after
+        idle = [r for r, entry in self._remembered.items() if entry.requested_at < oldest]
+        for request in idle:
+            del self._remembered[request]
+
+    def _describe(self, names: set[str]) -> dict[str, _Fingerprint] | None:
+        """List the fingerprint of each named parameter that exists, keyed by canonical name.
+
+        Returns None when DescribeParameters failed, so that the caller reads every key.
+        """
+        listing: dict[str, _Fingerprint] = {}
+        try:
+            for chunk in chunked(sorted(names), MAX_NAMES_PER_DESCRIBE):
+                listing.update(self._describe_chunk(chunk))
+        except PermissionDeniedError as error:
+            self._stop_describing(error)
+            return None
+        except StoreError as error:
+            self._describe_failed(error)
+            return None
+        if self._describe_failures:
+            log_event(
+                logger,
+                logging.INFO,
+                "ssm_describe_recovered",
+                store=self.name,
+                failed_fetches=self._describe_failures,
+            )
+            self._describe_failures = 0
+        return listing
+
+    def _describe_chunk(self, names: list[str]) -> dict[str, _Fingerprint]:
+        params: dict[str, Any] = {
+            "ParameterFilters": [{"Key": "Name", "Option": "Equals", "Values": names}],
+            "MaxResults": MAX_RESULTS_PER_DESCRIBE,
+        }
+        listing: dict[str, _Fingerprint] = {}
+        seen_tokens: set[str] = set()
+        while True:
+            response = self.aws.call("ssm", "DescribeParameters", params, noun="parameter")
+            for parameter in response.get("Parameters", []):
+                name = parameter.get("Name")
+                fingerprint = _fingerprint(parameter)
+                if isinstance(name, str) and fingerprint is not None:
+                    listing[_canonical_name(name)] = fingerprint
+            # Pages are best-effort: one may be short or empty while NextToken shows more remain.
+            token = response.get("NextToken")
+            if not token:
+                return listing
+            if token in seen_tokens:
+                raise StoreError(
+                    "DescribeParameters returned the same NextToken twice",
+                    store=self.name,
+                    fix="check AWS_ENDPOINT_URL: the endpoint does not page like SSM",
+                )
+            seen_tokens.add(token)
+            params["NextToken"] = token
+
+    def _stop_describing(self, error: StoreError) -> None:
+        self._describe_denied = True
+        self._remembered.clear()
+        log_event(
+            logger,
+            logging.WARNING,
+            "ssm_describe_denied",
+            store=self.name,
+            error=error.message,
+            fix='allow ssm:DescribeParameters on Resource "*" for the store\'s identity; until '
+            "the store is reopened, every refresh reads every parameter with GetParameters",
+        )
+
+    def _describe_failed(self, error: StoreError) -> None:
+        self._describe_failures += 1
+        log_event(
+            logger,
+            logging.WARNING if self._describe_failures == 1 else logging.DEBUG,
+            "ssm_describe_failed",
+            store=self.name,
+            failed_fetches=self._describe_failures,
+            error=error.message,
+            fix="this fetch reads every parameter with GetParameters; the next fetch tries "
+            "DescribeParameters again",
+        )
 
     # --- one request -----------------------------------------------------------------------------
 
@@ -142,7 +387,7 @@ class ParameterStore(Store):
             )
         return _Request(base=key.key, selector=key.version)
 
-    def _get_parameters(self, batch: list[_Request]) -> dict[_Request, RemoteValue | Exception]:
+    def _get_parameters(self, batch: list[_Request]) -> dict[_Request, _Read | Exception]:
         """Send one GetParameters request; split it if AWS rejects it as a whole."""
         try:
             response = self.aws.call(
@@ -159,7 +404,7 @@ class ParameterStore(Store):
             # AccessDeniedException when the policy covers only some of the names). Asking for
             # each name alone ties the error to its remote key and lets the others through, at
             # the cost of one request per name while the error lasts.
-            answers: dict[_Request, RemoteValue | Exception] = {}
+            answers: dict[_Request, _Read | Exception] = {}
             for request in batch:
                 answers.update(self._get_parameters([request]))
             return answers
@@ -167,7 +412,7 @@ class ParameterStore(Store):
 
     def _match_response(
         self, batch: list[_Request], response: dict[str, Any]
-    ) -> dict[_Request, RemoteValue | Exception]:
+    ) -> dict[_Request, _Read | Exception]:
         # Parameters come back in the service's own order, named without their selector. A batch
         # contains at most one request per parameter, so the name (or ARN) identifies the request.
         by_name: dict[str, dict[str, Any]] = {}
@@ -177,13 +422,14 @@ class ParameterStore(Store):
                 by_name[parameter["ARN"]] = parameter
         invalid = set(response.get("InvalidParameters", []))
 
-        answers: dict[_Request, RemoteValue | Exception] = {}
+        answers: dict[_Request, _Read | Exception] = {}
         for request in batch:
             parameter = _lookup(by_name, request.base)
             if request.name in invalid or parameter is None:
                 answers[request] = self._not_found(request, listed=request.name in invalid)
             else:
-                answers[request] = parameter["Value"].encode("utf-8")
+                value = parameter["Value"].encode("utf-8")
+                answers[request] = _Read(value, _fingerprint(parameter))
         return answers
 
     def _not_found(self, request: _Request, *, listed: bool) -> StoreError:
@@ -206,6 +452,25 @@ class ParameterStore(Store):
         return RemoteKeyNotFoundError(
             f"{subject} not found in {region}", store=self.name, remote_key=request.base, fix=fix
         )
+
+
+def _canonical_name(name: str) -> str:
+    """Return the name a parameter is listed under: `/key` and `key` are one parameter.
+
+    SSM stores a one-level name without its leading slash (moto 5.2 looks names up the same way,
+    but lists them as they were created), so names are compared in this form.
+    """
+    rest = name.removeprefix("/")
+    return name if "/" in rest else rest
+
+
+def _fingerprint(parameter: Mapping[str, Any]) -> _Fingerprint | None:
+    """Return a parameter's fingerprint, or None when the response lacks either field."""
+    version = parameter.get("Version")
+    modified = parameter.get("LastModifiedDate")
+    if not isinstance(version, int) or not isinstance(modified, datetime):
+        return None
+    return _Fingerprint(version, modified.timestamp())
 
 
 def _split_selector(name: str) -> _Request:

@@ -20,7 +20,10 @@ behaviour the controller depends on:
   `ownerReferences` all point to deleted objects;
 - namespace objects (`/api/v1/namespaces[/NAME]`), which kmock's URL parser cannot read;
 - the TokenRequest subresource: `POST .../serviceaccounts/NAME/token` returns an unsigned
-  JWT-shaped token for an existing service account (see `agent.testing.jwt`).
+  JWT-shaped token for an existing service account (see `agent.testing.jwt`);
+- traffic counts for benchmarks: the requests, objects and response bytes that lists and watches
+  sent, per resource and label selector, in `traffic` and at `GET /_emulator/traffic` (a path
+  the API server does not have).
 
 Limitation: strategic merge patch is treated as a JSON merge patch (lists are replaced, never
 merged by key), field selectors and `resourceVersion` on watch requests are ignored (a watch
@@ -33,10 +36,11 @@ from __future__ import annotations
 import copy
 import datetime
 import importlib.resources
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import aiohttp.web
@@ -74,6 +78,7 @@ CONTROLLER_RESOURCES: dict[str, ResourceInfo] = {
     ),
 }  # fmt: skip
 
+TRAFFIC_PATH = "/_emulator/traffic"
 _NAMESPACES_PATH = re.compile(r"/api/v1/namespaces(?:/(?P<name>[^/]+))?/?")
 
 
@@ -124,12 +129,24 @@ class IssuedToken:
     token: str
 
 
+@dataclass
+class Traffic:
+    """Requests, objects and response bytes sent by the lists or watches of one resource and
+    label selector."""
+
+    requests: int = 0
+    objects: int = 0
+    bytes: int = 0
+
+
 @attrs.define(kw_only=True)
 class KubernetesApiEmulator(KubernetesEmulator):
     """kmock's emulator with resource versions, conflicts, selectors, GC and TokenRequest."""
 
     _counter: int = attrs.field(default=0, init=False)
     issued_tokens: list[IssuedToken] = attrs.field(factory=list, init=False)
+    # ("list" or "watch", "v1/secrets" or "group/version/plural", label selector) -> Traffic
+    traffic: dict[tuple[str, str, str], Traffic] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -161,6 +178,8 @@ class KubernetesApiEmulator(KubernetesEmulator):
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         # kmock reads `/api/v1/namespaces/NAME` as a namespace prefix without a resource (and
         # fails on `/api/v1/namespaces`), so namespace objects are served here.
+        if raw_request.path == TRAFFIC_PATH:
+            return aiohttp.web.json_response(self._traffic_report())
         match = _NAMESPACES_PATH.fullmatch(raw_request.path)
         if match is None:
             return await super().__call__(raw_request)
@@ -431,12 +450,18 @@ class KubernetesApiEmulator(KubernetesEmulator):
             item for item in payload["items"] if selector_matches(requirements, item)
         ]
         payload["metadata"] = {"resourceVersion": str(self._counter)}
+        traffic = self._traffic_of("list", request)
+        traffic.requests += 1
+        traffic.objects += len(payload["items"])
+        traffic.bytes += len(json.dumps(payload))
         return payload
 
     async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
         requirements = parse_label_selector(request.params.get("labelSelector", ""))
         assert request.resource is not None
         bus = self._buses[request.resource]
+        traffic = self._traffic_of("watch", request)
+        traffic.requests += 1
         yield b""  # sends the headers, so the client sees the stream open
         async with self._lock:
             mark = await bus.mark()
@@ -451,15 +476,31 @@ class KubernetesApiEmulator(KubernetesEmulator):
         try:
             for body in existing:
                 if selector_matches(requirements, body):
-                    yield {"type": "ADDED", "object": body}
+                    yield _counted(traffic, {"type": "ADDED", "object": body})
             async for event in bus.stream(since=mark):
                 translated = _watch_event(event, request, requirements)
                 if translated is not None:
-                    yield translated
+                    yield _counted(traffic, translated)
         finally:
             await bus.unmark(mark)
 
     # --- helpers -------------------------------------------------------------------------------
+
+    def _traffic_of(self, verb: str, request: rendering.Request) -> Traffic:
+        assert request.resource is not None
+        name = "/".join(
+            part
+            for part in (request.resource.group, request.resource.version, request.resource.plural)
+            if part
+        )
+        key = (verb, name, request.params.get("labelSelector", ""))
+        return self.traffic.setdefault(key, Traffic())
+
+    def _traffic_report(self) -> list[dict[str, Any]]:
+        return [
+            {"verb": verb, "resource": name, "labelSelector": selector, **asdict(traffic)}
+            for (verb, name, selector), traffic in self.traffic.items()
+        ]
 
     def _current(self, request: rendering.Request) -> dict[str, Any]:
         key = (request.resource, request.namespace, request.name)
@@ -520,6 +561,14 @@ def _watch_event(
     if before:
         return {"type": "DELETED", "object": body}
     return None
+
+
+def _counted(traffic: Traffic, event: dict[str, Any]) -> bytes:
+    """Encode one watch event as a JSON line, as kmock would, and count it."""
+    line = json.dumps(event).encode() + b"\n"
+    traffic.objects += 1
+    traffic.bytes += len(line)
+    return line
 
 
 def _spec_part(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -388,3 +388,36 @@ async def test_list_not_equal_matches_unlabelled(api) -> None:
     for selector, names in expected.items():
         _, body = await call(session, "GET", SECRETS, params={"labelSelector": selector})
         assert sorted(item["metadata"]["name"] for item in body["items"]) == names, selector
+
+
+async def test_traffic_counts_what_was_sent(api) -> None:
+    emulator, session = api
+    selector = "secrets-agent.io/managed=true"
+    await call(session, "POST", SECRETS, secret("managed", {"secrets-agent.io/managed": "true"}))
+    await call(session, "POST", SECRETS, secret("other"))
+    async with session.get(SECRETS, params={"labelSelector": selector}) as response:
+        listed = await response.read()
+    received: list[bytes] = []
+
+    async def watch() -> None:
+        params = {"watch": "true", "labelSelector": selector}
+        async with session.get(SECRETS, params=params) as response:
+            async for line in response.content:
+                received.append(line)
+
+    task = asyncio.create_task(watch())
+    await asyncio.sleep(0.2)
+    await call(session, "POST", SECRETS, secret("ignored-too"))
+    await call(session, "PATCH", f"{SECRETS}/managed", {"data": {"b": "eA=="}}, headers=MERGE)
+    await asyncio.sleep(0.2)
+    task.cancel()
+    status, report = await call(session, "GET", "/_emulator/traffic")
+    assert status == 200
+    rows = {(row["verb"], row["resource"], row["labelSelector"]): row for row in report}
+    listing = rows["list", "v1/secrets", selector]
+    assert (listing["requests"], listing["objects"]) == (1, 1)
+    assert listing["bytes"] == len(listed)
+    watching = rows["watch", "v1/secrets", selector]
+    assert (watching["requests"], watching["objects"]) == (1, 2)
+    assert watching["bytes"] == sum(len(line) for line in received)
+    assert emulator.traffic["watch", "v1/secrets", selector].objects == 2

@@ -418,6 +418,7 @@ class ParameterStore(Store):
         by_name: dict[str, dict[str, Any]] = {}
         for parameter in response.get("Parameters", []):
             by_name[parameter["Name"]] = parameter
+            by_name.setdefault(_canonical_name(parameter["Name"]), parameter)
             if "ARN" in parameter:
                 by_name[parameter["ARN"]] = parameter
         invalid = set(response.get("InvalidParameters", []))
@@ -483,7 +484,7 @@ def _split_selector(name: str) -> _Request:
 
 
 def _lookup(by_name: dict[str, dict[str, Any]], base: str) -> dict[str, Any] | None:
-    parameter = by_name.get(base)
+    parameter = by_name.get(base) or by_name.get(_canonical_name(base))
     if parameter is None and base.startswith("arn:"):
         # An ARN request may come back under the plain name: `parameter/app/key` is `/app/key`
         # and `parameter/key` is `key` (a name without a leading slash).
@@ -500,17 +501,19 @@ def _plan_batches(requests: list[_Request]) -> list[list[_Request]]:
 
     Two selectors of one parameter (`/k:1` and `/k:2`) go to different batches, because the
     response names a parameter without its selector (moto 5.2 also omits `Selector`), so only
-    one request per parameter can be matched in each response.
+    one request per parameter can be matched in each response. `/k` and `k` name one parameter,
+    so they are kept apart too.
     """
     batches: list[list[_Request]] = []
     bases: list[set[str]] = []
     for request in requests:
+        base = _canonical_name(request.base)
         for batch, names in zip(batches, bases, strict=True):
-            if len(batch) < MAX_NAMES_PER_REQUEST and request.base not in names:
+            if len(batch) < MAX_NAMES_PER_REQUEST and base not in names:
                 batch.append(request)
-                names.add(request.base)
+                names.add(base)
                 break
         else:
             batches.append([request])
-            bases.append({request.base})
+            bases.append({base})
     return batches

@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_writer.py
 	$(BIN)/python bench/bench_run_rss.py
 	$(BIN)/python bench/bench_controller.py
+	$(BIN)/python bench/bench_ssm.py --runs 2
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

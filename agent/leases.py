@@ -180,7 +180,7 @@ class LeaseSettings(Protocol):
 
 
 class LeaseStateStore(Protocol):
-    """Where a manager keeps its lease records between processes."""
+    """The storage that keeps a manager's lease records from one process to the next."""
 
     def read(self) -> list[LeaseRecord]:
         """Return the saved records; raise LeaseStateError when they cannot be used."""

@@ -25,5 +25,11 @@ MANAGED_BY = "secrets-agent"
 DATA_HASH_ANNOTATION = "secrets-agent.io/data-hash"
 MANAGED_KEYS_ANNOTATION = "secrets-agent.io/managed-keys"
 RELOADER_MATCH_ANNOTATION = "reloader.stakater.com/match"
+# The lease records of dynamic secrets (a JSON object of ExternalSecret name -> records; lease
+# ids, times and secret key names, never a value), read back after a restart.
+LEASES_ANNOTATION = "secrets-agent.io/leases"
+# The labels and annotations `spec.target.template.metadata` set (a JSON object of ExternalSecret
+# name -> {"labels": [...], "annotations": [...]}), so that removing one there removes it here.
+TEMPLATE_METADATA_ANNOTATION = "secrets-agent.io/template-metadata"
 
 FINALIZER = "secrets-agent.io/finalizer"

@@ -59,6 +59,20 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         help="how long one backend read is shared between ExternalSecrets, default 10 "
         "(SECRETS_AGENT_CONTROLLER_CACHE_SECONDS)",
     )
+    flag(
+        "--lease-revoke-grace",
+        type=float,
+        metavar="SECONDS",
+        help="seconds replaced dynamic credentials stay valid after the new ones are written, "
+        "0-3600, default 60 (SECRETS_AGENT_CONTROLLER_LEASE_REVOKE_GRACE)",
+    )
+    flag(
+        "--lease-renewal-threshold",
+        type=float,
+        metavar="FRACTION",
+        help="share of a non-renewable lease's TTL after which it is fetched again, default 0.9 "
+        "(SECRETS_AGENT_CONTROLLER_LEASE_RENEWAL_THRESHOLD)",
+    )
     flag("--log-level", choices=["debug", "info", "warning", "error"])
     flag("--log-format", choices=["text", "json"])
 
@@ -101,6 +115,8 @@ def _controller(arguments: argparse.Namespace) -> int:
             peering=arguments.peering,
             standalone=arguments.standalone,
             cache_seconds=arguments.cache_seconds,
+            lease_revoke_grace=arguments.lease_revoke_grace,
+            lease_renewal_threshold=arguments.lease_renewal_threshold,
             log_level=arguments.log_level,
             log_format=arguments.log_format,
         )

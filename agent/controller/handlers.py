@@ -14,6 +14,9 @@ in one process (the tests start two to check leader election). What it guarantee
   only managed Secrets are cached.
 - Replicas elect a leader through kopf peering: each starts with a random priority, and every
   replica but the one with the highest priority pauses (its daemons stop) until that one is gone.
+- Dynamic secrets (generatorRef entries) are served by `agent.controller.dynamic`: a lease loop
+  renews and rotates leases, and wakes an ExternalSecret when its lease was rotated (full
+  reconcile) or only its lease records changed (the records annotation alone is updated).
 - Nothing is written into an ExternalSecret's spec; its status goes through the status
   subresource. kopf's own handler bookkeeping is never needed: only event handlers and daemons
   are registered.
@@ -26,6 +29,7 @@ import contextlib
 import datetime
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +39,7 @@ import kopf
 
 from agent.controller import FINALIZER, GROUP, MANAGED_LABEL, VERSION
 from agent.controller.cache import ReadCache, RefreshPlanner, StoreConnections
+from agent.controller.dynamic import GENERATOR_PLURAL, DynamicSecrets
 from agent.controller.health import HealthEndpoints
 from agent.controller.kube import KubeApiError, KubeClient, resource_path
 from agent.controller.metrics import ControllerMetrics
@@ -56,6 +61,10 @@ PEERING_LIFETIME_SECONDS = 60
 # pauses both, and kopf logs it.
 MAX_PRIORITY = 2**31 - 1
 MAINTAIN_IDLE_SECONDS = 30.0
+# Wake-up reasons: a rotated lease needs a full reconcile, changed lease records only a patch of
+# the records annotation.
+LEASE_ROTATED = "lease_rotated"
+LEASE_RECORDS_CHANGED = "lease_records_changed"
 
 LoginFunction = Callable[[], Awaitable[kopf.ConnectionInfo]]
 StoreOpener = Callable[..., Store]
@@ -70,6 +79,8 @@ class _Tracked:
     fingerprint: Any = None
     target: tuple[str, str] | None = None
     store: tuple[str, str | None, str] | None = None
+    # Names of the VaultDynamicSecrets its generatorRef entries name.
+    generators: frozenset[str] = frozenset()
     failures: int = 0
     # True once a refreshInterval 0 ExternalSecret has synced: only drift repair follows.
     once_done: bool = False
@@ -91,7 +102,10 @@ class Controller:
         opener: StoreOpener = open_store,
         peering_lifetime: int = PEERING_LIFETIME_SECONDS,
         priority: int | None = None,
+        lease_clock: Callable[[], float] = time.time,
     ) -> None:
+        """`lease_clock` is the clock of lease schedules (Unix seconds); tests pass the Vault
+        emulator's."""
         self.settings = settings
         self.metrics = metrics or ControllerMetrics()
         self.registry = kopf.OperatorRegistry()
@@ -115,8 +129,17 @@ class Controller:
         self._maintainer: asyncio.Task[None] | None = None
         # Set at cleanup; a daemon that kopf spawned while stopping waits on this too.
         self._closing: asyncio.Event | None = None
+        self._lease_loop: asyncio.Task[None] | None = None
         self.health = HealthEndpoints(
             settings.listen_address, registry=self.metrics.registry, healthy=lambda: self._started
+        )
+        self.dynamic = DynamicSecrets(
+            client=self.client,
+            settings=settings,
+            metrics=self.metrics,
+            resolver=lambda namespace: self._resolver(namespace, namespace),
+            wake_owner=self._wake_owner,
+            clock=lease_clock,
         )
         self.reconciler = Reconciler(
             client=self.client,
@@ -128,6 +151,7 @@ class Controller:
             resolvers=self._resolver,
             secrets=self.secrets,
             post_event=_post_event,
+            dynamic=self.dynamic,
         )
         self._configure(peering_lifetime)
         self._register()
@@ -166,6 +190,7 @@ class Controller:
         kopf.on.cleanup(registry=registry)(self._on_cleanup)
         kopf.on.event(GROUP, VERSION, "secretstores", registry=registry)(self._on_store)
         kopf.on.event(GROUP, VERSION, "clustersecretstores", registry=registry)(self._on_store)
+        kopf.on.event(GROUP, VERSION, GENERATOR_PLURAL, registry=registry)(self._on_generator)
         kopf.on.event(GROUP, VERSION, "externalsecrets", registry=registry)(
             self._on_external_secret
         )
@@ -198,6 +223,7 @@ class Controller:
         self._closing = asyncio.Event()
         await self.health.start()
         self._maintainer = asyncio.create_task(self._maintain_stores(), name="store maintenance")
+        self._lease_loop = asyncio.create_task(self.dynamic.run(), name="lease loop")
         self._started = True
         log_event(
             logger,
@@ -212,14 +238,24 @@ class Controller:
         self._started = False
         if self._closing is not None:
             self._closing.set()
-        if self._maintainer is not None:
-            self._maintainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintainer
+        for task in (self._maintainer, self._lease_loop):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.dynamic.close()
         await self.connections.close_all()
         await self.client.close()
         await self.health.stop()
         log_event(logger, logging.INFO, "controller_stopped")
+
+    def check_leases(self) -> None:
+        """Make the lease loop look at every lease's schedule now; safe from any thread.
+
+        Useful after the lease clock jumped (tests move the Vault emulator's clock).
+        """
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.dynamic.wake)
 
     def _resolver(self, store_namespace: str | None, namespace: str) -> ReferenceResolver:
         assert self._loop is not None
@@ -258,6 +294,11 @@ class Controller:
             key[0] if kind == "SecretStore" else None,
             str(store_ref.get("name")),
         )
+        tracked.generators = frozenset(
+            str(((item.get("sourceRef") or {}).get("generatorRef") or {}).get("name"))
+            for item in spec.get("dataFrom") or []
+            if isinstance(item, Mapping) and (item.get("sourceRef") or {}).get("generatorRef")
+        )
         fingerprint = (
             metadata.get("generation"),
             metadata.get("labels") or {},
@@ -277,16 +318,25 @@ class Controller:
         key = (str(metadata.get("namespace")), str(metadata.get("name")))
         tracked = self.tracked.setdefault(key, _Tracked())
         closing = self._closing or asyncio.Event()
-        delay: float | None = 0.0  # the first reconcile runs at once
+        loop = asyncio.get_running_loop()
+        # When the next reconcile is due (loop time); None waits for a wake-up. The first
+        # reconcile runs at once.
+        deadline: float | None = loop.time()
         while not stopped and not closing.is_set():
-            if delay != 0.0:
-                timed_out = await _sleep(tracked.wake, stopped, closing, delay)
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is None or remaining > 0:
+                timed_out = await _sleep(tracked.wake, stopped, closing, remaining)
                 if stopped or closing.is_set():
                     break
-                if not timed_out and not self._due(tracked):
+                if not timed_out:
+                    reasons = set(tracked.reasons)
                     tracked.wake.clear()
                     tracked.reasons.clear()
-                    continue
+                    if reasons == {LEASE_RECORDS_CHANGED}:
+                        await self._save_lease_records(key, body)
+                        continue
+                    if not self._due(tracked, reasons):
+                        continue
             tracked.wake.clear()
             tracked.reasons.clear()
             outcome = await self._reconcile(key, body, tracked)
@@ -295,9 +345,11 @@ class Controller:
             else:
                 tracked.failures = 0
                 tracked.once_done = tracked.once_done or outcome.delay is None
-            delay = outcome.delay
+            deadline = None if outcome.delay is None else loop.time() + outcome.delay
         reason = stopped.reason
-        if reason is not None and reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
+        deleted = reason is not None and bool(reason & kopf.DaemonStoppingReason.RESOURCE_DELETED)
+        await self.dynamic.removed(key[0], key[1], deleted=deleted)
+        if deleted:
             await self._forget_deleted(key, body)
 
     async def _reconcile(self, key: tuple[str, str], body: Any, tracked: _Tracked) -> Outcome:
@@ -316,12 +368,31 @@ class Controller:
             )
             return Outcome("error", backoff_delay(tracked.failures + 1), str(error))
 
+    async def _save_lease_records(self, key: tuple[str, str], body: Any) -> None:
+        try:
+            await self.reconciler.save_lease_records(body)
+        except (KubeApiError, StoreError, OSError) as error:
+            log_event(
+                logger,
+                logging.WARNING,
+                "lease_records_not_saved",
+                namespace=key[0],
+                external_secret=key[1],
+                error=f"{type(error).__name__}: {error}",
+            )
+
     @staticmethod
-    def _due(tracked: _Tracked) -> bool:
-        """Tell whether a wake-up needs a reconcile (after a one-time sync, only drift does)."""
+    def _due(tracked: _Tracked, reasons: set[str]) -> bool:
+        """Tell whether a wake-up needs a reconcile (after a one-time sync, only drift, a store
+        change or a rotated lease does)."""
         if not tracked.once_done:
             return True
-        return "drift" in tracked.reasons or "store" in tracked.reasons
+        return bool(reasons & {"drift", "store", LEASE_ROTATED})
+
+    def _wake_owner(self, key: tuple[str, str], reason: str) -> None:
+        tracked = self.tracked.get(key)
+        if tracked is not None:
+            tracked.wake_for(reason)
 
     async def _forget_deleted(self, key: tuple[str, str], body: Any) -> None:
         try:
@@ -373,7 +444,9 @@ class Controller:
             self.stores.update(body)
             current = self.stores.stores.get(key)
             changed = previous is not None and (current is None or current[1] != previous[1])
-            await self._write_store_status(body, key)
+            plural = "secretstores" if key[0] == "SecretStore" else "clustersecretstores"
+            path = resource_path(plural, name=key[2], namespace=key[1], status=True)
+            await self._write_validity(body, problems=self.stores.invalid.get(key), path=path)
         if changed:
             closed = await self.connections.close_store(*key)
             self.metrics.store_connections.set(len(self.connections))
@@ -382,14 +455,36 @@ class Controller:
                 if tracked.store == key:
                     tracked.wake_for("store")
 
-    async def _write_store_status(self, body: Mapping[str, Any], key: Any) -> None:
-        """Report whether the store's declaration is valid, without contacting the backend."""
-        problems = self.stores.invalid.get(key)
+    async def _on_generator(self, event: Mapping[str, Any], body: Any, **_: Any) -> None:
+        body = plain(body)
+        metadata = body.get("metadata") or {}
+        key = (str(metadata.get("namespace")), str(metadata.get("name")))
+        index = self.dynamic.index
+        was_valid = key in index.generators
+        if event.get("type") == "DELETED":
+            index.remove(key)
+        else:
+            index.update(body)
+            path = resource_path(GENERATOR_PLURAL, name=key[1], namespace=key[0], status=True)
+            await self._write_validity(body, problems=index.invalid.get(key), path=path)
+        self.dynamic.generator_changed(key)
+        if was_valid and key not in index.generators:
+            # Its ExternalSecrets report the problem now; a changed spec instead rotates their
+            # leases through the lease loop.
+            for (namespace, _name), tracked in self.tracked.items():
+                if namespace == key[0] and key[1] in tracked.generators:
+                    tracked.wake_for("store")
+
+    async def _write_validity(
+        self, body: Mapping[str, Any], *, problems: str | None, path: str
+    ) -> None:
+        """Report in the status whether a store's or generator's declaration is valid, without
+        contacting the backend."""
         condition = {
             "type": "Ready",
             "status": "False" if problems else "True",
             "reason": "InvalidProviderConfig" if problems else "Valid",
-            "message": problems or "store declaration is valid",
+            "message": problems or "declaration is valid",
         }
         current = [
             {k: v for k, v in item.items() if k != "lastTransitionTime"}
@@ -398,14 +493,11 @@ class Controller:
         if current == [condition]:
             return
         condition["lastTransitionTime"] = _now()
-        plural = "secretstores" if key[0] == "SecretStore" else "clustersecretstores"
-        path = resource_path(plural, name=key[2], namespace=key[1], status=True)
         try:
             await self.client.patch(path, {"status": {"conditions": [condition]}})
         except KubeApiError as error:
-            log_event(
-                logger, logging.WARNING, "store_status_failed", store=key[2], error=str(error)
-            )
+            name = (body.get("metadata") or {}).get("name")
+            log_event(logger, logging.WARNING, "store_status_failed", store=name, error=str(error))
 
 
 async def _sleep(

@@ -9,6 +9,9 @@
 - `deletionPolicy` (what happens when remote keys disappear) follows External Secrets Operator:
   Retain reports the missing key as an error, Merge drops the missing entries and keeps the
   Secret, Delete drops them and deletes the Secret (creationPolicy Owner) once nothing is left.
+- Generator entries (`dataFrom[].sourceRef.generatorRef`) get their values from
+  `agent.controller.dynamic`: read once per lease, and the lease records are written with the
+  data they describe.
 - Status goes through the status subresource; `spec` and metadata of the ExternalSecret are
   never written here.
 """
@@ -30,12 +33,16 @@ from typing import Any
 from pydantic import BaseModel
 
 from agent.controller.cache import ConnectionKey, ReadCache, RefreshPlanner, StoreConnections
+from agent.controller.dynamic import DynamicSecrets, uses_generators
 from agent.controller.kube import KubeApiError, KubeClient, resource_path, secrets_path
 from agent.controller.metrics import ControllerMetrics
 from agent.controller.secrets import (
     Owner,
     SecretConflictError,
     check_secret_key,
+    decoded_data,
+    managed_keys,
+    plan_lease_records,
     plan_removal,
     plan_write,
 )
@@ -51,7 +58,14 @@ from agent.models import (
     ServiceAccountSelector,
 )
 from agent.refs import ReferenceResolver
-from agent.snapshot import SnapshotError, build_snapshot, remote_keys
+from agent.snapshot import (
+    GeneratedValue,
+    LeaseUse,
+    Snapshot,
+    SnapshotError,
+    build_snapshot,
+    remote_keys,
+)
 from agent.stores import RemoteKey
 from agent.sync import backoff_delay
 
@@ -95,6 +109,10 @@ class Outcome:
 class _Fetched:
     data: dict[str, bytes]
     store_group: tuple[str, str | None, str]
+    leases: tuple[LeaseUse, ...] = ()
+
+
+Generated = Mapping[int, GeneratedValue | StoreError]
 
 
 class StoreIndex:
@@ -141,6 +159,7 @@ class Reconciler:
         resolvers: ResolverFactory,
         secrets: dict[tuple[str, str], dict[str, Any]],
         post_event: EventPoster,
+        dynamic: DynamicSecrets | None = None,
     ) -> None:
         self.client = client
         self.stores = stores
@@ -152,6 +171,7 @@ class Reconciler:
         # Managed Secrets as the watch last delivered them (namespace, name) -> body.
         self.secrets = secrets
         self.post_event = post_event
+        self.dynamic = dynamic
         self._namespace_labels: dict[str, tuple[float, dict[str, str]]] = {}
 
     async def reconcile(self, body: Mapping[str, Any], *, failures: int) -> Outcome:
@@ -163,7 +183,9 @@ class Reconciler:
         try:
             declaration = self.declaration(body)
             fetched = await self._fetch(declaration, namespace)
-            action = await self._write(declaration, body, fetched.data)
+            records = await self._lease_records(declaration, fetched.leases)
+            action = await self._write(declaration, body, fetched.data, records)
+            await self._committed(declaration, fetched.leases, records)
         except ReconcileError as error:
             outcome = await self._failed(body, error, failures=failures)
         else:
@@ -211,6 +233,47 @@ class Reconciler:
                 if not error.conflict:
                     raise
 
+    async def save_lease_records(self, body: Mapping[str, Any]) -> None:
+        """Update the lease records on the Secret of one ExternalSecret, and nothing else.
+
+        Runs after a renewal changed the records while the data stayed the same. A Secret that
+        does not list the ExternalSecret in its managed keys is never touched.
+        """
+        body = plain(body)
+        try:
+            declaration = self.declaration(body)
+        except ReconcileError:
+            return
+        if self.dynamic is None or declaration.spec.target.creation_policy == "None":
+            return
+        records = await self.dynamic.records(declaration)
+        assert declaration.namespace is not None
+        owner = _owner(body)
+        for _attempt in range(3):
+            existing = await self._current_secret(declaration.namespace, declaration.target)
+            if existing is None or owner.name not in managed_keys(existing):
+                return
+            patch = plan_lease_records(owner=owner, records=records, existing=existing)
+            try:
+                if patch is not None:
+                    path = secrets_path(declaration.namespace, declaration.target)
+                    self._remember(await self.client.patch(path, patch))
+            except KubeApiError as error:
+                if error.conflict or error.not_found:
+                    self.secrets.pop((declaration.namespace, declaration.target), None)
+                    continue
+                log_event(
+                    logger,
+                    logging.WARNING,
+                    "lease_records_not_saved",
+                    namespace=declaration.namespace,
+                    external_secret=declaration.name,
+                    error=str(error),
+                )
+                return
+            self.dynamic.written(declaration, records)
+            return
+
     def declaration(self, body: Mapping[str, Any]) -> ExternalSecretDeclaration:
         """Validate the ExternalSecret with the agent's models; raise ReconcileError if invalid."""
         metadata = body.get("metadata") or {}
@@ -220,19 +283,13 @@ class Reconciler:
         except DeclarationErrors as error:
             raise ReconcileError(declaration_problems(error), retry=False) from None
         assert isinstance(declaration, ExternalSecretDeclaration)
-        for index, item in enumerate(declaration.spec.data_from):
-            if item.source_ref is not None:
-                # Limitation: generators need a lease manager in the controller, which does not
-                # exist yet; such an ExternalSecret is reported and left alone.
-                raise ReconcileError(
-                    f"spec.dataFrom[{index}].sourceRef: generators are not supported by the "
-                    "controller yet; use them with the in-pod agent, or read a static secret "
-                    "through spec.secretStoreRef",
-                    retry=False,
-                )
-        if declaration.store_ref is None:
+        spec = declaration.spec
+        reads_store = spec.data or any(item.source_ref is None for item in spec.data_from)
+        if declaration.store_ref is None and reads_store:
             raise ReconcileError(
-                "spec.secretStoreRef is missing; name the store to read from", retry=False
+                "spec.secretStoreRef is missing; name the store to read from (only "
+                "dataFrom.sourceRef.generatorRef entries need none)",
+                retry=False,
             )
         target = declaration.target
         if len(target) > _MAX_SECRET_NAME or not _SECRET_NAME.fullmatch(target):
@@ -254,6 +311,10 @@ class Reconciler:
     # --- fetching ------------------------------------------------------------------------------
 
     async def _fetch(self, declaration: ExternalSecretDeclaration, namespace: str) -> _Fetched:
+        generated = await self._generated(declaration)
+        if declaration.store_ref is None:
+            snapshot = await self._snapshot(declaration, None, {}, generated)
+            return _Fetched(dict(snapshot.data), ("generators", namespace, ""), snapshot.leases)
         store, digest, key = await self._store(declaration, namespace)
         connection_key = ConnectionKey(
             kind=store.kind,
@@ -274,15 +335,31 @@ class Reconciler:
             fetched = await self.reads.fetch(connection, keys) if keys else {}
         except StoreError as error:
             raise ReconcileError(str(error)) from None
-        snapshot = await self._snapshot(declaration, connection, fetched)
-        return _Fetched(dict(snapshot), (store.kind, key[1], store.name))
+        snapshot = await self._snapshot(declaration, connection, fetched, generated)
+        return _Fetched(dict(snapshot.data), (store.kind, key[1], store.name), snapshot.leases)
+
+    async def _generated(self, declaration: ExternalSecretDeclaration) -> Generated | None:
+        """Return the values of the generator entries; None when there are none."""
+        if self.dynamic is None:
+            return None
+        if not uses_generators(declaration):
+            self.dynamic.declared(declaration)
+            return None
+        assert declaration.namespace is not None
+        secret = await self._current_secret(declaration.namespace, declaration.target)
+        data = decoded_data(secret) if secret is not None else {}
+        try:
+            return await self.dynamic.values_for(declaration, secret=secret, data=data)
+        except StoreError as error:
+            raise ReconcileError(str(error)) from None
 
     async def _snapshot(
         self,
         declaration: ExternalSecretDeclaration,
         connection: Any,
         fetched: Mapping[RemoteKey, Any],
-    ) -> Mapping[str, bytes]:
+        generated: Generated | None,
+    ) -> Snapshot:
         """Build the snapshot in a worker thread, reading prefixes through the shared cache."""
         loop = asyncio.get_running_loop()
 
@@ -292,24 +369,49 @@ class Reconciler:
             )
             return future.result()
 
-        def build(subject: ExternalSecretDeclaration) -> Mapping[str, bytes]:
+        def build(subject: ExternalSecretDeclaration, values: Generated | None) -> Snapshot:
             return build_snapshot(
                 subject,
-                store_name=connection.store.name,
+                store_name=connection.store.name if connection is not None else "-",
                 fetched=fetched,
                 read_prefix=read_prefix,
-            ).data
+                generated=values,
+            )
 
         try:
-            return await loop.run_in_executor(None, build, declaration)
+            return await loop.run_in_executor(None, build, declaration, generated)
         except SnapshotError as error:
             reduced = _without_missing(declaration, error, fetched)
             if reduced is None:
                 raise ReconcileError(str(error)) from None
+        subject, kept = reduced
+        values = None
+        if generated is not None:
+            values = {new: generated[old] for new, old in enumerate(kept) if old in generated}
         try:
-            return await loop.run_in_executor(None, build, reduced)
+            return await loop.run_in_executor(None, build, subject, values)
         except SnapshotError as error:
             raise ReconcileError(str(error)) from None
+
+    async def _lease_records(
+        self, declaration: ExternalSecretDeclaration, leases: tuple[LeaseUse, ...]
+    ) -> list[dict[str, Any]] | None:
+        """Return the lease records to write with the Secret; None leaves the annotation alone
+        (an ExternalSecret that never used generators)."""
+        if self.dynamic is None or not (leases or uses_generators(declaration)):
+            return None
+        return await self.dynamic.records(declaration, leases)
+
+    async def _committed(
+        self,
+        declaration: ExternalSecretDeclaration,
+        leases: tuple[LeaseUse, ...],
+        records: list[dict[str, Any]] | None,
+    ) -> None:
+        if self.dynamic is None or records is None:
+            return
+        self.dynamic.written(declaration, records)
+        await self.dynamic.committed(declaration, leases)
 
     async def _store(
         self, declaration: ExternalSecretDeclaration, namespace: str
@@ -387,6 +489,7 @@ class Reconciler:
         declaration: ExternalSecretDeclaration,
         body: Mapping[str, Any],
         data: Mapping[str, bytes],
+        leases: list[dict[str, Any]] | None = None,
     ) -> str:
         """Write the Secret; return "created", "updated", "deleted", "unchanged", or "absent"
         (deletionPolicy Delete found nothing to fetch and no Secret to delete)."""
@@ -405,7 +508,9 @@ class Reconciler:
             try:
                 if not data and declaration.spec.target.deletion_policy == "Delete":
                     return await self._delete_secret(declaration, owner, existing)
-                write = plan_write(declaration, owner=owner, data=data, existing=existing)
+                write = plan_write(
+                    declaration, owner=owner, data=data, existing=existing, leases=leases
+                )
                 if write is None:
                     return "unchanged"
                 if write.action == "create":
@@ -610,11 +715,13 @@ def _without_missing(
     declaration: ExternalSecretDeclaration,
     error: SnapshotError,
     fetched: Mapping[RemoteKey, Any],
-) -> ExternalSecretDeclaration | None:
+) -> tuple[ExternalSecretDeclaration, list[int]] | None:
     """For deletionPolicy Delete and Merge, drop the entries whose remote key is gone.
 
-    Returns None when the policy is Retain, or when some failure is not a missing remote key
-    (a missing property, an invalid value, a store error), which stays an error.
+    Returns the reduced declaration and, for each of its `dataFrom` entries, the entry's index
+    in the original. Returns None when the policy is Retain, or when some failure is not a
+    missing remote key (a missing property, an invalid value, a store error), which stays an
+    error.
     """
     if declaration.spec.target.deletion_policy == "Retain":
         return None
@@ -626,11 +733,14 @@ def _without_missing(
         missing.add(failure.remote_key)
     spec = declaration.spec
     data = [item for item in spec.data if item.remote_ref.key not in missing]
-    data_from = [
-        item for item in spec.data_from if item.extract is None or item.extract.key not in missing
+    kept = [
+        index
+        for index, item in enumerate(spec.data_from)
+        if item.extract is None or item.extract.key not in missing
     ]
+    data_from = [spec.data_from[index] for index in kept]
     reduced = spec.model_copy(update={"data": data, "data_from": data_from})
-    return dataclasses.replace(declaration, spec=reduced)
+    return dataclasses.replace(declaration, spec=reduced), kept
 
 
 def _reads_own_namespace(store: StoreDeclaration) -> bool:

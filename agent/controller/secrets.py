@@ -17,7 +17,8 @@ Every managed Secret carries the labels `secrets-agent.io/managed: "true"` (the 
 only these) and, when the controller created it, `app.kubernetes.io/managed-by: secrets-agent`; the
 annotations `secrets-agent.io/data-hash` (SHA-256 of the managed keys and values),
 `secrets-agent.io/managed-keys` (which ExternalSecret wrote which keys) and
-`reloader.stakater.com/match: "true"`; and the labels and annotations of
+`reloader.stakater.com/match: "true"`; `secrets-agent.io/leases` when an ExternalSecret uses
+dynamic secrets (see `agent.controller.dynamic`); and the labels and annotations of
 `spec.target.template.metadata`.
 """
 
@@ -34,6 +35,7 @@ from typing import Any
 from agent.controller import (
     API_VERSION,
     DATA_HASH_ANNOTATION,
+    LEASES_ANNOTATION,
     MANAGED_BY,
     MANAGED_BY_LABEL,
     MANAGED_KEYS_ANNOTATION,
@@ -141,11 +143,14 @@ def plan_write(
     owner: Owner,
     data: Mapping[str, bytes],
     existing: Mapping[str, Any] | None,
+    leases: list[dict[str, Any]] | None = None,
 ) -> SecretWrite | None:
     """Return the write that makes the target Secret match `data`, or None when it already does.
 
-    Raises SecretConflictError when the policy forbids the write (a foreign Secret under Owner,
-    a missing Secret under Merge, changed data in an immutable Secret, a different type).
+    `leases` are the owner's lease records for the leases annotation; an empty list removes
+    the owner's entry. Raises SecretConflictError when the policy forbids the write (a foreign
+    Secret under Owner, a missing Secret under Merge, changed data in an immutable Secret, a
+    different type).
     """
     policy = declaration.spec.target.creation_policy
     if policy == "None":
@@ -156,16 +161,63 @@ def plan_write(
                 f"Secret {declaration.target} does not exist, and creationPolicy Merge only "
                 "writes into an existing Secret; create it, or use creationPolicy Owner"
             )
-        return SecretWrite("create", _new_secret(declaration, owner=owner, data=data))
+        body = _new_secret(declaration, owner=owner, data=data)
+        if leases:
+            body["metadata"]["annotations"][LEASES_ANNOTATION] = lease_annotation(
+                None, owner=owner.name, records=leases
+            )
+        return SecretWrite("create", body)
     if policy == "Owner":
         _check_ownership(declaration, owner, existing)
     desired = _desired(declaration, owner=owner, data=data, existing=existing)
+    if leases is not None:
+        _set_annotation(
+            desired["metadata"]["annotations"],
+            LEASES_ANNOTATION,
+            lease_annotation(existing, owner=owner.name, records=leases),
+        )
     _check_immutable_fields(declaration, existing, desired)
     patch = _merge_patch(existing, desired)
     if not patch:
         return None
     patch.setdefault("metadata", {})["resourceVersion"] = existing["metadata"]["resourceVersion"]
     return SecretWrite("patch", patch)
+
+
+def lease_annotation(
+    existing: Mapping[str, Any] | None, *, owner: str, records: list[dict[str, Any]]
+) -> str | None:
+    """Return the leases annotation with `owner`'s records replaced; None when it is empty."""
+    text = (((existing or {}).get("metadata") or {}).get("annotations") or {}).get(
+        LEASES_ANNOTATION
+    )
+    try:
+        saved = json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        saved = {}
+    if not isinstance(saved, dict):
+        saved = {}
+    if records:
+        saved[owner] = records
+    else:
+        saved.pop(owner, None)
+    return json.dumps(saved, sort_keys=True) if saved else None
+
+
+def plan_lease_records(
+    *, owner: Owner, records: list[dict[str, Any]], existing: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """Return the patch that updates only `owner`'s lease records on a Secret, or None."""
+    annotations = (existing.get("metadata") or {}).get("annotations") or {}
+    wanted = lease_annotation(existing, owner=owner.name, records=records)
+    if annotations.get(LEASES_ANNOTATION) == wanted:
+        return None
+    return {
+        "metadata": {
+            "resourceVersion": existing["metadata"]["resourceVersion"],
+            "annotations": {LEASES_ANNOTATION: wanted},
+        }
+    }
 
 
 def plan_removal(
@@ -187,6 +239,7 @@ def plan_removal(
                 DATA_HASH_ANNOTATION: data_hash({k: data.get(k, b"") for k in remaining})
                 if written
                 else None,
+                LEASES_ANNOTATION: lease_annotation(existing, owner=owner.name, records=[]),
             },
         },
     }
@@ -343,6 +396,13 @@ def _check_immutable_fields(
             f"Secret {declaration.target} is immutable and its data is out of date; delete the "
             "Secret to have it recreated"
         )
+
+
+def _set_annotation(annotations: dict[str, Any], key: str, value: str | None) -> None:
+    if value is None:
+        annotations.pop(key, None)
+    else:
+        annotations[key] = value
 
 
 def _template_labels(declaration: ExternalSecretDeclaration) -> dict[str, str]:

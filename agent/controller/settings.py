@@ -31,6 +31,11 @@ class ControllerSettings(BaseSettings):
     standalone: bool = False
     # How long a backend read is shared between ExternalSecrets, in seconds.
     cache_seconds: float = Field(default=10.0, ge=0)
+    # Dynamic secrets, as for the agent (docs/leases.md): seconds replaced credentials stay
+    # valid after the new ones are written, and the share of a non-renewable lease's TTL after
+    # which it is fetched again.
+    lease_revoke_grace: float = Field(default=60.0, ge=0, le=3600)
+    lease_renewal_threshold: float = Field(default=0.9, gt=0, lt=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     # The controller's own service account token, used by stores without a serviceAccountRef.

@@ -72,6 +72,11 @@ CONTROLLER_RESOURCES: dict[str, ResourceInfo] = {
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
         subresources={"status"},
     ),
+    "secrets-agent.io/v1alpha1/vaultdynamicsecrets": ResourceInfo(
+        kind="VaultDynamicSecret", singular="vaultdynamicsecret", namespaced=True,
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+        subresources={"status"},
+    ),
     "kopf.dev/v1/clusterkopfpeerings": ResourceInfo(
         kind="ClusterKopfPeering", singular="clusterkopfpeering", namespaced=False,
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"},

@@ -120,6 +120,9 @@ class Cluster:
         """Start a controller against this cluster; it is stopped when the test ends."""
         peering_lifetime = overrides.pop("peering_lifetime", 60)
         priority = overrides.pop("priority", None)
+        extra = {}
+        if "lease_clock" in overrides:
+            extra["lease_clock"] = overrides.pop("lease_clock")
         settings = ControllerSettings(
             listen="127.0.0.1:0", standalone=overrides.pop("standalone", True), **overrides
         )
@@ -128,7 +131,7 @@ class Cluster:
             return kopf.ConnectionInfo(server=self.url, insecure=True)
 
         controller = Controller(
-            settings, login=login, peering_lifetime=peering_lifetime, priority=priority
+            settings, login=login, peering_lifetime=peering_lifetime, priority=priority, **extra
         )
         # kopf cancels every task of its loop that it did not start when it stops, so each
         # controller runs on a loop of its own in a thread, as `kopf.testing.KopfRunner` does.

@@ -329,6 +329,8 @@ def test_rbac_covers_controller_requests() -> None:
         (GROUP, "secretstores/status", ("patch",)),
         (GROUP, "clustersecretstores", ("get", "list", "watch")),
         (GROUP, "clustersecretstores/status", ("patch",)),
+        (GROUP, "vaultdynamicsecrets", ("get", "list", "watch")),
+        (GROUP, "vaultdynamicsecrets/status", ("patch",)),
         ("", "secrets", ("get", "list", "watch", "create", "patch", "delete")),
         ("", "configmaps", ("get",)),
         ("", "namespaces", ("get",)),
@@ -347,6 +349,7 @@ def test_rbac_grants_no_writes_beyond_need() -> None:
     assert not allowed(rules, GROUP, "externalsecrets", "update")
     assert not allowed(rules, GROUP, "externalsecrets", "delete")
     assert not allowed(rules, GROUP, "secretstores", "patch")
+    assert not allowed(rules, GROUP, "vaultdynamicsecrets", "patch")
     assert not allowed(rules, "", "secrets", "update")
     assert not allowed(rules, "", "configmaps", "list")
     assert not allowed(rules, "apiextensions.k8s.io", "customresourcedefinitions", "create")

@@ -39,7 +39,7 @@ import importlib.resources
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -234,11 +234,17 @@ class KubernetesApiEmulator(KubernetesEmulator):
         }
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
-        if request.resource is not None and request.name is not None:
-            if str(request.method.value).upper() == "GET" and request.action != "WATCH":
-                # Served directly: kmock's reaction matching costs more than the read itself.
-                async with self._lock:
-                    return aiohttp.web.json_response(self._current(request))
+        method = str(request.method.value).upper()
+        if method == "GET" and request.resource is not None and request.resource.plural:
+            # Reads of objects are served directly (discovery has no plural and goes to kmock).
+            # kmock's reaction matching scans every request served so far, so through it each
+            # read would cost more than the one before.
+            if request.action == "WATCH":
+                return await self._stream(request, self._serve_watch(request))
+            if request.name is None:
+                return aiohttp.web.json_response(await self._serve_list(request))
+            async with self._lock:
+                return aiohttp.web.json_response(self._current(request))
         write = self._write_for(request)
         if write is None:
             return await super()._handle(request)
@@ -461,7 +467,7 @@ class KubernetesApiEmulator(KubernetesEmulator):
         traffic.bytes += len(json.dumps(payload))
         return payload
 
-    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
+    async def _serve_watch(self, request: rendering.Request) -> AsyncGenerator[bytes, None]:
         requirements = parse_label_selector(request.params.get("labelSelector", ""))
         assert request.resource is not None
         bus = self._buses[request.resource]
@@ -488,6 +494,27 @@ class KubernetesApiEmulator(KubernetesEmulator):
                     yield _counted(traffic, translated)
         finally:
             await bus.unmark(mark)
+
+    async def _stream(
+        self, request: rendering.Request, chunks: AsyncGenerator[bytes, None]
+    ) -> aiohttp.web.StreamResponse:
+        """Send a watch's chunks. An error raised before the first chunk reaches kmock, which
+        returns it as an API error status."""
+        first = await anext(chunks)
+        response = aiohttp.web.StreamResponse()
+        response.content_type = "application/json"
+        assert request._raw_request is not None
+        await response.prepare(request._raw_request)
+        try:
+            await response.write(first)
+            async for chunk in chunks:
+                await response.write(chunk)
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client went away
+        finally:
+            await chunks.aclose()
+        return response
 
     # --- helpers -------------------------------------------------------------------------------
 

@@ -332,6 +332,7 @@ class KubernetesApiEmulator(KubernetesEmulator):
         new = self._apply_subresource_rules(request, current, new)
         if new == current:
             return 200, current
+        _check_immutable_fields(request.resource, current, new)
         metadata = new["metadata"]
         if request.resource.group and _spec_part(new) != _spec_part(current):
             metadata["generation"] = int(current["metadata"].get("generation", 1)) + 1
@@ -601,6 +602,31 @@ def _counted(traffic: Traffic, event: dict[str, Any]) -> bytes:
     traffic.objects += 1
     traffic.bytes += len(line)
     return line
+
+
+def _check_immutable_fields(res: Any, current: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    """Reject, as the API server's validation does, an update that changes a Secret's `type`, or
+    the data or `immutable` flag of a Secret or ConfigMap marked `immutable: true`."""
+    if res.group or res.plural not in ("secrets", "configmaps"):
+        return
+    kind = "Secret" if res.plural == "secrets" else "ConfigMap"
+    invalid = f'{kind} "{current["metadata"].get("name")}" is invalid'
+    if kind == "Secret" and new.get("type", "Opaque") != current.get("type", "Opaque"):
+        raise KubernetesInvalidError(
+            status=422,
+            reason="Invalid",
+            message=f'{invalid}: type: Invalid value: "{new.get("type")}": field is immutable',
+        )
+    if not current.get("immutable"):
+        return
+    for field in ("data", "binaryData", "immutable"):
+        if new.get(field) != current.get(field):
+            raise KubernetesInvalidError(
+                status=422,
+                reason="Invalid",
+                message=f"{invalid}: {field}: Forbidden: field is immutable when `immutable` "
+                "is set",
+            )
 
 
 def _spec_part(body: Mapping[str, Any]) -> dict[str, Any]:

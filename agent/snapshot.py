@@ -18,15 +18,17 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.declarations import ExternalSecretDeclaration
 from agent.errors import AgentError, InvalidValueError, RemoteKeyNotFoundError, StoreError
 from agent.goregexp import compile_regexp, replace_all
 from agent.models import DecodingStrategy, RemoteRef
 from agent.stores import RemoteKey, RemoteValue
-from agent.templates import TemplateError, TemplateErrors, render_files
 from agent.writer import check_secret_key
+
+if TYPE_CHECKING:
+    from agent.templates import TemplateError
 
 # Reads every remote key beneath a path, as `Store.fetch_prefix` does; results may be cached.
 PrefixReader = Callable[[str], Mapping[str, RemoteValue]]
@@ -122,6 +124,11 @@ def build_snapshot(
     for index, data_item in enumerate(declaration.spec.data):
         builder.single(data_item.secret_key, data_item.remote_ref, fetched, f"spec.data[{index}]")
     snapshot = builder.finish()
+    if declaration.spec.target.template is None:
+        return snapshot
+    # agent.templates loads Jinja2 (about 2 MiB and 40 ms), so only for declared templates.
+    from agent.templates import TemplateErrors, render_files
+
     try:
         files = render_files(declaration, snapshot.data)
     except TemplateErrors as error:

@@ -12,7 +12,7 @@ and LastModifiedDate. A later `fetch` of remembered keys first lists that pair w
 DescribeParameters (up to 50 names per request, following NextToken), which returns no values and
 decrypts nothing. GetParameters then reads only the keys whose pair changed, whose parameter is
 missing from the listing, or that were never read. N unchanged keys cost ceil(N/50) requests when
-DescribeParameters returns full pages (moto 5.2 returns 10 entries a page, so ceil(N/10) against
+DescribeParameters returns full pages (moto 5.2 returns 10 entries a page, so about N/10 against
 it), and C changed keys add ceil(C/10). A first `fetch`, as in `once` mode, costs what it always
 did.
 

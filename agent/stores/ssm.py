@@ -22,6 +22,9 @@ These keys are read with GetParameters at every refresh:
 - ARN-form keys: an ARN usually names a parameter shared from another account, which
   DescribeParameters does not list by default, and moto 5.2 leaves the ARN out of its listing, so
   a listed entry could not be checked to be the same parameter;
+- the keys a listing did not reach: when DescribeParameters returns short pages, listing 50 names
+  stops after 6 pages (the 5 GetParameters requests it was meant to save, plus one), so a refresh
+  never costs much more than reading every key;
 - every key, for one refresh, when DescribeParameters fails, and for the rest of the store's life
   when AWS denies it (the identity lacks ssm:DescribeParameters), logged once as
   `ssm_describe_denied`.
@@ -326,8 +329,14 @@ class ParameterStore(Store):
         }
         listing: dict[str, _Fingerprint] = {}
         seen_tokens: set[str] = set()
+        # AWS fills pages on a best-effort basis, and in a large account a filtered listing can
+        # come back in many short or empty pages. Past the number of GetParameters requests the
+        # listing was meant to save (plus one for a last empty page), reading is cheaper: stop,
+        # and the names not listed yet are read with GetParameters like deleted ones.
+        pages_left = -(-len(names) // MAX_NAMES_PER_REQUEST) + 1
         while True:
             response = self.aws.call("ssm", "DescribeParameters", params, noun="parameter")
+            pages_left -= 1
             for parameter in response.get("Parameters", []):
                 name = parameter.get("Name")
                 fingerprint = _fingerprint(parameter)
@@ -343,6 +352,8 @@ class ParameterStore(Store):
                     store=self.name,
                     fix="check AWS_ENDPOINT_URL: the endpoint does not page like SSM",
                 )
+            if pages_left == 0:
+                return listing
             seen_tokens.add(token)
             params["NextToken"] = token
 

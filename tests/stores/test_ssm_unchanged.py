@@ -400,11 +400,10 @@ def test_describe_short_empty_pages(scripted, ssm, open_store, metrics):
         }
         for entry in listing
     ]
+    # Three names are worth one GetParameters request, so the listing may take two pages.
     pages = iter(
         [
-            {"Parameters": [], "NextToken": "page-2"},
-            {"Parameters": entries[:1], "NextToken": "page-3"},
-            {"Parameters": [], "NextToken": "page-4"},
+            {"Parameters": entries[:1], "NextToken": "page-2"},
             {"Parameters": entries[1:]},
         ]
     )
@@ -427,7 +426,30 @@ def test_describe_short_empty_pages(scripted, ssm, open_store, metrics):
         for request in scripted.requests[requests_before:]
         if request.operation == "DescribeParameters"
     ]
-    assert tokens == [None, "page-2", "page-3", "page-4"]
+    assert tokens == [None, "page-2"]
+
+
+def test_describe_stops_when_pages_cost_more_than_reads(scripted, ssm, open_store, metrics):
+    for index in range(3):
+        put(ssm, f"/sparse/key-{index}", f"fake-value-{index}")
+    keys = [RemoteKey(f"/sparse/key-{index}") for index in range(3)]
+    store = open_store()
+    store.fetch(keys)
+    counter = iter(range(1000))
+
+    def script(request: SeenRequest):
+        if request.operation != "DescribeParameters":
+            return None
+        return json_response({"Parameters": [], "NextToken": f"page-{next(counter)}"})
+
+    scripted.script = script
+    reads_before, describes_before = gets(metrics), describes(metrics)
+
+    fetched = store.fetch(keys)
+
+    assert fetched == {key: f"fake-value-{index}".encode() for index, key in enumerate(keys)}
+    assert describes(metrics) == describes_before + 2, "one page per read it saves, plus one"
+    assert gets(metrics) == reads_before + 1, "the names not listed are read"
 
 
 def test_describe_repeated_token_falls_back(scripted, ssm, open_store, metrics, caplog):

@@ -424,6 +424,9 @@ class DynamicSecrets:
 
     async def _tick(self, space: _Namespace) -> None:
         space.due = math.inf  # a reschedule during the tick lowers it again
+        # The tick's delay counts from a moment during the tick; counting it from the start
+        # errs early, never late, should the clock move meanwhile.
+        started = self.clock()
         try:
             delay = await self._run(space.manager.tick)
         except Exception as error:  # one namespace's defect must not stop the others
@@ -436,7 +439,7 @@ class DynamicSecrets:
             )
             delay = MAX_IDLE_SECONDS
         if delay is not None:
-            space.due = min(space.due, self.clock() + delay)
+            space.due = min(space.due, started + delay)
 
     # -- called back from managers -------------------------------------------------------------
 

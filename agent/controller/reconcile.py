@@ -517,6 +517,9 @@ class Reconciler:
                     written = await self.client.create(
                         secrets_path(declaration.namespace), write.body
                     )
+                elif write.action == "replace":
+                    assert existing is not None
+                    written = await self._replace_secret(declaration, existing, write.body)
                 else:
                     written = await self.client.patch(path, write.body)
             except SecretConflictError as error:
@@ -532,6 +535,35 @@ class Reconciler:
             self._remember(written)
             return "created" if write.action == "create" else "updated"
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _replace_secret(
+        self,
+        declaration: ExternalSecretDeclaration,
+        existing: Mapping[str, Any],
+        body: Mapping[str, Any],
+    ) -> Any:
+        """Delete the Secret (only the version that was planned against) and create `body`."""
+        assert declaration.namespace is not None
+        path = secrets_path(declaration.namespace, declaration.target)
+        await self.client.delete(path, resource_version=existing["metadata"]["resourceVersion"])
+        self.secrets.pop((declaration.namespace, declaration.target), None)
+        log_event(
+            logger,
+            logging.INFO,
+            "secret_replaced",
+            namespace=declaration.namespace,
+            secret=declaration.target,
+        )
+        try:
+            return await self.client.create(secrets_path(declaration.namespace), body)
+        except KubeApiError as error:
+            if not error.conflict:
+                raise
+        # The old Secret still exists: a finalizer of someone else keeps it until removed.
+        raise ReconcileError(
+            f"Secret {declaration.target} is being deleted to change its type or immutable data, "
+            "and a finalizer keeps it; it is created again once it is gone"
+        )
 
     async def _delete_secret(
         self,

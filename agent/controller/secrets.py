@@ -7,8 +7,9 @@ unchanged Secret is never written, so its resourceVersion stays the same and Sta
 
 Creation policies, with External Secrets Operator's meaning:
 - Owner: the controller creates the Secret with an owner reference to the ExternalSecret, so
-  Kubernetes deletes it with the ExternalSecret. The data is exactly the snapshot. A Secret of the
-  same name that the controller did not create is left alone and reported.
+  Kubernetes deletes it with the ExternalSecret. The data is exactly the snapshot. An existing
+  Secret of that name is taken over (its data replaced, the owner reference added) unless another
+  object controls it (an owner reference with `controller: true`), which is reported instead.
 - Orphan: the same without the owner reference; an existing Secret of that name is taken over.
 - Merge: the Secret must exist; only the ExternalSecret's keys are written, other keys are kept.
 - None: nothing is written.
@@ -19,7 +20,9 @@ annotations `secrets-agent.io/data-hash` (SHA-256 of the managed keys and values
 `secrets-agent.io/managed-keys` (which ExternalSecret wrote which keys) and
 `reloader.stakater.com/match: "true"`; `secrets-agent.io/leases` when an ExternalSecret uses
 dynamic secrets (see `agent.controller.dynamic`); and the labels and annotations of
-`spec.target.template.metadata`.
+`spec.target.template.metadata`. The keys of those are listed in the annotation
+`secrets-agent.io/template-metadata`, so that a label or annotation removed from the template is
+removed from the Secret, while the ones others set stay.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from agent.controller import (
     MANAGED_KEYS_ANNOTATION,
     MANAGED_LABEL,
     RELOADER_MATCH_ANNOTATION,
+    TEMPLATE_METADATA_ANNOTATION,
 )
 from agent.declarations import ExternalSecretDeclaration
 
@@ -131,9 +135,11 @@ class Owner:
 
 @dataclass(frozen=True)
 class SecretWrite:
-    """What to send: `create` a whole Secret, or `patch` (a JSON merge patch) an existing one."""
+    """What to send: `create` a whole Secret, `patch` (a JSON merge patch) an existing one, or
+    `replace` it: delete the existing Secret and create `body`, because the API server rejects
+    changing its `type`, or the data of an immutable Secret, in place."""
 
-    action: str  # "create" or "patch"
+    action: str  # "create", "patch" or "replace"
     body: dict[str, Any]
 
 
@@ -149,8 +155,8 @@ def plan_write(
 
     `leases` are the owner's lease records for the leases annotation; an empty list removes
     the owner's entry. Raises SecretConflictError when the policy forbids the write (a foreign
-    Secret under Owner, a missing Secret under Merge, changed data in an immutable Secret, a
-    different type).
+    Secret controlled by another object under Owner, a missing Secret under Merge, a type or
+    immutable data that only deleting the Secret could change under Merge).
     """
     policy = declaration.spec.target.creation_policy
     if policy == "None":
@@ -176,7 +182,10 @@ def plan_write(
             LEASES_ANNOTATION,
             lease_annotation(existing, owner=owner.name, records=leases),
         )
-    _check_immutable_fields(declaration, existing, desired)
+    if _needs_replacement(existing, desired):
+        if policy == "Merge":
+            raise SecretConflictError(_replacement_problem(declaration, existing, desired))
+        return SecretWrite("replace", _replacement(declaration, existing, desired))
     patch = _merge_patch(existing, desired)
     if not patch:
         return None
@@ -243,8 +252,14 @@ def plan_removal(
             },
         },
     }
+    stale_labels, stale_annotations, record = _template_record(
+        existing, owner=owner.name, declaration=None
+    )
+    patch["metadata"]["labels"] = dict.fromkeys(stale_labels)
+    patch["metadata"]["annotations"].update(dict.fromkeys(stale_annotations))
+    patch["metadata"]["annotations"][TEMPLATE_METADATA_ANNOTATION] = record
     if not written:
-        patch["metadata"]["labels"] = {MANAGED_LABEL: None}
+        patch["metadata"]["labels"][MANAGED_LABEL] = None
         patch["metadata"]["annotations"][RELOADER_MATCH_ANNOTATION] = None
     return patch
 
@@ -265,6 +280,11 @@ def _new_secret(
             **_our_annotations({owner.name: sorted(data)}, data),
         },
     }
+    _set_annotation(
+        metadata["annotations"],
+        TEMPLATE_METADATA_ANNOTATION,
+        _template_record(None, owner=owner.name, declaration=declaration)[2],
+    )
     if declaration.spec.target.creation_policy == "Owner":
         metadata["ownerReferences"] = [_owner_reference(owner)]
     if template is not None and template.metadata.finalizers:
@@ -305,10 +325,18 @@ def _desired(
         written = {owner.name: sorted(data)}
         hashed = dict(data)
     metadata = existing.get("metadata") or {}
-    labels = {**(metadata.get("labels") or {}), **_template_labels(declaration)}
+    stale_labels, stale_annotations, record = _template_record(
+        existing, owner=owner.name, declaration=declaration
+    )
+    labels = {k: v for k, v in (metadata.get("labels") or {}).items() if k not in stale_labels}
+    labels.update(_template_labels(declaration))
     labels.update(_our_labels(whole=policy != "Merge"))
-    annotations = {**(metadata.get("annotations") or {}), **_template_annotations(declaration)}
+    annotations = {
+        k: v for k, v in (metadata.get("annotations") or {}).items() if k not in stale_annotations
+    }
+    annotations.update(_template_annotations(declaration))
     annotations.update(_our_annotations(written, hashed))
+    _set_annotation(annotations, TEMPLATE_METADATA_ANNOTATION, record)
     desired_metadata: dict[str, Any] = {"labels": labels, "annotations": annotations}
     if policy == "Owner":
         foreign = [
@@ -325,6 +353,9 @@ def _desired(
     desired: dict[str, Any] = {"metadata": desired_metadata, "data": _encoded(new_data)}
     if template is not None and template.type:
         desired["type"] = template.type
+    if declaration.spec.target.immutable or existing.get("immutable"):
+        # Merge leaves an immutable Secret immutable; the others follow the declaration.
+        desired["immutable"] = declaration.spec.target.immutable or policy == "Merge"
     return desired
 
 
@@ -348,6 +379,8 @@ def _merge_patch(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> dic
         patch["data"] = data_changes
     if "type" in desired and desired["type"] != existing.get("type", DEFAULT_TYPE):
         patch["type"] = desired["type"]
+    if desired.get("immutable") and not existing.get("immutable"):
+        patch["immutable"] = True
     return patch
 
 
@@ -367,35 +400,124 @@ def _check_ownership(
         for reference in metadata.get("ownerReferences") or []
         if reference.get("controller")
     ]
-    if any(reference.get("uid") != owner.uid for reference in controllers):
+    # As External Secrets Operator does: a Secret without a controller reference is taken over,
+    # one controlled by another object is not.
+    others = [reference for reference in controllers if reference.get("uid") != owner.uid]
+    if others:
+        kind, name = others[0].get("kind", "object"), others[0].get("name", "")
         raise SecretConflictError(
-            f"Secret {declaration.target} is controlled by another object; rename "
-            "spec.target.name, or delete the Secret"
-        )
-    if not owns_whole_secret(existing) and not controllers:
-        raise SecretConflictError(
-            f"Secret {declaration.target} exists and was not created by secrets-agent, so "
-            "creationPolicy Owner leaves it alone; delete it, rename spec.target.name, or use "
-            "creationPolicy Orphan or Merge"
+            f"Secret {declaration.target} is controlled by {kind} {name}, so creationPolicy "
+            "Owner does not take it over; rename spec.target.name, or delete the Secret"
         )
 
 
-def _check_immutable_fields(
+def _needs_replacement(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """Tell whether `desired` changes what the API server rejects changing in place: the type,
+    and the data or the `immutable` flag of an immutable Secret."""
+    if "type" in desired and desired["type"] != existing.get("type", DEFAULT_TYPE):
+        return True
+    if not existing.get("immutable"):
+        return False
+    return (existing.get("data") or {}) != desired["data"] or not desired.get("immutable")
+
+
+def _replacement_problem(
     declaration: ExternalSecretDeclaration,
     existing: Mapping[str, Any],
     desired: Mapping[str, Any],
-) -> None:
+) -> str:
     if "type" in desired and desired["type"] != existing.get("type", DEFAULT_TYPE):
-        raise SecretConflictError(
+        return (
             f"Secret {declaration.target} has type {existing.get('type', DEFAULT_TYPE)}, not "
-            f"{desired['type']}, and a Secret's type cannot change; delete the Secret to have it "
-            "recreated"
+            f"{desired['type']}, and a Secret's type cannot change; creationPolicy Merge never "
+            "deletes the Secret, so delete it or change spec.target.template.type"
         )
-    if existing.get("immutable") and (existing.get("data") or {}) != desired["data"]:
-        raise SecretConflictError(
-            f"Secret {declaration.target} is immutable and its data is out of date; delete the "
-            "Secret to have it recreated"
-        )
+    return (
+        f"Secret {declaration.target} is immutable and its data or spec.target.immutable is out "
+        "of date; creationPolicy Merge never deletes the Secret, so delete it to have it written"
+    )
+
+
+def _replacement(
+    declaration: ExternalSecretDeclaration,
+    existing: Mapping[str, Any],
+    desired: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Return the Secret that replaces `existing`: the desired one with the existing metadata
+    that others set (labels, annotations, owner references, finalizers)."""
+    metadata = {
+        key: value
+        for key, value in desired["metadata"].items()
+        if key in ("labels", "annotations", "ownerReferences", "finalizers")
+    }
+    for key in ("ownerReferences", "finalizers"):
+        current = (existing.get("metadata") or {}).get(key)
+        if key not in metadata and current:
+            metadata[key] = list(current)
+    body: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": declaration.target,
+            "namespace": declaration.namespace,
+            **metadata,
+        },
+        "type": desired.get("type", existing.get("type", DEFAULT_TYPE)),
+        "data": desired["data"],
+    }
+    if declaration.spec.target.immutable:
+        body["immutable"] = True
+    return body
+
+
+def template_metadata(secret: Mapping[str, Any] | None) -> dict[str, dict[str, list[str]]]:
+    """Return the template-metadata annotation: ExternalSecret name -> the label and annotation
+    keys its template set on the Secret."""
+    annotations = ((secret or {}).get("metadata") or {}).get("annotations") or {}
+    try:
+        parsed = json.loads(annotations.get(TEMPLATE_METADATA_ANNOTATION) or "{}")
+    except json.JSONDecodeError:
+        return {}
+    if not isinstance(parsed, dict):
+        return {}
+    result = {}
+    for name, entry in parsed.items():
+        if isinstance(entry, dict):
+            result[str(name)] = {
+                field: [str(key) for key in entry.get(field) or [] if isinstance(key, str)]
+                for field in ("labels", "annotations")
+            }
+    return result
+
+
+def _template_record(
+    existing: Mapping[str, Any] | None,
+    *,
+    owner: str,
+    declaration: ExternalSecretDeclaration | None,
+) -> tuple[set[str], set[str], str | None]:
+    """Compare what `owner`'s template set before with what it sets now (None: nothing).
+
+    Returns the label keys and annotation keys to remove, because the template no longer sets
+    them and no other ExternalSecret's template does, and the new template-metadata annotation
+    (None when it would be empty).
+    """
+    recorded = template_metadata(existing)
+    previous = recorded.pop(owner, {})
+    labels = _template_labels(declaration) if declaration is not None else {}
+    annotations = _template_annotations(declaration) if declaration is not None else {}
+    others = {
+        field: {key for entry in recorded.values() for key in entry.get(field, [])}
+        for field in ("labels", "annotations")
+    }
+    stale_labels = set(previous.get("labels", [])) - set(labels) - others["labels"]
+    stale_annotations = (
+        set(previous.get("annotations", [])) - set(annotations) - others["annotations"]
+    )
+    if labels or annotations:
+        recorded[owner] = {"labels": sorted(labels), "annotations": sorted(annotations)}
+    record = json.dumps(recorded, sort_keys=True) if recorded else None
+    return stale_labels, stale_annotations, record
 
 
 def _set_annotation(annotations: dict[str, Any], key: str, value: str | None) -> None:

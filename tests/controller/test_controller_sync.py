@@ -220,10 +220,43 @@ async def test_creation_policy_limits(cluster: Cluster, ssm) -> None:
     await synced(cluster, "none")
     assert cluster.secret("none") is None
 
-    ready = await eventually(lambda: cluster.ready("owner"))
-    assert ready["status"] == "False"
-    assert "not created by secrets-agent" in ready["message"]
-    assert cluster.secret_data("taken") == {"x": b"fake-x"}
+    # Owner takes over a Secret without a controller reference, as External Secrets Operator
+    # does: the data becomes the snapshot and the owner reference is added.
+    await eventually(lambda: cluster.secret_data("taken") == {"a": b"fake-a"})
+    taken = cluster.secret("taken")
+    [reference] = taken["metadata"]["ownerReferences"]
+    assert reference["name"] == "owner"
+    assert reference["controller"] is True
+    assert taken["metadata"]["labels"]["secrets-agent.io/managed"] == "true"
+    ready = await synced(cluster, "owner")
+    assert ready["reason"] == "SecretSynced"
+
+
+async def test_owner_respects_other_controller(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a")
+    controlled = {
+        "metadata": {
+            "name": "controlled",
+            "ownerReferences": [
+                {
+                    "apiVersion": "bitnami.com/v1alpha1",
+                    "kind": "SealedSecret",
+                    "name": "controlled",
+                    "uid": "7a3c1d4e-0000-4000-8000-000000000001",
+                    "controller": True,
+                }
+            ],
+        },
+        "data": {"x": base64.b64encode(b"fake-x").decode()},
+    }
+    await cluster.call("POST", SECRETS, controlled)
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller()
+    await cluster.apply_external_secret("owner", spec(("a", "/app/a"), **target(name="controlled")))
+    ready = await eventually(lambda: failed(cluster, "owner"))
+    assert "controlled by SealedSecret controlled" in ready["message"]
+    assert cluster.secret_data("controlled") == {"x": b"fake-x"}
+    assert len(cluster.secret("controlled")["metadata"]["ownerReferences"]) == 1
 
 
 async def test_template_type_and_metadata(cluster: Cluster, ssm) -> None:
@@ -296,3 +329,119 @@ async def test_events_posted(cluster: Cluster, ssm) -> None:
         ]
 
     assert await eventually(lambda: "Created" in reasons())
+
+
+async def test_type_change_recreates_secret(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/user", "fake-user")
+    ssm.put("/app/pass", "fake-pass")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller()
+    keys = (("username", "/app/user"), ("password", "/app/pass"))
+    es = await cluster.apply_external_secret("app", spec(*keys))
+    await eventually(lambda: cluster.secret_data("app"))
+    first = cluster.secret("app")
+    assert first["type"] == "Opaque"
+    labelled = {"metadata": {"labels": {"team": "payments"}}}
+    await cluster.call("PATCH", f"{SECRETS}/app", labelled, headers=MERGE)
+
+    template = {"type": "kubernetes.io/basic-auth"}
+    await cluster.patch_external_secret("app", {"spec": spec(*keys, **target(template=template))})
+    await eventually(
+        lambda: (cluster.secret("app") or {}).get("type") == "kubernetes.io/basic-auth"
+    )
+    second = cluster.secret("app")
+    assert second["metadata"]["uid"] != first["metadata"]["uid"]
+    [reference] = second["metadata"]["ownerReferences"]
+    assert reference["uid"] == es["metadata"]["uid"]
+    assert second["metadata"]["labels"]["team"] == "payments"
+    assert cluster.secret_data("app") == {"username": b"fake-user", "password": b"fake-pass"}
+    await synced(cluster, "app")
+
+
+async def test_immutable_secret_recreated(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a-1")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller(cache_seconds=0.1)
+    declared = spec(("a", "/app/a"), interval="1s", **target(immutable=True))
+    es = await cluster.apply_external_secret("app", declared)
+    await eventually(lambda: cluster.secret_data("app"))
+    first = cluster.secret("app")
+    assert first["immutable"] is True
+
+    ssm.put("/app/a", "fake-a-2")
+    await eventually(lambda: cluster.secret_data("app") == {"a": b"fake-a-2"})
+    second = cluster.secret("app")
+    assert second["immutable"] is True
+    assert second["metadata"]["uid"] != first["metadata"]["uid"]
+    assert second["metadata"]["ownerReferences"][0]["uid"] == es["metadata"]["uid"]
+    assert (cluster.ready("app") or {}).get("status") != "False"
+
+
+async def test_merge_keeps_immutable_secret(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a")
+    frozen = {
+        "metadata": {"name": "frozen"},
+        "data": {"x": base64.b64encode(b"fake-x").decode()},
+        "immutable": True,
+    }
+    await cluster.call("POST", SECRETS, frozen)
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller()
+    merging = spec(("a", "/app/a"), **target(name="frozen", creationPolicy="Merge"))
+    await cluster.apply_external_secret("merge", merging)
+    ready = await eventually(lambda: failed(cluster, "merge"))
+    assert "immutable" in ready["message"]
+    assert "never deletes the Secret" in ready["message"]
+    assert cluster.secret_data("frozen") == {"x": b"fake-x"}
+
+
+async def test_removed_template_metadata_removed(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller()
+    template = {
+        "metadata": {
+            "labels": {"tier": "db", "app": "orders"},
+            "annotations": {"owner": "payments", "note": "kept"},
+        }
+    }
+    await cluster.apply_external_secret("app", spec(("a", "/app/a"), **target(template=template)))
+    await eventually(lambda: cluster.secret_data("app"))
+    others = {"metadata": {"labels": {"team": "a"}, "annotations": {"reviewed": "yes"}}}
+    await cluster.call("PATCH", f"{SECRETS}/app", others, headers=MERGE)
+
+    # A JSON merge patch removes a map entry with null.
+    smaller = {"metadata": {"labels": {"tier": None}, "annotations": {"owner": None}}}
+    await cluster.patch_external_secret("app", {"spec": target(template=smaller)})
+    await eventually(lambda: "tier" not in cluster.secret("app")["metadata"]["labels"])
+    metadata = cluster.secret("app")["metadata"]
+    assert metadata["labels"]["app"] == "orders"
+    assert metadata["labels"]["team"] == "a"
+    assert "owner" not in metadata["annotations"]
+    assert metadata["annotations"]["note"] == "kept"
+    assert metadata["annotations"]["reviewed"] == "yes"
+    recorded = json.loads(metadata["annotations"]["secrets-agent.io/template-metadata"])
+    assert recorded == {"app": {"labels": ["app"], "annotations": ["note"]}}
+
+    await cluster.patch_external_secret("app", {"spec": {"target": None}})
+    await eventually(lambda: "app" not in cluster.secret("app")["metadata"]["labels"])
+    metadata = cluster.secret("app")["metadata"]
+    assert "note" not in metadata["annotations"]
+    assert "secrets-agent.io/template-metadata" not in metadata["annotations"]
+    assert metadata["labels"]["team"] == "a"
+
+
+async def test_merge_removes_template_metadata(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a")
+    await cluster.call("POST", SECRETS, {"metadata": {"name": "shared", "labels": {"k": "v"}}})
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller()
+    template = {"metadata": {"labels": {"tier": "db"}}}
+    merging = spec(
+        ("a", "/app/a"), **target(name="shared", creationPolicy="Merge", template=template)
+    )
+    await cluster.apply_external_secret("app", merging)
+    await eventually(lambda: cluster.secret("shared")["metadata"]["labels"].get("tier") == "db")
+    await cluster.call("DELETE", f"{ES}/app")
+    await eventually(lambda: "tier" not in cluster.secret("shared")["metadata"]["labels"])
+    assert cluster.secret("shared")["metadata"]["labels"] == {"k": "v"}

@@ -1,8 +1,8 @@
 """The API emulator rejects what the API server rejects in Secret and ConfigMap updates.
 
 A Secret's `type` cannot change, and a Secret or ConfigMap with `immutable: true` keeps its data
-and the flag; the API server answers 422 Invalid, and so does the emulator. A delete and a
-metadata change still work.
+and the flag. The API server returns 422 Invalid for such an update, and so does the emulator. A
+delete and a metadata change still work.
 """
 
 from __future__ import annotations

@@ -1,18 +1,22 @@
 """Credentials, clients, retries and error mapping shared by the two AWS stores.
 
-`AwsClients` creates one boto3 session per store at the first request, and one client per service
-that it reuses for the store's life. It resolves credentials from the declaration:
+`AwsClients` creates one botocore session per store at the first request, and one client per
+service that it reuses for the store's life. It uses botocore directly: boto3 adds only its
+resource layer and S3 transfer manager, which the stores do not use, and importing them costs
+about 3 MiB and 30 ms. Every session of the process shares one botocore loader, so botocore's
+endpoint data and each service model are read and kept once, however many stores use them. The
+declaration decides the credentials:
 
-- no `auth`: boto3's default chain (IRSA from `AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE`, EKS
-  Pod Identity, environment keys), as boto3 defines it;
+- no `auth`: botocore's default chain (IRSA from `AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE`,
+  EKS Pod Identity, environment keys), as botocore defines it;
 - `auth.jwt.serviceAccountRef`: STS AssumeRoleWithWebIdentity of `provider.aws.role` with the
   named service account's token, read again at every refresh;
 - `auth.secretRef`: static keys from the mounted Secret files;
 - `role` without `auth.jwt`: STS AssumeRole of that role on top of the credentials above.
 
 Assumed-role credentials are botocore refreshable credentials, so they are renewed before they
-expire. Endpoints come from boto3 itself (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_SSM`, ...): this
-module never sets an endpoint URL.
+expire. Endpoints come from botocore itself (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_SSM`, ...):
+this module never sets an endpoint URL.
 
 `AwsClients.call` sends one API request, counts it in the metrics, backs off with full jitter when
 AWS still throttles after botocore's own retries, and turns every botocore failure into a
@@ -26,13 +30,13 @@ import logging
 import os
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import boto3
 import botocore.session
 from botocore import UNSIGNED
 from botocore.config import Config
@@ -64,6 +68,7 @@ from agent.refs import MissingReferenceError
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
+    from botocore.loaders import Loader
 
     from agent.declarations import StoreDeclaration
     from agent.metrics import Metrics
@@ -122,7 +127,7 @@ SERVER_ERROR_CODES = frozenset(
         "IDPCommunicationError",
     }
 )
-# boto3's service-specific endpoint variables; AWS_ENDPOINT_URL applies to every service.
+# botocore's service-specific endpoint variables; AWS_ENDPOINT_URL applies to every service.
 ENDPOINT_VARIABLES = {
     "ssm": "AWS_ENDPOINT_URL_SSM",
     "secretsmanager": "AWS_ENDPOINT_URL_SECRETS_MANAGER",
@@ -202,7 +207,7 @@ class _ProvidedCredentials(CredentialProvider):
 
 
 class AwsClients:
-    """The boto3 session and clients of one AWS store, and the one way to send requests.
+    """The botocore session and clients of one AWS store, and the one way to send requests.
 
     Nothing touches the network or reads files before the first `call`. Not thread-safe beyond
     what botocore guarantees: a store is used from one thread at a time.
@@ -224,7 +229,7 @@ class AwsClients:
         self.metrics = metrics
         self.options = options or AwsClientOptions()
         self._region: str | None = None
-        self._session: boto3.Session | None = None
+        self._session: botocore.session.Session | None = None
         self._clients: dict[str, BaseClient] = {}
         self._config = Config(
             retries={
@@ -260,7 +265,7 @@ class AwsClients:
         if client is None:
             if self._session is None:
                 self._session = self._build_session()
-            client = self._session.client(service, config=self._config)
+            client = self._session.create_client(service, config=self._config)
             self._clients[service] = client
         return client
 
@@ -494,7 +499,7 @@ class AwsClients:
 
     # --- credentials ---------------------------------------------------------------------------
 
-    def _build_session(self) -> boto3.Session:
+    def _build_session(self) -> botocore.session.Session:
         region = self.region
         auth = self.provider.auth
         if auth is not None and auth.jwt is not None:
@@ -513,10 +518,9 @@ class AwsClients:
                 )
             )
 
+        base = _new_session(region)
         if auth is not None and auth.secret_ref is not None:
-            base = boto3.Session(region_name=region, **self._static_keys(auth.secret_ref))
-        else:
-            base = boto3.Session(region_name=region)
+            base.set_credentials(**self._static_keys(auth.secret_ref))
         if not self.provider.role:
             return base
         return self._session_with(
@@ -526,24 +530,24 @@ class AwsClients:
             )
         )
 
-    def _session_with(self, credentials: Credentials) -> boto3.Session:
-        core = botocore.session.Session()
-        core.register_component(
+    def _session_with(self, credentials: Credentials) -> botocore.session.Session:
+        session = _new_session(self.region)
+        session.register_component(
             "credential_provider", CredentialResolver([_ProvidedCredentials(credentials)])
         )
-        return boto3.Session(botocore_session=core, region_name=self.region)
+        return session
 
     def _static_keys(self, secret_ref: AwsSecretRefAuth) -> dict[str, str]:
         keys = {
-            "aws_access_key_id": self._read_key(
+            "access_key": self._read_key(
                 secret_ref.access_key_id_secret_ref, field="accessKeyIDSecretRef"
             ),
-            "aws_secret_access_key": self._read_key(
+            "secret_key": self._read_key(
                 secret_ref.secret_access_key_secret_ref, field="secretAccessKeySecretRef"
             ),
         }
         if secret_ref.session_token_secret_ref is not None:
-            keys["aws_session_token"] = self._read_key(
+            keys["token"] = self._read_key(
                 secret_ref.session_token_secret_ref, field="sessionTokenSecretRef"
             )
         return keys
@@ -582,9 +586,9 @@ class AwsClients:
             # AssumeRoleWithWebIdentity is authenticated by the token alone; signing it would
             # need the very credentials it is about to return.
             if not sts:
-                session = boto3.Session(region_name=self.region)
+                session = _new_session(self.region)
                 config = self._config.merge(Config(signature_version=UNSIGNED))
-                sts.append(session.client("sts", config=config))
+                sts.append(session.create_client("sts", config=config))
             return sts[0]
 
         def refresh() -> dict[str, Any]:
@@ -605,13 +609,13 @@ class AwsClients:
         return refresh
 
     def _assume_role_refresher(
-        self, base: boto3.Session, role: str
+        self, base: botocore.session.Session, role: str
     ) -> Callable[[], dict[str, Any]]:
         sts: list[BaseClient] = []
 
         def base_sts() -> BaseClient:
             if not sts:
-                sts.append(base.client("sts", config=self._config))
+                sts.append(base.create_client("sts", config=self._config))
             return sts[0]
 
         def refresh() -> dict[str, Any]:
@@ -620,6 +624,27 @@ class AwsClients:
             return _credential_metadata(response)
 
         return refresh
+
+
+_loader_lock = threading.Lock()
+_shared_loader: Loader | None = None
+
+
+def _new_session(region: str) -> botocore.session.Session:
+    """Create a botocore session for `region` that uses the process's shared loader.
+
+    The first session's own loader becomes the shared one, so botocore still decides where it
+    looks for data files (including AWS_DATA_PATH).
+    """
+    global _shared_loader
+    session = botocore.session.Session()
+    with _loader_lock:
+        if _shared_loader is None:
+            _shared_loader = session.get_component("data_loader")
+        else:
+            session.register_component("data_loader", _shared_loader)
+    session.set_config_variable("region", region)
+    return session
 
 
 def error_code(error: ClientError) -> str:

@@ -421,3 +421,17 @@ async def test_traffic_counts_what_was_sent(api) -> None:
     assert (watching["requests"], watching["objects"]) == (1, 2)
     assert watching["bytes"] == sum(len(line) for line in received)
     assert emulator.traffic["watch", "v1/secrets", selector].objects == 2
+
+
+async def test_requests_dropped_when_not_kept() -> None:
+    emulator = KubernetesApiEmulator(keep_requests=False)
+    async with emulator, kmock.Server(emulator) as server:
+        async with aiohttp.ClientSession(base_url=server.url) as session:
+            status, _ = await call(session, "POST", SECRETS, secret("one"))
+            assert status == 201
+            status, body = await call(session, "GET", SECRETS)
+            assert [item["metadata"]["name"] for item in body["items"]] == ["one"]
+            status, discovery = await call(session, "GET", "/api/v1")
+            assert status == 200
+            assert discovery["kind"] == "APIResourceList"
+            assert emulator._requests == []

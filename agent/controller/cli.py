@@ -42,8 +42,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     flag(
         "--peering",
         metavar="NAME",
-        help="ClusterKopfPeering object the replicas elect a leader through, default "
-        "secrets-agent (SECRETS_AGENT_CONTROLLER_PEERING)",
+        help="ClusterKopfPeering object the replicas elect a leader through (with --namespace, "
+        "the KopfPeering of that name in each namespace), default secrets-agent "
+        "(SECRETS_AGENT_CONTROLLER_PEERING)",
     )
     flag(
         "--standalone",

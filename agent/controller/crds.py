@@ -73,7 +73,7 @@ class StoreStatus(BaseModel):
 
 
 def render_crds() -> dict[str, str]:
-    """Return file name -> YAML text of every CRD: our four kinds and kopf's peering kind."""
+    """Return file name -> YAML text of every CRD: our four kinds and kopf's two peering kinds."""
     documents = {
         "externalsecrets.yaml": _crd(
             kind="ExternalSecret",
@@ -115,7 +115,8 @@ def render_crds() -> dict[str, str]:
                 _column("Ready", '.status.conditions[?(@.type=="Ready")].status'),
             ],
         ),
-        "clusterkopfpeerings.yaml": _peering_crd(),
+        "clusterkopfpeerings.yaml": _peering_crd(namespaced=False),
+        "kopfpeerings.yaml": _peering_crd(namespaced=True),
     }
     return {
         name: HEADER + yaml.safe_dump(document, sort_keys=False, width=100)
@@ -251,23 +252,26 @@ def _column(name: str, path: str) -> dict[str, str]:
     return {"name": name, "type": "string", "jsonPath": path}
 
 
-def _peering_crd() -> dict[str, Any]:
-    """kopf's ClusterKopfPeering, through which controller replicas elect a leader."""
+def _peering_crd(*, namespaced: bool) -> dict[str, Any]:
+    """kopf's peering kind, through which controller replicas elect a leader: ClusterKopfPeering
+    for a cluster-wide controller, KopfPeering (one object in each namespace) for a controller
+    limited to namespaces."""
+    kind = "KopfPeering" if namespaced else "ClusterKopfPeering"
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": "clusterkopfpeerings.kopf.dev",
+            "name": f"{kind.lower()}s.kopf.dev",
             "labels": {"app.kubernetes.io/name": "secrets-agent"},
         },
         "spec": {
             "group": "kopf.dev",
             "names": {
-                "kind": "ClusterKopfPeering",
-                "plural": "clusterkopfpeerings",
-                "singular": "clusterkopfpeering",
+                "kind": kind,
+                "plural": f"{kind.lower()}s",
+                "singular": kind.lower(),
             },
-            "scope": "Cluster",
+            "scope": "Namespaced" if namespaced else "Cluster",
             "versions": [
                 {
                     "name": "v1",

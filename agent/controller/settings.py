@@ -26,7 +26,8 @@ class ControllerSettings(BaseSettings):
     listen: str = DEFAULT_LISTEN
     # Namespaces to watch; empty watches the whole cluster.
     namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    # The ClusterKopfPeering object the replicas share for leader election.
+    # The ClusterKopfPeering object the replicas share for leader election; with `namespaces`,
+    # the KopfPeering object of this name in each of them.
     peering: str = "secrets-agent"
     standalone: bool = False
     # How long a backend read is shared between ExternalSecrets, in seconds.

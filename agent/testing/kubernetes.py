@@ -33,6 +33,7 @@ RBAC) is not emulated.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import datetime
 import importlib.resources
@@ -79,6 +80,10 @@ CONTROLLER_RESOURCES: dict[str, ResourceInfo] = {
     ),
     "kopf.dev/v1/clusterkopfpeerings": ResourceInfo(
         kind="ClusterKopfPeering", singular="clusterkopfpeering", namespaced=False,
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+    ),
+    "kopf.dev/v1/kopfpeerings": ResourceInfo(
+        kind="KopfPeering", singular="kopfpeering", namespaced=True,
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
     ),
 }  # fmt: skip
@@ -152,9 +157,6 @@ class KubernetesApiEmulator(KubernetesEmulator):
     issued_tokens: list[IssuedToken] = attrs.field(factory=list, init=False)
     # ("list" or "watch", "v1/secrets" or "group/version/plural", label selector) -> Traffic
     traffic: dict[tuple[str, str, str], Traffic] = attrs.field(factory=dict, init=False)
-    # Whether kmock keeps every request for assertions. kmock's reaction matching scans that
-    # whole list on each request it matches, so a long-running server drops finished requests.
-    keep_requests: bool = True
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -206,6 +208,8 @@ class KubernetesApiEmulator(KubernetesEmulator):
             )
         if raw_request.method != "GET":
             return aiohttp.web.json_response({"kind": "Status", "code": 405}, status=405)
+        if name is None and raw_request.query.get("watch") in ("true", "1"):
+            return await self._watch_namespaces(raw_request)
         if name is None:
             items = [
                 obj.raw
@@ -222,6 +226,27 @@ class KubernetesApiEmulator(KubernetesEmulator):
             )
         return aiohttp.web.json_response(found)
 
+    async def _watch_namespaces(
+        self, raw_request: aiohttp.web.BaseRequest
+    ) -> aiohttp.web.StreamResponse:
+        """Stream every namespace as ADDED, then keep the stream open until the client leaves.
+
+        kopf watches namespaces when it serves a list of them. Namespaces are created only
+        through `add_namespace` and the POST above, which send no watch event, so none follows.
+        """
+        namespaces = resource("v1/namespaces")
+        response = aiohttp.web.StreamResponse()
+        response.content_type = "application/json"
+        await response.prepare(raw_request)
+        for (res, _, _), obj in list(self._objects.items()):
+            if res == namespaces and not obj.deleted:
+                event = {"type": "ADDED", "object": obj.raw}
+                await response.write(json.dumps(event).encode() + b"\n")
+        transport = raw_request.transport
+        while transport is not None and not transport.is_closing():
+            await asyncio.sleep(0.2)
+        return response
+
     def add_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> None:
         """Create a namespace object (before watchers start; no watch event is sent)."""
         self._objects[(resource("v1/namespaces"), None, name)] = {
@@ -237,19 +262,6 @@ class KubernetesApiEmulator(KubernetesEmulator):
         }
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
-        try:
-            return await self._serve(request)
-        finally:
-            if not self.keep_requests:
-                self._forget(request)
-
-    def _forget(self, request: rendering.Request) -> None:
-        for index in range(len(self._requests) - 1, -1, -1):
-            if self._requests[index] is request:
-                del self._requests[index]
-                return
-
-    async def _serve(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         method = str(request.method.value).upper()
         if method == "GET" and request.resource is not None and request.resource.plural:
             # Reads of objects are served directly (discovery has no plural and goes to kmock).
@@ -669,7 +681,7 @@ async def serve(*, host: str, port: int, namespaces: list[str]) -> None:
 
     import kmock
 
-    emulator = KubernetesApiEmulator(keep_requests=False)
+    emulator = KubernetesApiEmulator()
     for name in namespaces:
         emulator.add_namespace(name)
     async with emulator, kmock.Server(emulator, host=host, port=port) as server:

@@ -150,3 +150,39 @@ async def test_only_leader_writes(cluster: Cluster, ssm) -> None:
     assert leader_runs >= 2
     await cluster.stop_controller(leader)
     await eventually(lambda: count(follower.metrics.reconcile_total, "unchanged") >= 1, timeout=15)
+
+
+async def test_namespaced_leader_election(cluster: Cluster, ssm) -> None:
+    ssm("/app/a", "fake-a")
+    await cluster.apply_store("aws-ssm", SSM)
+    peering = {
+        "apiVersion": "kopf.dev/v1",
+        "kind": "KopfPeering",
+        "metadata": {"name": "secrets-agent"},
+    }
+    await cluster.call("POST", "/apis/kopf.dev/v1/namespaces/team-a/kopfpeerings", peering)
+    election = {"standalone": False, "peering_lifetime": 3, "namespaces": ["team-a"]}
+    leader = await cluster.start_controller(priority=200, **election)
+    follower = await cluster.start_controller(priority=100, **election)
+    # Both announce themselves in the KopfPeering of their namespace; then the follower pauses.
+    path = "/apis/kopf.dev/v1/namespaces/team-a/kopfpeerings/secrets-agent"
+    deadline = time.monotonic() + 15
+    while len((await cluster.call("GET", path)).get("status") or {}) < 2:
+        assert time.monotonic() < deadline, "both controllers must announce themselves"
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)
+    spec = {
+        "refreshInterval": "1s",
+        "secretStoreRef": {"name": "aws-ssm"},
+        "data": [{"secretKey": "a", "remoteRef": {"key": "/app/a"}}],
+    }
+    await cluster.apply_external_secret("app", spec)
+    await eventually(lambda: cluster.secret_data("app"))
+    await asyncio.sleep(2.5)
+    results = ("success", "unchanged", "error")
+    assert sum(count(follower.metrics.reconcile_total, r) for r in results) == 0
+    assert sum(count(leader.metrics.reconcile_total, r) for r in results) >= 2
+    assert cluster.emulator.body("kopf.dev/v1/clusterkopfpeerings", None, "secrets-agent") is None
+
+    await cluster.stop_controller(leader)
+    await eventually(lambda: count(follower.metrics.reconcile_total, "unchanged") >= 1, timeout=15)

@@ -20,7 +20,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "secrets-agent"
 # Kinds from CRDs, which kubernetes-validate has no schema for.
-CUSTOM_KINDS = {"ServiceMonitor", "ClusterKopfPeering"}
+CUSTOM_KINDS = {"ServiceMonitor", "ClusterKopfPeering", "KopfPeering"}
 
 
 def render_chart(

@@ -247,11 +247,47 @@ def test_peering_crd_ships_with_chart() -> None:
     with helm_python.Chart.load(CHART) as chart:
         names = {yaml.safe_load(crd["data"])["metadata"]["name"] for crd in chart.crds}
     assert "clusterkopfpeerings.kopf.dev" in names
+    assert "kopfpeerings.kopf.dev" in names
+
+
+def test_namespaced_controller_elects_per_namespace() -> None:
+    values = {
+        "controller": {
+            "watchNamespaces": ["team-a", "team-b"],
+            "leaderElection": {"peering": "team-peers"},
+        }
+    }
+    objects = render_chart(values=values)
+    peerings = [item for item in objects if item["kind"] == "KopfPeering"]
+    assert sorted(item["metadata"]["namespace"] for item in peerings) == ["team-a", "team-b"]
+    assert {item["metadata"]["name"] for item in peerings} == {"team-peers"}
+    assert {item["apiVersion"] for item in peerings} == {"kopf.dev/v1"}
+    assert "ClusterKopfPeering" not in kinds(objects)
+    assert "PodDisruptionBudget" in kinds(objects)
+    env = env_of(controller_container(objects))
+    assert env["SECRETS_AGENT_CONTROLLER_STANDALONE"] == "false"
+    assert env["SECRETS_AGENT_CONTROLLER_PEERING"] == "team-peers"
+    assert find(objects, "Deployment")["spec"]["replicas"] == 2
+    cluster_rules = rules_of(objects, "cluster")
+    assert not any("kopf.dev" in rule["apiGroups"] for rule in cluster_rules)
+    namespaced_rules = rules_of(objects, "namespaced")
+    assert allowed(namespaced_rules, "kopf.dev", "kopfpeerings", "watch")
+    named = [rule for rule in namespaced_rules if "resourceNames" in rule]
+    assert named == [
+        {
+            "apiGroups": ["kopf.dev"],
+            "resources": ["kopfpeerings"],
+            "resourceNames": ["team-peers"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    assert lint_problems(values=values) == []
 
 
 def test_standalone_controller_has_no_peering() -> None:
     objects = render_chart(values=NAMESPACED)
     assert "ClusterKopfPeering" not in kinds(objects)
+    assert "KopfPeering" not in kinds(objects)
     assert "PodDisruptionBudget" not in kinds(objects)
     env = env_of(controller_container(objects))
     assert env["SECRETS_AGENT_CONTROLLER_STANDALONE"] == "true"
@@ -270,10 +306,6 @@ def test_pod_disruption_budget_selects_controller() -> None:
 @pytest.mark.parametrize(
     ("controller", "message"),
     [
-        (
-            {"watchNamespaces": ["team-a"]},
-            "controller.watchNamespaces needs controller.leaderElection.enabled=false",
-        ),
         (
             {"leaderElection": {"enabled": False}},
             "controller.replicas above 1 needs controller.leaderElection.enabled=true",

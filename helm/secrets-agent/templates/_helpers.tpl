@@ -50,15 +50,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{/*
-Leader election goes through kopf's ClusterKopfPeering, which exists only for a cluster-wide
-controller: a controller limited to namespaces would need kopf's namespaced KopfPeering, whose
-CRD the chart does not ship. Such a controller runs standalone, as one replica.
+Several replicas need leader election, or every replica would write the same Secrets.
 */}}
 {{- define "secrets-agent.checkController" -}}
 {{- $controller := .Values.controller -}}
-{{- if and $controller.watchNamespaces $controller.leaderElection.enabled -}}
-{{- fail "controller.watchNamespaces needs controller.leaderElection.enabled=false and controller.replicas=1: leader election works for a cluster-wide controller only" -}}
-{{- end -}}
 {{- if and (not $controller.leaderElection.enabled) (gt (int $controller.replicas) 1) -}}
 {{- fail "controller.replicas above 1 needs controller.leaderElection.enabled=true; without it every replica would write the same Secrets" -}}
 {{- end -}}

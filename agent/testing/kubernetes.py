@@ -157,6 +157,9 @@ class KubernetesApiEmulator(KubernetesEmulator):
     issued_tokens: list[IssuedToken] = attrs.field(factory=list, init=False)
     # ("list" or "watch", "v1/secrets" or "group/version/plural", label selector) -> Traffic
     traffic: dict[tuple[str, str, str], Traffic] = attrs.field(factory=dict, init=False)
+    # Whether kmock keeps every request for assertions. kmock's reaction matching scans that
+    # whole list on each request it matches, so a long-running server drops finished requests.
+    keep_requests: bool = True
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -262,6 +265,19 @@ class KubernetesApiEmulator(KubernetesEmulator):
         }
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        try:
+            return await self._serve(request)
+        finally:
+            if not self.keep_requests:
+                self._forget(request)
+
+    def _forget(self, request: rendering.Request) -> None:
+        for index in range(len(self._requests) - 1, -1, -1):
+            if self._requests[index] is request:
+                del self._requests[index]
+                return
+
+    async def _serve(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         method = str(request.method.value).upper()
         if method == "GET" and request.resource is not None and request.resource.plural:
             # Reads of objects are served directly (discovery has no plural and goes to kmock).
@@ -681,7 +697,7 @@ async def serve(*, host: str, port: int, namespaces: list[str]) -> None:
 
     import kmock
 
-    emulator = KubernetesApiEmulator()
+    emulator = KubernetesApiEmulator(keep_requests=False)
     for name in namespaces:
         emulator.add_namespace(name)
     async with emulator, kmock.Server(emulator, host=host, port=port) as server:

@@ -1,10 +1,12 @@
 """Dynamic secrets in the controller, against the Vault API emulator and the Kubernetes emulator.
 
 The controller's lease clock is the emulator's: a test moves it with `vault.advance()` and then
-calls `controller.check_leases()`, so minutes of lease lifetime pass at once. Covers: one
-credential over many reconciles, one login per store and per generator, renewal before expiry,
-new credentials at the max TTL, revocation when the ExternalSecret is deleted or its generatorRef
-changes, separate credentials per ExternalSecret, and adoption after a controller restart.
+calls `controller.check_leases()`, so minutes of lease lifetime pass at once.
+
+Covered: one credential over many reconciles and one login per store and per generator. Then
+renewal before expiry, new credentials at the max TTL, and revocation when the ExternalSecret is
+deleted or its generatorRef changes. Then separate credentials per ExternalSecret, adoption after
+a restart or by a new leader, and lease records that hold no values and cannot be planted.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import urllib.request
 from typing import Any
 
 import pytest
@@ -112,9 +115,7 @@ def leases_of(cluster: Cluster, secret: str, owner: str) -> list[dict[str, Any]]
 def reconciles(controller: Controller) -> float:
     registry = controller.metrics.registry
     return sum(
-        registry.get_sample_value(
-            "secrets_agent_controller_reconcile_total", {"result": result}
-        )
+        registry.get_sample_value("secrets_agent_controller_reconcile_total", {"result": result})
         or 0.0
         for result in ("success", "unchanged")
     )
@@ -186,7 +187,9 @@ async def test_lease_renewed_before_expiry(orders: Cluster, vault: Any) -> None:
     # The records annotation follows the renewal, so a restarted controller can adopt it.
     renewed = await eventually(
         lambda: [
-            r for r in leases_of(orders, "orders-db", "orders-db") if r["renewed_at"] > 400
+            r
+            for r in leases_of(orders, "orders-db", "orders-db")
+            if r["renewed_at"] > record["renewed_at"]
         ]
     )
     assert renewed[0]["expires_at"] > record["expires_at"]
@@ -204,8 +207,9 @@ async def test_max_ttl_writes_new_credentials(orders: Cluster, vault: Any) -> No
     await eventually(lambda: vault.count(path_prefix=RENEW) == 1)
     await advance(controller, vault, 320)  # 2/3 of the capped remainder has passed
     second = await eventually(
-        lambda: (orders.secret_data("orders-db") or first) != first
-        and orders.secret_data("orders-db")
+        lambda: (
+            (orders.secret_data("orders-db") or first) != first and orders.secret_data("orders-db")
+        )
     )
     assert second["username"] != first["username"]
     assert vault.count(method="GET", path_prefix=CREDS) == 2
@@ -217,7 +221,7 @@ async def test_max_ttl_writes_new_credentials(orders: Cluster, vault: Any) -> No
     assert orders.secret_data("orders-db") == second
 
 
-async def test_deleted_external_secret_revokes_lease(orders: Cluster, vault: Any) -> None:
+async def test_deleted_owner_revokes_lease(orders: Cluster, vault: Any) -> None:
     setup_vault(vault)
     await apply_generator(orders, vault)
     controller = await start(orders, vault)
@@ -230,10 +234,10 @@ async def test_deleted_external_secret_revokes_lease(orders: Cluster, vault: Any
     await eventually(lambda: orders.secret("orders-db") is None)
     gauge = "secrets_agent_lease_expiry_timestamp_seconds"
     await eventually(
-        lambda: controller.metrics.registry.get_sample_value(
-            gauge, {"target": "team-a/orders-db"}
+        lambda: (
+            controller.metrics.registry.get_sample_value(gauge, {"target": "team-a/orders-db"})
+            is None
         )
-        is None
     )
     assert len(vault.live_leases()) == 1  # revoked only after the grace
 
@@ -267,7 +271,7 @@ async def test_generator_ref_change_revokes_old(orders: Cluster, vault: Any) -> 
     await eventually(lambda: len(leases_of(orders, "app", "app")) == 1)
 
 
-async def test_separate_credentials_per_external_secret(orders: Cluster, vault: Any) -> None:
+async def test_separate_credentials_per_owner(orders: Cluster, vault: Any) -> None:
     setup_vault(vault)
     await apply_generator(orders, vault)
     await start(orders, vault)
@@ -286,8 +290,7 @@ async def test_restart_adopts_lease(orders: Cluster, vault: Any) -> None:
     first = await start(orders, vault)
     await orders.apply_external_secret("orders-db", generated())
     data = await eventually(lambda: orders.secret_data("orders-db"))
-    await eventually(lambda: leases_of(orders, "orders-db", "orders-db"))
-    version = orders.secret("orders-db")["metadata"]["resourceVersion"]
+    [saved] = await eventually(lambda: leases_of(orders, "orders-db", "orders-db"))
     await orders.stop_controller(first)
     [lease_id] = vault.live_leases()  # stopping keeps the lease for the next controller
 
@@ -298,7 +301,15 @@ async def test_restart_adopts_lease(orders: Cluster, vault: Any) -> None:
     assert vault.count(method="GET", path_prefix=CREDS) == 1
     assert vault.live_leases() == [lease_id]
     assert orders.secret_data("orders-db") == data
-    assert orders.secret("orders-db")["metadata"]["resourceVersion"] != "" and version
+    # The renewal at adoption moved the lease's expiry, and the records annotation follows.
+    [record] = await eventually(
+        lambda: [
+            r
+            for r in leases_of(orders, "orders-db", "orders-db")
+            if r["renewed_at"] > saved["renewed_at"] + 99
+        ]
+    )
+    assert record["lease_id"] == lease_id
 
 
 async def test_records_hold_no_values(orders: Cluster, vault: Any) -> None:
@@ -384,3 +395,53 @@ async def test_paused_replica_hands_leases_over(orders: Cluster, vault: Any) -> 
     await asyncio.sleep(0.5)
     assert vault.count(path_prefix=RENEW) == 2  # the paused replica no longer renews it
     assert vault.live_leases() == [lease_id]
+
+
+async def test_planted_record_not_revoked(orders: Cluster, vault: Any) -> None:
+    setup_vault(vault)
+    await apply_generator(orders, vault)
+    request = urllib.request.Request(
+        f"{vault.url}/v1/database/creds/billing", headers={"X-Vault-Token": vault.root_token}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        other_lease = json.loads(response.read())["lease_id"]
+    now = vault.now()
+    planted = {
+        "target": "team-a/orders-db",
+        "entry": 0,
+        "generator": "orders-db",
+        "fingerprint": "sha256:planted",
+        "path": "database/creds/billing",
+        "kind": "lease",
+        "lease_id": other_lease,
+        "issued_at": now,
+        "renewed_at": now,
+        "expires_at": now + 600,
+        "duration": 600,
+        "renewable": True,
+        "capped": False,
+        "token_expires_at": None,
+        "secret_keys": {},
+        "superseded": True,
+        "revoke_at": now,
+    }
+    secret = {
+        "metadata": {
+            "name": "orders-db",
+            "annotations": {LEASES: json.dumps({"orders-db": [planted]})},
+        },
+        "data": {},
+    }
+    await orders.call("POST", "/api/v1/namespaces/team-a/secrets", secret)
+    controller = await start(orders, vault)
+    await orders.apply_external_secret("orders-db", generated())
+    await eventually(lambda: set(orders.secret_data("orders-db") or {}) == {"username", "password"})
+
+    # Without the check of the lease id against the generator's path, the next tick would
+    # revoke the planted lease.
+    await advance(controller, vault, GRACE + 1)
+    await asyncio.sleep(0.5)
+    assert other_lease in vault.live_leases()
+    assert vault.count(path_prefix="sys/leases/revoke") == 0
+    records = leases_of(orders, "orders-db", "orders-db")
+    assert all(record["lease_id"] != other_lease for record in records)

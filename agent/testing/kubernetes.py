@@ -16,6 +16,10 @@ behaviour the controller depends on:
 - label selectors on list and watch, parsed and matched as the API server does (see
   `agent.testing.labels`; an invalid one gets 400); a watch reports an object that starts or
   stops matching as ADDED or DELETED;
+- watches from a `resourceVersion`, as a client sends after its list: the changes after that
+  version are replayed from the last `watch_history` events. An older version gets the watch
+  event `ERROR` with status 410 Expired, so the client lists again. A watch without a version
+  (or with "0") starts with every current object as ADDED;
 - garbage collection: deleting an object deletes, in the background, every object whose
   `ownerReferences` all point to deleted objects;
 - namespace objects (`/api/v1/namespaces[/NAME]`), which kmock's URL parser cannot read;
@@ -26,14 +30,14 @@ behaviour the controller depends on:
   the API server does not have).
 
 Limitation: strategic merge patch is treated as a JSON merge patch (lists are replaced, never
-merged by key), field selectors and `resourceVersion` on watch requests are ignored (a watch
-starts with every current object as ADDED, as in kmock), and admission (CRD schemas, defaults,
-RBAC) is not emulated.
+merged by key), field selectors are ignored, and admission (CRD schemas, defaults, RBAC) is not
+emulated.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import datetime
 import importlib.resources
@@ -89,6 +93,9 @@ CONTROLLER_RESOURCES: dict[str, ResourceInfo] = {
 }  # fmt: skip
 
 TRAFFIC_PATH = "/_emulator/traffic"
+# Events kept for watches that resume from a resourceVersion. The API server keeps changes
+# until etcd compacts them, which depends on time rather than on a count.
+WATCH_HISTORY = 2000
 _NAMESPACES_PATH = re.compile(r"/api/v1/namespaces(?:/(?P<name>[^/]+))?/?")
 
 
@@ -160,9 +167,16 @@ class KubernetesApiEmulator(KubernetesEmulator):
     # Whether kmock keeps every request for assertions. kmock's reaction matching scans that
     # whole list on each request it matches, so a long-running server drops finished requests.
     keep_requests: bool = True
+    # How many of the latest changes are kept for watches that resume from a resourceVersion.
+    watch_history: int = WATCH_HISTORY
+    # (resourceVersion, resource, event) of the latest changes, oldest first.
+    _history: collections.deque[tuple[int, Any, dict[str, Any]]] = attrs.field(init=False)
+    # The newest resourceVersion dropped from `_history`: a watch from an older one gets 410.
+    _history_floor: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
+        self._history = collections.deque(maxlen=self.watch_history)
         # kmock's own resource list, as `resources.load_bundled()` reads it, without the
         # deprecated importlib call that method makes.
         bundled = importlib.resources.files("kmock._internal") / "resources.json.gz"
@@ -514,6 +528,7 @@ class KubernetesApiEmulator(KubernetesEmulator):
 
     async def _serve_watch(self, request: rendering.Request) -> AsyncGenerator[bytes, None]:
         requirements = parse_label_selector(request.params.get("labelSelector", ""))
+        since = _watch_start(request.params.get("resourceVersion"))
         assert request.resource is not None
         bus = self._buses[request.resource]
         traffic = self._traffic_of("watch", request)
@@ -521,24 +536,39 @@ class KubernetesApiEmulator(KubernetesEmulator):
         yield b""  # sends the headers, so the client sees the stream open
         async with self._lock:
             mark = await bus.mark()
-            existing = [
-                obj.raw
-                for (res, namespace, name), obj in self._objects.items()
-                if res == request.resource
-                and not obj.deleted
-                and (request.namespace is None or namespace == request.namespace)
-                and (request.name is None or name == request.name)
-            ]
+            if since is None:
+                replay = self._current_as_added(request)
+            elif since < self._history_floor:
+                replay = [_expired(since, self._history_floor)]
+            else:
+                replay = [
+                    event
+                    for version, res, event in self._history
+                    if version > since and res == request.resource
+                ]
         try:
-            for body in existing:
-                if selector_matches(requirements, body):
-                    yield _counted(traffic, {"type": "ADDED", "object": body})
+            for event in replay:
+                translated = _watch_event(event, request, requirements)
+                if translated is not None:
+                    yield _counted(traffic, translated)
+                if translated is not None and translated["type"] == "ERROR":
+                    return
             async for event in bus.stream(since=mark):
                 translated = _watch_event(event, request, requirements)
                 if translated is not None:
                     yield _counted(traffic, translated)
         finally:
             await bus.unmark(mark)
+
+    def _current_as_added(self, request: rendering.Request) -> list[dict[str, Any]]:
+        return [
+            {"type": "ADDED", "object": obj.raw, "previous": None}
+            for (res, namespace, name), obj in self._objects.items()
+            if res == request.resource
+            and not obj.deleted
+            and (request.namespace is None or namespace == request.namespace)
+            and (request.name is None or name == request.name)
+        ]
 
     async def _stream(
         self, request: rendering.Request, chunks: AsyncGenerator[bytes, None]
@@ -611,13 +641,44 @@ class KubernetesApiEmulator(KubernetesEmulator):
         self, res: Any, kind: str, body: dict[str, Any], *, previous: dict[str, Any] | None
     ) -> None:
         event = {"type": kind, "object": copy.deepcopy(body), "previous": previous}
+        if kind == "DELETED":
+            # The API server gives a deletion a resourceVersion of its own.
+            event["object"]["metadata"]["resourceVersion"] = self._next_version()
+        if len(self._history) == self._history.maxlen:
+            self._history_floor = self._history[0][0]
+        self._history.append((int(event["object"]["metadata"]["resourceVersion"]), res, event))
         await self._buses[res].put(event)
+
+
+def _watch_start(value: str | None) -> int | None:
+    """Read a watch's `resourceVersion`: None for none or "0" (start with the current objects)."""
+    if value in (None, "", "0"):
+        return None
+    if not value.isdigit():
+        raise KubernetesInvalidError(
+            status=400, reason="BadRequest", message=f"invalid resourceVersion {value!r}"
+        )
+    return int(value)
+
+
+def _expired(since: int, floor: int) -> dict[str, Any]:
+    status = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "code": 410,
+        "reason": "Expired",
+        "message": f"too old resource version: {since} ({floor + 1})",
+    }
+    return {"type": "ERROR", "object": status}
 
 
 def _watch_event(
     event: Mapping[str, Any], request: rendering.Request, requirements: list[LabelRequirement]
 ) -> dict[str, Any] | None:
     """Translate a recorded change into the event one watcher receives, or None for none."""
+    if event["type"] == "ERROR":
+        return dict(event)
     body = event["object"]
     metadata = body.get("metadata", {})
     if request.namespace is not None and metadata.get("namespace") != request.namespace:

@@ -435,3 +435,91 @@ async def test_requests_dropped_when_not_kept() -> None:
             assert status == 200
             assert discovery["kind"] == "APIResourceList"
             assert emulator._requests == []
+
+
+async def read_watch(
+    session: aiohttp.ClientSession, params: dict[str, str], *, act: Any = None
+) -> list[dict[str, Any]]:
+    """Watch Secrets for a moment, running `act` meanwhile; return the events received."""
+    events: list[dict[str, Any]] = []
+
+    async def watch() -> None:
+        async with session.get(SECRETS, params={"watch": "true", **params}) as response:
+            async for line in response.content:
+                if line.strip():
+                    events.append(json.loads(line))
+
+    task = asyncio.create_task(watch())
+    await asyncio.sleep(0.2)
+    if act is not None:
+        await act()
+        await asyncio.sleep(0.2)
+    task.cancel()
+    return events
+
+
+async def test_watch_resumes_after_version(api) -> None:
+    _, session = api
+    await call(session, "POST", SECRETS, secret("before"))
+    _, listed = await call(session, "GET", SECRETS)
+    version = listed["metadata"]["resourceVersion"]
+    await call(session, "POST", SECRETS, secret("after"))
+    await call(session, "DELETE", f"{SECRETS}/before")
+    events = await read_watch(session, {"resourceVersion": version})
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
+        ("ADDED", "after"),
+        ("DELETED", "before"),
+    ]
+    versions = [int(e["object"]["metadata"]["resourceVersion"]) for e in events]
+    assert versions == sorted(versions)
+    assert versions[0] > int(version)
+
+
+async def test_watch_without_version_lists_current(api) -> None:
+    _, session = api
+    await call(session, "POST", SECRETS, secret("one"))
+    await call(session, "POST", SECRETS, secret("two"))
+    await call(session, "DELETE", f"{SECRETS}/one")
+    for params in ({}, {"resourceVersion": "0"}):
+        events = await read_watch(session, params)
+        assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
+            ("ADDED", "two")
+        ], params
+
+
+async def test_watch_from_old_version_expires() -> None:
+    emulator = KubernetesApiEmulator(watch_history=2)
+    async with emulator, kmock.Server(emulator) as server:
+        async with aiohttp.ClientSession(base_url=server.url) as session:
+            for name in ("one", "two", "three", "four"):
+                await call(session, "POST", SECRETS, secret(name))
+            events = await read_watch(session, {"resourceVersion": "1"})
+            assert [(e["type"], e["object"]["code"]) for e in events] == [("ERROR", 410)]
+            assert events[0]["object"]["reason"] == "Expired"
+            events = await read_watch(session, {"resourceVersion": "2"})
+            assert [e["object"]["metadata"]["name"] for e in events] == ["three", "four"]
+
+
+async def test_watch_rejects_invalid_version(api) -> None:
+    _, session = api
+    params = {"watch": "true", "resourceVersion": "abc"}
+    status, body = await call(session, "GET", SECRETS, params=params)
+    assert status == 400
+    assert body["reason"] == "BadRequest"
+
+
+async def test_watch_resume_applies_selector(api) -> None:
+    _, session = api
+    await call(session, "POST", SECRETS, secret("first"))
+    _, listed = await call(session, "GET", SECRETS)
+    version = listed["metadata"]["resourceVersion"]
+    await call(session, "POST", SECRETS, secret("s", {"secrets-agent.io/managed": "true"}))
+    await call(session, "POST", SECRETS, secret("other"))
+    unlabel = {"metadata": {"labels": {"secrets-agent.io/managed": None}}}
+    await call(session, "PATCH", f"{SECRETS}/s", unlabel, headers=MERGE)
+    params = {"resourceVersion": version, "labelSelector": "secrets-agent.io/managed=true"}
+    events = await read_watch(session, params)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
+        ("ADDED", "s"),
+        ("DELETED", "s"),
+    ]

@@ -4,8 +4,9 @@
 service that it reuses for the store's life. It uses botocore directly: boto3 adds only its
 resource layer and S3 transfer manager, which the stores do not use, and importing them costs
 about 3 MiB and 30 ms. Every session of the process shares one botocore loader, so botocore's
-endpoint data and each service model are read and kept once, however many stores use them. The
-declaration decides the credentials:
+endpoint data and each service model are read and kept once, however many stores use them, and
+that loader keeps the endpoint data of SSM, Secrets Manager and STS only. The declaration decides
+the credentials:
 
 - no `auth`: botocore's default chain (IRSA from `AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE`,
   EKS Pod Identity, environment keys), as botocore defines it;
@@ -50,12 +51,14 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     CredentialRetrievalError,
+    DataNotFoundError,
     HTTPClientError,
     NoCredentialsError,
     ParamValidationError,
     PartialCredentialsError,
 )
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
+from botocore.loaders import Loader
 
 from agent.errors import (
     AccessDeniedError,
@@ -68,7 +71,6 @@ from agent.refs import MissingReferenceError
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
-    from botocore.loaders import Loader
 
     from agent.declarations import StoreDeclaration
     from agent.metrics import Metrics
@@ -626,6 +628,44 @@ class AwsClients:
         return refresh
 
 
+class _AgentLoader(Loader):
+    """A botocore loader that keeps botocore's endpoint data for the agent's services only.
+
+    botocore's endpoints.json describes every service in every partition: 1.2 MB of JSON, about
+    7 MiB of Python objects once parsed (botocore 1.44), which the base class would cache for the
+    life of the process. A client reads it only for its own service, so the other services'
+    entries are dropped right after parsing. Everything else is loaded and cached as botocore does.
+    """
+
+    def __init__(self, *, search_paths: list[str]) -> None:
+        super().__init__(extra_search_paths=list(search_paths), include_default_search_paths=False)
+        self._endpoints_lock = threading.Lock()
+        self._endpoints: tuple[Any, str] | None = None
+
+    def load_data_with_path(self, name: str) -> tuple[Any, str]:
+        if name != "endpoints":
+            return super().load_data_with_path(name)
+        with self._endpoints_lock:
+            if self._endpoints is None:
+                self._endpoints = self._read_endpoints()
+            return self._endpoints
+
+    def _read_endpoints(self) -> tuple[Any, str]:
+        for directory in self.search_paths:
+            path = os.path.join(directory, "endpoints")
+            data = self.file_loader.load_file(path)
+            if data is not None:
+                # Services are keyed by endpoint prefix, which for the agent's services (those of
+                # ENDPOINT_VARIABLES) is the service name.
+                for partition in data.get("partitions", []):
+                    services = partition.get("services", {})
+                    partition["services"] = {
+                        name: services[name] for name in ENDPOINT_VARIABLES if name in services
+                    }
+                return data, path
+        raise DataNotFoundError(data_path="endpoints")
+
+
 _loader_lock = threading.Lock()
 _shared_loader: Loader | None = None
 
@@ -633,16 +673,16 @@ _shared_loader: Loader | None = None
 def _new_session(region: str) -> botocore.session.Session:
     """Create a botocore session for `region` that uses the process's shared loader.
 
-    The first session's own loader becomes the shared one, so botocore still decides where it
-    looks for data files (including AWS_DATA_PATH).
+    The shared loader searches the directories of the first session's default loader, so botocore
+    still decides where data files are found (including AWS_DATA_PATH).
     """
     global _shared_loader
     session = botocore.session.Session()
     with _loader_lock:
         if _shared_loader is None:
-            _shared_loader = session.get_component("data_loader")
-        else:
-            session.register_component("data_loader", _shared_loader)
+            default = session.get_component("data_loader")
+            _shared_loader = _AgentLoader(search_paths=default.search_paths)
+        session.register_component("data_loader", _shared_loader)
     session.set_config_variable("region", region)
     return session
 

@@ -1,7 +1,8 @@
 """What AWS stores share in one process, and what they leave unimported, against moto's server.
 
 Every store's botocore session uses one loader, so botocore's endpoint data and each service
-model are parsed once per process. The stores use botocore directly and never import boto3.
+model are parsed once per process, and that loader keeps the endpoint data of the agent's own
+services only. The stores use botocore directly and never import boto3.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import sys
 from pathlib import Path
 
 import boto3
+import botocore.session
+import pytest
 from aws_helpers import aws_store
 
 from agent.metrics import Metrics
 from agent.refs import Refs
 from agent.stores import RemoteKey
-from agent.stores.aws import AwsClientOptions
+from agent.stores.aws import ENDPOINT_VARIABLES, AwsClientOptions, AwsClients
 from agent.stores.secretsmanager import SecretsManagerStore
 from agent.stores.ssm import ParameterStore
 
@@ -83,3 +86,60 @@ def test_aws_client_does_not_import_boto3(aws: str) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+REGIONS = [
+    "us-east-1",
+    "eu-west-1",
+    "ap-southeast-2",
+    "cn-north-1",
+    "us-gov-west-1",
+    "eu-central-2",
+]
+
+
+@pytest.mark.parametrize("service", sorted(ENDPOINT_VARIABLES))
+def test_endpoints_match_botocore(
+    service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The agent's loader drops other services' endpoint data; each client of the agent must
+    # still get the endpoint that botocore's own loader gives it. No request is sent.
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    for variable in ENDPOINT_VARIABLES.values():
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-fake-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-fake-secret-key")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "missing-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "missing-credentials"))
+    plain = botocore.session.Session()
+    for region in REGIONS:
+        kind = "ParameterStore" if service != "secretsmanager" else "SecretsManager"
+        clients = AwsClients(
+            aws_store(f"aws-{region}", kind, region=region),
+            refs=Refs(tmp_path / "refs"),
+            metrics=Metrics(),
+        )
+        ours = clients.client(service)
+        theirs = plain.create_client(service, region_name=region)
+        assert ours.meta.endpoint_url == theirs.meta.endpoint_url, region
+        assert ours.meta.region_name == theirs.meta.region_name, region
+        assert ours.meta.partition == theirs.meta.partition, region
+        # botocore's endpoint data decides how requests are signed: region, name and version.
+        ours_signer, theirs_signer = ours._request_signer, theirs._request_signer
+        assert ours_signer.region_name == theirs_signer.region_name, region
+        assert ours_signer.signing_name == theirs_signer.signing_name, region
+        assert ours_signer.signature_version == theirs_signer.signature_version, region
+
+
+def test_loader_keeps_agent_services_only(aws: str, tmp_path: Path) -> None:
+    clients = AwsClients(
+        aws_store("aws-ssm", "ParameterStore"), refs=Refs(tmp_path / "refs"), metrics=Metrics()
+    )
+    clients.client("ssm")
+    assert clients._session is not None
+    endpoints = clients._session.get_component("data_loader").load_data("endpoints")
+    partitions = endpoints["partitions"]
+    assert {partition["partition"] for partition in partitions} >= {"aws", "aws-cn", "aws-us-gov"}
+    for partition in partitions:
+        assert set(partition["services"]) <= set(ENDPOINT_VARIABLES), partition["partition"]
+    assert set(partitions[0]["services"]) == set(ENDPOINT_VARIABLES)

@@ -17,9 +17,9 @@ behaviour the controller depends on:
   `agent.testing.labels`; an invalid one gets 400); a watch reports an object that starts or
   stops matching as ADDED or DELETED;
 - watches from a `resourceVersion`, as a client sends after its list: the changes after that
-  version are replayed from the last `watch_history` events. An older version gets the watch
-  event `ERROR` with status 410 Expired, so the client lists again. A watch without a version
-  (or with "0") starts with every current object as ADDED;
+  version are replayed from the last `watch_history` events of that resource. An older
+  version gets the watch event `ERROR` with status 410 Expired, so the client lists again. A
+  watch without a version (or with "0") starts with every current object as ADDED;
 - garbage collection: deleting an object deletes, in the background, every object whose
   `ownerReferences` all point to deleted objects;
 - namespace objects (`/api/v1/namespaces[/NAME]`), which kmock's URL parser cannot read;
@@ -93,9 +93,9 @@ CONTROLLER_RESOURCES: dict[str, ResourceInfo] = {
 }  # fmt: skip
 
 TRAFFIC_PATH = "/_emulator/traffic"
-# Events kept for watches that resume from a resourceVersion. The API server keeps changes
-# until etcd compacts them, which depends on time rather than on a count.
-WATCH_HISTORY = 2000
+# Events kept per resource for watches that resume from a resourceVersion. The API server keeps
+# changes until etcd compacts them, which depends on time rather than on a count.
+WATCH_HISTORY = 10_000
 _NAMESPACES_PATH = re.compile(r"/api/v1/namespaces(?:/(?P<name>[^/]+))?/?")
 
 
@@ -167,16 +167,18 @@ class KubernetesApiEmulator(KubernetesEmulator):
     # Whether kmock keeps every request for assertions. kmock's reaction matching scans that
     # whole list on each request it matches, so a long-running server drops finished requests.
     keep_requests: bool = True
-    # How many of the latest changes are kept for watches that resume from a resourceVersion.
+    # How many of a resource's latest changes are kept for watches that resume.
     watch_history: int = WATCH_HISTORY
-    # (resourceVersion, resource, event) of the latest changes, oldest first.
-    _history: collections.deque[tuple[int, Any, dict[str, Any]]] = attrs.field(init=False)
-    # The newest resourceVersion dropped from `_history`: a watch from an older one gets 410.
-    _history_floor: int = attrs.field(default=0, init=False)
+    # resource -> (resourceVersion, event) of its latest changes, oldest first.
+    _history: dict[Any, collections.deque[tuple[int, dict[str, Any]]]] = attrs.field(
+        factory=dict, init=False
+    )
+    # resource -> the newest resourceVersion dropped from its history; a watch from an older
+    # version gets 410.
+    _history_floor: dict[Any, int] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        self._history = collections.deque(maxlen=self.watch_history)
         # kmock's own resource list, as `resources.load_bundled()` reads it, without the
         # deprecated importlib call that method makes.
         bundled = importlib.resources.files("kmock._internal") / "resources.json.gz"
@@ -538,13 +540,13 @@ class KubernetesApiEmulator(KubernetesEmulator):
             mark = await bus.mark()
             if since is None:
                 replay = self._current_as_added(request)
-            elif since < self._history_floor:
-                replay = [_expired(since, self._history_floor)]
+            elif since < self._history_floor.get(request.resource, 0):
+                replay = [_expired(since, self._history_floor[request.resource])]
             else:
                 replay = [
                     event
-                    for version, res, event in self._history
-                    if version > since and res == request.resource
+                    for version, event in self._history.get(request.resource, ())
+                    if version > since
                 ]
         try:
             for event in replay:
@@ -644,9 +646,10 @@ class KubernetesApiEmulator(KubernetesEmulator):
         if kind == "DELETED":
             # The API server gives a deletion a resourceVersion of its own.
             event["object"]["metadata"]["resourceVersion"] = self._next_version()
-        if len(self._history) == self._history.maxlen:
-            self._history_floor = self._history[0][0]
-        self._history.append((int(event["object"]["metadata"]["resourceVersion"]), res, event))
+        history = self._history.setdefault(res, collections.deque(maxlen=self.watch_history))
+        if len(history) == history.maxlen:
+            self._history_floor[res] = history[0][0]
+        history.append((int(event["object"]["metadata"]["resourceVersion"]), event))
         await self._buses[res].put(event)
 
 

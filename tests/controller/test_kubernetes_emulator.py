@@ -523,3 +523,15 @@ async def test_watch_resume_applies_selector(api) -> None:
         ("ADDED", "s"),
         ("DELETED", "s"),
     ]
+
+
+async def test_watch_history_kept_per_resource() -> None:
+    emulator = KubernetesApiEmulator(watch_history=2)
+    async with emulator, kmock.Server(emulator) as server:
+        async with aiohttp.ClientSession(base_url=server.url) as session:
+            await call(session, "POST", SECRETS, secret("one"))
+            await call(session, "POST", SECRETS, secret("two"))
+            for name in ("a", "b", "c"):
+                await call(session, "POST", ES, {"metadata": {"name": name}, "spec": {}})
+            events = await read_watch(session, {"resourceVersion": "1"})
+            assert [e["object"]["metadata"]["name"] for e in events] == ["two"]

@@ -5,8 +5,8 @@ service that it reuses for the store's life. It uses botocore directly: boto3 ad
 resource layer and S3 transfer manager, which the stores do not use, and importing them costs
 about 3 MiB and 30 ms. Every session of the process shares one botocore loader, so botocore's
 endpoint data and each service model are read and kept once, however many stores use them, and
-that loader keeps the endpoint data of SSM, Secrets Manager and STS only. The declaration decides
-the credentials:
+that loader reads and keeps the data of SSM, Secrets Manager and STS only. The declaration
+decides the credentials:
 
 - no `auth`: botocore's default chain (IRSA from `AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE`,
   EKS Pod Identity, environment keys), as botocore defines it;
@@ -27,6 +27,8 @@ never copied, because some services echo request input in it.
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 import os
 import random
@@ -58,7 +60,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
-from botocore.loaders import Loader
+from botocore.loaders import JSONFileLoader, Loader
 
 from agent.errors import (
     AccessDeniedError,
@@ -135,6 +137,8 @@ ENDPOINT_VARIABLES = {
     "secretsmanager": "AWS_ENDPOINT_URL_SECRETS_MANAGER",
     "sts": "AWS_ENDPOINT_URL_STS",
 }
+# The services the stores create clients for; `_AgentLoader` reads botocore's data for these only.
+AGENT_SERVICES = tuple(ENDPOINT_VARIABLES)
 # The IAM action prefix of each service, for messages that name the permission to grant.
 IAM_PREFIXES = {"ssm": "ssm", "secretsmanager": "secretsmanager", "sts": "sts"}
 
@@ -628,17 +632,45 @@ class AwsClients:
         return refresh
 
 
-class _AgentLoader(Loader):
-    """A botocore loader that keeps botocore's endpoint data for the agent's services only.
+class _JSONFileLoader(JSONFileLoader):
+    """botocore's JSON file loader, building plain dicts.
 
-    botocore's endpoints.json describes every service in every partition: 1.2 MB of JSON, about
-    7 MiB of Python objects once parsed (botocore 1.44), which the base class would cache for the
-    life of the process. A client reads it only for its own service, so the other services'
-    entries are dropped right after parsing. Everything else is loaded and cached as botocore does.
+    botocore 1.44 builds an OrderedDict for every JSON object of its data files. Plain dicts keep
+    insertion order as well, parse endpoints.json in about 16 ms against 35 ms, and make the
+    parsed SSM model 2.2 MiB against 3.4 MiB.
+    """
+
+    def load_file(self, file_path: str) -> Any:
+        """Return the data of `file_path` + `.json` or `.json.gz`, or None when neither exists."""
+        for extension, opener in ((".json", open), (".json.gz", gzip.open)):
+            path = file_path + extension
+            if os.path.isfile(path):
+                with opener(path, "rb") as file:
+                    return json.loads(file.read().decode("utf-8"))
+        return None
+
+
+class _AgentLoader(Loader):
+    """A botocore loader that reads and keeps botocore's data for `AGENT_SERVICES` only.
+
+    - botocore's endpoints.json describes every service in every partition: 1.2 MB of JSON,
+      about 7 MiB of Python objects once parsed (botocore 1.44), which the base class would
+      cache for the life of the process. A client reads it only for its own service, so the
+      other services' entries are dropped right after parsing.
+    - Before loading a service model, the base class lists every service directory of every
+      search path to check that the service exists: about 450 directories and 2,700 stat calls,
+      30 to 50 ms of CPU. This loader looks at the agent's services only.
+    - It parses data files into plain dicts (`_JSONFileLoader`).
+
+    Everything else is loaded and cached as botocore does.
     """
 
     def __init__(self, *, search_paths: list[str]) -> None:
-        super().__init__(extra_search_paths=list(search_paths), include_default_search_paths=False)
+        super().__init__(
+            extra_search_paths=list(search_paths),
+            file_loader=_JSONFileLoader(),
+            include_default_search_paths=False,
+        )
         self._endpoints_lock = threading.Lock()
         self._endpoints: tuple[Any, str] | None = None
 
@@ -650,17 +682,31 @@ class _AgentLoader(Loader):
                 self._endpoints = self._read_endpoints()
             return self._endpoints
 
+    def list_available_services(self, type_name: str) -> list[str]:
+        return sorted(name for name in AGENT_SERVICES if self._has_data(name, type_name))
+
+    def _has_data(self, service: str, type_name: str) -> bool:
+        """Return whether any API version of `service` has `type_name` data (e.g. service-2)."""
+        for directory in self.search_paths:
+            service_directory = os.path.join(directory, service)
+            if not os.path.isdir(service_directory):
+                continue
+            for api_version in os.listdir(service_directory):
+                if self.file_loader.exists(os.path.join(service_directory, api_version, type_name)):
+                    return True
+        return False
+
     def _read_endpoints(self) -> tuple[Any, str]:
         for directory in self.search_paths:
             path = os.path.join(directory, "endpoints")
             data = self.file_loader.load_file(path)
             if data is not None:
-                # Services are keyed by endpoint prefix, which for the agent's services (those of
-                # ENDPOINT_VARIABLES) is the service name.
+                # Services are keyed by endpoint prefix, which for the agent's services is the
+                # service name.
                 for partition in data.get("partitions", []):
                     services = partition.get("services", {})
                     partition["services"] = {
-                        name: services[name] for name in ENDPOINT_VARIABLES if name in services
+                        name: services[name] for name in AGENT_SERVICES if name in services
                     }
                 return data, path
         raise DataNotFoundError(data_path="endpoints")

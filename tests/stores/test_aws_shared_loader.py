@@ -1,8 +1,9 @@
 """What AWS stores share in one process, and what they leave unimported, against moto's server.
 
 Every store's botocore session uses one loader, so botocore's endpoint data and each service
-model are parsed once per process, and that loader keeps the endpoint data of the agent's own
-services only. The stores use botocore directly and never import boto3.
+model are parsed once per process. That loader keeps the endpoint data of the agent's own
+services only and looks for no other service's data. The stores use botocore directly and never
+import boto3.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import boto3
 import botocore.session
 import pytest
 from aws_helpers import aws_store
+from botocore.loaders import Loader
 
 from agent.metrics import Metrics
 from agent.refs import Refs
 from agent.stores import RemoteKey
-from agent.stores.aws import ENDPOINT_VARIABLES, AwsClientOptions, AwsClients
+from agent.stores.aws import AGENT_SERVICES, ENDPOINT_VARIABLES, AwsClientOptions, AwsClients
 from agent.stores.secretsmanager import SecretsManagerStore
 from agent.stores.ssm import ParameterStore
 
@@ -98,7 +100,7 @@ REGIONS = [
 ]
 
 
-@pytest.mark.parametrize("service", sorted(ENDPOINT_VARIABLES))
+@pytest.mark.parametrize("service", sorted(AGENT_SERVICES))
 def test_endpoints_match_botocore(
     service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -141,5 +143,34 @@ def test_loader_keeps_agent_services_only(aws: str, tmp_path: Path) -> None:
     partitions = endpoints["partitions"]
     assert {partition["partition"] for partition in partitions} >= {"aws", "aws-cn", "aws-us-gov"}
     for partition in partitions:
-        assert set(partition["services"]) <= set(ENDPOINT_VARIABLES), partition["partition"]
-    assert set(partitions[0]["services"]) == set(ENDPOINT_VARIABLES)
+        assert set(partition["services"]) <= set(AGENT_SERVICES), partition["partition"]
+    assert set(partitions[0]["services"]) == set(AGENT_SERVICES)
+
+
+@pytest.mark.parametrize("type_name", ["service-2", "endpoint-rule-set-1", "paginators-1"])
+def test_loader_lists_agent_services(aws: str, tmp_path: Path, type_name: str) -> None:
+    clients = AwsClients(
+        aws_store("aws-ssm", "ParameterStore"), refs=Refs(tmp_path / "refs"), metrics=Metrics()
+    )
+    clients.client("ssm")
+    assert clients._session is not None
+    ours = clients._session.get_component("data_loader").list_available_services(type_name)
+    botocores = Loader().list_available_services(type_name)
+    assert ours == [name for name in botocores if name in AGENT_SERVICES]
+    assert "ssm" in ours
+
+
+@pytest.mark.parametrize("service", sorted(AGENT_SERVICES))
+def test_loader_reads_same_models(aws: str, tmp_path: Path, service: str) -> None:
+    clients = AwsClients(
+        aws_store("aws-ssm", "ParameterStore"), refs=Refs(tmp_path / "refs"), metrics=Metrics()
+    )
+    clients.client("ssm")
+    assert clients._session is not None
+    ours = clients._session.get_component("data_loader")
+    botocores = Loader()
+    for type_name in ("service-2", "endpoint-rule-set-1"):
+        model = ours.load_service_model(service, type_name)
+        assert type(model) is dict
+        assert model == botocores.load_service_model(service, type_name), type_name
+    assert ours.load_data("partitions") == botocores.load_data("partitions")

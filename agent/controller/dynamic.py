@@ -97,6 +97,18 @@ def decode_records(secret: Mapping[str, Any] | None, owner: str) -> list[LeaseRe
         return []
 
 
+def significant(records: list[dict[str, Any]]) -> str:
+    """Return the part of encoded records whose change is worth a write of the annotation.
+
+    A renewal of the generator's own Vault token moves every record's `token_expires_at`, and
+    writing every Secret of the namespace for that alone would be a burst of writes. The saved
+    value is earlier than the real one, so it errs on the safe side (an adopted lease is replaced
+    sooner), and the next write for another reason brings it up to date.
+    """
+    trimmed = [{k: v for k, v in record.items() if k != "token_expires_at"} for record in records]
+    return json.dumps(trimmed, sort_keys=True)
+
+
 class GeneratorIndex:
     """VaultDynamicSecret objects seen by the watch or read on demand, by (namespace, name)."""
 
@@ -241,7 +253,8 @@ class DynamicSecrets:
         self.index = GeneratorIndex()
         self._wake_owner = wake_owner
         self._namespaces: dict[str, _Namespace] = {}
-        # The records annotation of each owner as this process last wrote or read it, as JSON.
+        # The records annotation of each owner as this process last wrote or read it, in the
+        # form `significant` returns.
         self.saved: dict[str, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
@@ -268,7 +281,7 @@ class DynamicSecrets:
         if target not in space.offered:
             space.offered.add(target)
             records = self._trusted(space, target, decode_records(secret, declaration.name))
-            self.saved[target] = json.dumps(encode_records(records), sort_keys=True)
+            self.saved[target] = significant(encode_records(records))
             if records:
                 space.writer.contents = {**space.writer.contents, target: dict(data)}
                 await self._run(space.manager.adopt_records, records)
@@ -305,7 +318,7 @@ class DynamicSecrets:
         """Remember which records the annotation contains now."""
         assert declaration.namespace is not None
         target = lease_target(declaration.namespace, declaration.name)
-        self.saved[target] = json.dumps(records, sort_keys=True)
+        self.saved[target] = significant(records)
 
     async def committed(
         self, declaration: ExternalSecretDeclaration, leases: Sequence[LeaseUse]
@@ -463,8 +476,7 @@ class DynamicSecrets:
         if space is None:
             return
         for target in space.states:
-            text = json.dumps(encoded.get(target, []), sort_keys=True)
-            if self.saved.get(target) != text:
+            if self.saved.get(target) != significant(encoded.get(target, [])):
                 self.wake_owner(target, "lease_records_changed")
 
     # -- helpers -------------------------------------------------------------------------------
@@ -473,6 +485,13 @@ class DynamicSecrets:
         space = self._namespaces.get(namespace)
         if space is None:
             space = self._namespaces[namespace] = _Namespace(namespace, self)
+            # Every generator of the namespace, also those no ExternalSecret names any more: a
+            # saved record of a replaced lease names its old generator, which revokes it.
+            space.declarations.generators = {
+                generator.ref: generator
+                for key, generator in self.index.generators.items()
+                if key[0] == namespace
+            }
             if self._loop is None:
                 self._loop = asyncio.get_running_loop()
         return space

@@ -485,8 +485,8 @@ class DynamicSecrets:
         space = self._namespaces.get(namespace)
         if space is None:
             space = self._namespaces[namespace] = _Namespace(namespace, self)
-            # Every generator of the namespace, also those no ExternalSecret names any more: a
-            # saved record of a replaced lease names its old generator, which revokes it.
+            # Every generator of the namespace, also those no ExternalSecret names any more, so
+            # that a saved record naming one is still adopted and its lease revoked.
             space.declarations.generators = {
                 generator.ref: generator
                 for key, generator in self.index.generators.items()

@@ -569,7 +569,7 @@ def main() -> None:
     parser.add_argument("--external-secrets", type=int, default=1000)
     parser.add_argument("--keys", type=int, default=100)
     parser.add_argument(
-        "--interval", type=float, help="refreshInterval in seconds; default 20, unrelated mode 60"
+        "--interval", type=float, help="refreshInterval in seconds; default 20, unrelated mode 40"
     )
     parser.add_argument("--intervals", type=int, default=3, help="refresh mode only")
     parser.add_argument("--unrelated-secrets", type=int, default=5000)
@@ -586,7 +586,7 @@ def main() -> None:
         args.interval = args.interval or 5.0
         args.intervals = 1
     if args.interval is None:
-        args.interval = 60.0 if args.mode == "unrelated" else 20.0
+        args.interval = 40.0 if args.mode == "unrelated" else 20.0
     logging.basicConfig(level=logging.WARNING)
     for name in ("kopf", "agent", "aiohttp", "botocore", "werkzeug"):
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import hvac
 import pytest
@@ -11,6 +12,14 @@ from conftest import ROOT_TOKEN, RawClient, client_for
 from agent.testing.vault_emulator import VaultEmulator
 
 LEASE_ID = re.compile(r"^database/creds/readonly/[0-9A-Za-z]{24}$")
+
+
+@pytest.fixture
+def emulator() -> Iterator[VaultEmulator]:
+    """An emulator whose clock moves only by `advance()`, so TTL arithmetic is exact however
+    long a request takes on a busy machine."""
+    with VaultEmulator(root_token=ROOT_TOKEN, clock=lambda: 1_800_000_000.0) as started:
+        yield started
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ for the first time. No reader can have seen older values of such a target, and a
 application that is still starting may kill it before it installs its handler.
 
 Only names travel: target names and `target/secret key` names, never values. Header values are
-never logged. A command's output is logged truncated, so a command must not print values.
+never logged. A command's output goes to the agent's stdout and stderr unread, never into a
+log line of the agent.
 """
 
 from __future__ import annotations
@@ -250,13 +251,7 @@ class _Worker:
     def _record(self, delivery: _Delivery, attempt: Attempt) -> None:
         """Count and log an attempt, and schedule its retry when one is left and can help."""
         if attempt.result == "success":
-            # After a success, a command's output is only worth a debug line.
-            output = attempt.fields.pop("output", "")
             self._log(delivery, attempt, "success", logging.INFO, "notify_sent")
-            if output:
-                log_event(
-                    logger, logging.DEBUG, "notify_output", notify_target=self.name, output=output
-                )
         elif attempt.result == "no_process":
             self._log(delivery, attempt, "no_process", logging.WARNING, "notify_no_process")
         elif not attempt.retryable or delivery.failures >= self.retries:

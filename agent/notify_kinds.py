@@ -3,8 +3,8 @@
 Each kind is an `Action` whose `deliver` makes one attempt and reports it as an `Attempt`. The
 workers in `agent.notify` decide when to deliver and whether to retry. Only names are delivered,
 never values: target names and `target/secret key` names. Header values are never logged, and
-neither is a URL's path or query. A command's output is returned for the log, truncated, so a
-command must not print values.
+neither is a URL's path or query. A command writes to the agent's own stdout and stderr, and
+the agent never reads that output, so no log line of the agent can contain what a command prints.
 """
 
 from __future__ import annotations
@@ -33,8 +33,7 @@ CHANGED_TARGETS_VARIABLE = "SECRETS_AGENT_CHANGED_TARGETS"
 CHANGED_KEYS_VARIABLE = "SECRETS_AGENT_CHANGED_KEYS"
 CHANGES_VARIABLE = "SECRETS_AGENT_CHANGES"
 NOTIFY_TARGET_VARIABLE = "SECRETS_AGENT_NOTIFY_TARGET"
-# How much of a command's output is kept for the log, and of an HTTP response body is read.
-MAX_OUTPUT_BYTES = 2048
+# How much of an HTTP response body is read (and dropped) before the connection closes.
 MAX_RESPONSE_BYTES = 64 * 1024
 MAX_PID_FILE_BYTES = 64
 
@@ -344,8 +343,9 @@ class HttpAction:
 class CommandAction:
     """Runs a program without a shell, with the changed names (never values) in its environment.
 
-    The program's output is kept up to MAX_OUTPUT_BYTES for the log. On timeout its whole process
-    group is killed.
+    The program writes to the agent's own stdout and stderr, so its lines reach the container log
+    as its own output. The agent never reads them, so a value that the program prints cannot
+    enter a log line of the agent. On timeout the program's whole process group is killed.
     """
 
     kind = "command"
@@ -358,13 +358,12 @@ class CommandAction:
 
     def deliver(self, names: ChangedNames) -> Attempt:
         fields: dict[str, object] = {"program": os.path.basename(self.spec.argv[0])}
+        started = time.perf_counter()
         try:
             process = subprocess.Popen(
                 self.spec.argv,
                 env=self._environment(names),
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
                 start_new_session=True,  # a process group of its own, to kill on timeout
             )
         except OSError as error:
@@ -376,19 +375,18 @@ class CommandAction:
             )
         with self._lock:
             self._running = process
-        output = _OutputTail(process)
         try:
             code = process.wait(timeout=self.spec.timeout_seconds)
         except subprocess.TimeoutExpired:
             _kill_group(process)
-            fields["output"] = output.text()
+            fields["duration_ms"] = _milliseconds_since(started)
             return Attempt(
                 "error", f"timed out after {self.spec.timeout_seconds:g} s", fields=fields
             )
         finally:
             with self._lock:
                 self._running = None
-        fields.update(exit_code=code, output=output.text())
+        fields.update(exit_code=code, duration_ms=_milliseconds_since(started))
         if code == 0:
             return Attempt("success", fields=fields)
         return Attempt("error", f"exited with status {code}", fields=fields)
@@ -412,41 +410,16 @@ class CommandAction:
         return environment
 
 
+def _milliseconds_since(started: float) -> int:
+    return round((time.perf_counter() - started) * 1000)
+
+
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
     process.wait()
-
-
-class _OutputTail:
-    """Reads a process's output in a thread, keeping the first MAX_OUTPUT_BYTES."""
-
-    def __init__(self, process: subprocess.Popen[bytes]) -> None:
-        self._kept = bytearray()
-        self._total = 0
-        self._stream = process.stdout
-        self._thread = threading.Thread(target=self._read, name="notify-output", daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        assert self._stream is not None
-        with self._stream:
-            for chunk in iter(lambda: self._stream.read1(65536), b""):  # type: ignore[union-attr]
-                self._total += len(chunk)
-                room = MAX_OUTPUT_BYTES - len(self._kept)
-                if room > 0:
-                    self._kept += chunk[:room]
-
-    def text(self) -> str:
-        # A process started in the background by the command may keep the pipe open: wait a
-        # moment for the rest of the output, then log what arrived.
-        self._thread.join(timeout=1.0)
-        text = self._kept.decode(errors="replace").strip()
-        if self._total > MAX_OUTPUT_BYTES:
-            text += f" ... ({self._total - MAX_OUTPUT_BYTES} more bytes)"
-        return text
 
 
 def build_action(declaration: NotifyTargetDeclaration, *, refs: Refs) -> Action:

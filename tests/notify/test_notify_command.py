@@ -23,7 +23,6 @@ from agent.notify_kinds import (
     CHANGED_KEYS_VARIABLE,
     CHANGED_TARGETS_VARIABLE,
     CHANGES_VARIABLE,
-    MAX_OUTPUT_BYTES,
     NOTIFY_TARGET_VARIABLE,
     ChangedNames,
     CommandAction,
@@ -105,18 +104,20 @@ def _gone(pid: str) -> bool:
     return status.rpartition(")")[2].split()[0] == "Z"
 
 
-def test_command_output_kept_truncated():
+def test_command_output_passes_through(capfd: pytest.CaptureFixture[str]):
+    script = "import sys; print('fake-db-password-1'); print('to-stderr', file=sys.stderr)"
     action = CommandAction(
-        NotifyCommand(argv=[sys.executable, "-c", "print('x' * 5000); raise SystemExit(3)"]),
+        NotifyCommand(argv=[sys.executable, "-c", script + "; raise SystemExit(3)"]),
         notify_target="chatty",
     )
     attempt = action.deliver(NAMES)
+    captured = capfd.readouterr()
     assert attempt.result == "error"
     assert attempt.error == "exited with status 3"
     assert attempt.fields["exit_code"] == 3
-    output = str(attempt.fields["output"])
-    assert output.startswith("x" * MAX_OUTPUT_BYTES)
-    assert output.endswith(f"({5001 - MAX_OUTPUT_BYTES} more bytes)")
+    assert "output" not in attempt.fields
+    assert "fake-db-password-1" in captured.out, "stdout did not reach the agent's stdout"
+    assert "to-stderr" in captured.err, "stderr did not reach the agent's stderr"
 
 
 def test_command_not_found_is_not_retried():
@@ -145,55 +146,69 @@ def test_command_success(tmp_path: Path):
     assert json.loads(environment[CHANGES_VARIABLE]) == {"a": ["x"], "b": ["k,2", "k1"]}
 
 
-def test_command_failure_logs_output(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+def test_command_failure_logs_no_output(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    script = "print('fake-db-password-1'); raise SystemExit(4)"
     config = write_config(
         tmp_path,
         vault_url="http://127.0.0.1:9",
         notify_targets=notify_target(
             "fails",
-            "  command:\n"
-            f"    argv: {json.dumps([sys.executable, '-c', 'print(42); raise SystemExit(4)'])}\n"
-            "    retries: 0\n",
+            f"  command:\n    argv: {json.dumps([sys.executable, '-c', script])}\n    retries: 1\n",
         ),
     )
     syncer = make_syncer(tmp_path, config)
-    notifier = Notifier(refs=Refs(tmp_path / "refs"), metrics=syncer.metrics, delay=0.0)
+    notifier = Notifier(
+        refs=Refs(tmp_path / "refs"),
+        metrics=syncer.metrics,
+        delay=0.0,
+        retry_delay=lambda failures: 0.05,
+    )
     notifier.attach(syncer)
 
-    with caplog.at_level(logging.INFO, logger="agent.notify"):
+    with caplog.at_level(logging.DEBUG):
         notifier.notify([Change("app", changed=("password",))])
         assert wait_for(lambda: _events(caplog, "notify_failed"), seconds=10)
     notifier.close()
-    [record] = _events(caplog, "notify_failed")
-    fields = record.event_fields  # type: ignore[attr-defined]
+    [retrying] = _events(caplog, "notify_retrying")
+    [failed] = _events(caplog, "notify_failed")
+    fields = failed.event_fields  # type: ignore[attr-defined]
     assert fields["notify_target"] == "fails"
     assert fields["exit_code"] == 4
-    assert fields["output"] == "42"
+    assert fields["attempt"] == 2
     assert fields["error"] == "exited with status 4"
+    assert isinstance(fields["duration_ms"], int)
+    assert "output" not in fields
+    assert "output" not in retrying.event_fields  # type: ignore[attr-defined]
+    for record in caplog.records:
+        line = f"{record.getMessage()} {getattr(record, 'event_fields', '')}"
+        assert "fake-db-password-1" not in line, f"a log line holds the output: {record.msg}"
 
 
-def test_command_success_output_at_debug(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+PRINT_VALUE = "print('fake-api-key-1')"
+
+
+def test_command_success_logs_no_output(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     config = write_config(
         tmp_path,
         vault_url="http://127.0.0.1:9",
         notify_targets=notify_target(
             "greets",
-            f"  command:\n    argv: {json.dumps([sys.executable, '-c', 'print(1234)'])}\n",
+            f"  command:\n    argv: {json.dumps([sys.executable, '-c', PRINT_VALUE])}\n",
         ),
     )
     syncer = make_syncer(tmp_path, config)
     notifier = Notifier(refs=Refs(tmp_path / "refs"), metrics=syncer.metrics, delay=0.0)
     notifier.attach(syncer)
-    with caplog.at_level(logging.DEBUG, logger="agent.notify"):
+    with caplog.at_level(logging.DEBUG):
         notifier.notify([Change("app", changed=("password",))])
-        assert wait_for(lambda: _events(caplog, "notify_output"), seconds=10)
+        assert wait_for(lambda: _events(caplog, "notify_sent"), seconds=10)
     notifier.close()
     [sent] = _events(caplog, "notify_sent")
     assert sent.levelno == logging.INFO
+    assert sent.event_fields["exit_code"] == 0  # type: ignore[attr-defined]
     assert "output" not in sent.event_fields  # type: ignore[attr-defined]
-    [output] = _events(caplog, "notify_output")
-    assert output.levelno == logging.DEBUG
-    assert output.event_fields["output"] == "1234"  # type: ignore[attr-defined]
+    for record in caplog.records:
+        assert "fake-api-key-1" not in f"{getattr(record, 'event_fields', '')}", record.getMessage()
 
 
 def _events(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogRecord]:

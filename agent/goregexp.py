@@ -1,21 +1,22 @@
-"""Go regular expressions (RE2 syntax) run with Python's `re`, with Go's replacement rules.
+"""Go regular expressions (RE2 syntax) matched by RE2, with Go's replacement rules.
 
-`find.name.regexp` and `rewrite[].regexp` are Go regexps in External Secrets Operator, and a rewrite
-target follows Go's `Regexp.ReplaceAllString`. This module holds:
+`find.name.regexp`, `rewrite[].regexp` and a store's `conditions[].namespaceRegexes` are Go
+regexps in External Secrets Operator, and a rewrite target follows Go's
+`Regexp.ReplaceAllString`. Matching uses Google's RE2 (the `google-re2` package), the engine Go's
+`regexp` package follows: it runs in time linear in the text, so no pattern and no remote key
+name can make a match backtrack for hours, as `(a+)+$` can with Python's `re`.
 
-- `translate(pattern)`: rewrite Go syntax into Python syntax with the same meaning. `(?<name>x)`
-  becomes `(?P<name>x)`, `\\z` becomes `\\Z`, `\\Q...\\E` and `\\x{...}` become escaped characters,
-  POSIX classes such as `[[:alpha:]]` are expanded, and `\\d`, `\\w`, `\\s`, `\\b` match ASCII only,
-  as in Go. Python-only syntax that Go rejects (lookarounds, backreferences, atomic groups,
-  possessive quantifiers, conditionals, comments, `{,n}` repeats) raises ValueError, so a
-  declaration that passes `check` here compiles in Go too.
-- `compile_regexp(pattern)`: translate and compile; raises ValueError worded "problem; fix".
+- `compile_regexp(pattern)`: compile a Go regexp; raise ValueError worded "problem; fix". RE2
+  accepts two things Go rejects, so both are rejected here too: `\\C` (any single byte) and two
+  groups with the same name. RE2's own messages quote the pattern, so they are replaced.
 - `replace_all(regexp, text, template)`: Go's ReplaceAllString. An empty match right after the
   previous match is not replaced, and `$name` in the template takes the longest run of letters,
   digits and `_`, so `$1x` names the group `1x`. `${1}x` is group 1 and then `x`, `$$` is `$`,
   a reference to a group that does not exist or did not take part expands to "", and a `$` that
   starts no reference stays as it is. Expansion never raises.
 
+Texts are matched as UTF-8 bytes, as Go matches strings, so `\\d`, `\\w`, `\\s` and `\\b` are
+ASCII only, and `$` without the m flag matches only at the very end of the text.
 Messages never quote the pattern, because a pattern may be pasted from anywhere.
 """
 
@@ -23,323 +24,244 @@ from __future__ import annotations
 
 import functools
 import re
+from typing import TYPE_CHECKING, Any
 
-# Go repeats accept counts up to 1000 (regexp/syntax's maximum).
-_MAX_REPEAT = 1000
-_WORD = "0-9A-Za-z_"
-_SPACE = "\\t\\n\\f\\r "
-# Perl classes as Go defines them: ASCII only.
-_PERL_CLASSES = {"d": "0-9", "w": _WORD, "s": _SPACE}
-_WORD_BEFORE = f"(?<=[{_WORD}])"
-_NO_WORD_BEFORE = f"(?<![{_WORD}])"
-_WORD_AFTER = f"(?=[{_WORD}])"
-_NO_WORD_AFTER = f"(?![{_WORD}])"
-_ASCII_BOUNDARY = f"(?:{_WORD_BEFORE}{_NO_WORD_AFTER}|{_NO_WORD_BEFORE}{_WORD_AFTER})"
-_ASCII_NON_BOUNDARY = f"(?:{_WORD_BEFORE}{_WORD_AFTER}|{_NO_WORD_BEFORE}{_NO_WORD_AFTER})"
-# POSIX classes inside a bracket expression, as Go's regexp/syntax lists them.
-_POSIX_CLASSES = {
-    "alnum": "0-9A-Za-z",
-    "alpha": "A-Za-z",
-    "ascii": "\\x00-\\x7f",
-    "blank": "\\t ",
-    "cntrl": "\\x00-\\x1f\\x7f",
-    "digit": "0-9",
-    "graph": "!-~",
-    "lower": "a-z",
-    "print": " -~",
-    "punct": "!-/:-@\\[-`{-~",
-    "space": "\\t\\n\\v\\f\\r ",
-    "upper": "A-Z",
-    "word": _WORD,
-    "xdigit": "0-9A-Fa-f",
-}
-# Escapes Go accepts outside a class and Python reads the same way.
-_SAME_ESCAPES = frozenset("afnrtvA")
-_GO_REPEAT = re.compile(r"\{(\d+)(,(\d*))?\}")
-_HEX_BRACED = re.compile(r"\{([0-9A-Fa-f]{1,8})\}")
-_POSIX_CLASS = re.compile(r"\[:(\^?)([a-z]+):\]")
-_FLAGS = re.compile(r"\(\?([A-Za-z-]*)([):])")
-_GO_FLAGS = frozenset("ims-")
+if TYPE_CHECKING:
+    import re2
 
 _NOT_GO = "is not part of Go's regular expression syntax"
-_FLAG_EXAMPLE = "(e.g. (?i) or (?s:x))"
+_MAX_REPEAT = 1000  # Go's and RE2's maximum repeat count, also for nested repeats multiplied
+_POSIX_NAMES = (
+    "alnum, alpha, ascii, blank, cntrl, digit, graph, lower, print, punct, space, upper, word, "
+    "xdigit"
+)
+# A group name as Go accepts it: ASCII letters, digits and `_` (RE2 also accepts other letters).
+_GO_GROUP_NAME = re.compile(r"[A-Za-z0-9_]+")
+_GROUP_NAME = re.compile(r"\(\?P?<([^>]*)>")
 
 
-class _Translator:
-    """One pass over a Go pattern that emits the equivalent Python pattern."""
+class GoRegexp:
+    """A compiled Go regexp. `pattern` is the Go pattern as written in the declaration."""
 
-    def __init__(self, pattern: str) -> None:
+    __slots__ = ("pattern", "_regexp", "_names")
+
+    def __init__(self, pattern: str, compiled: re2._Regexp) -> None:
         self.pattern = pattern
-        self.position = 0
-        self.output: list[str] = []
+        self._regexp = compiled
+        self._names = {name.decode("utf-8"): index for name, index in compiled.groupindex.items()}
 
-    def run(self) -> str:
-        pattern = self.pattern
-        while self.position < len(pattern):
-            character = pattern[self.position]
-            if character == "\\":
-                self.output.append(self._escape())
-            elif character == "[":
-                self.output.append(self._character_class())
-            elif character == "(":
-                self.output.append(self._group_opening())
-            elif character == "{":
-                self._brace()
-            elif character in "*+?":
-                self.position += 1
-                self.output.append(character)
-                self._check_not_possessive()
-            else:
-                self.position += 1
-                self.output.append(character)
-        return "".join(self.output)
-
-    def _escape(self) -> str:
-        """Translate the escape sequence at `position` (outside a class); advance past it."""
-        pattern, start = self.pattern, self.position
-        if start + 1 >= len(pattern):
-            raise ValueError("the pattern ends with a lone backslash; escape it as \\\\")
-        letter = pattern[start + 1]
-        self.position = start + 2
-        if letter == "Q":
-            end = pattern.find("\\E", self.position)
-            literal = pattern[self.position :] if end < 0 else pattern[self.position : end]
-            self.position = len(pattern) if end < 0 else end + 2
-            return re.escape(literal)
-        if letter == "z":
-            return "\\Z"
-        if letter == "b":
-            return _ASCII_BOUNDARY
-        if letter == "B":
-            return _ASCII_NON_BOUNDARY
-        if letter.lower() in _PERL_CLASSES:
-            negate = "^" if letter.isupper() else ""
-            return f"[{negate}{_PERL_CLASSES[letter.lower()]}]"
-        if letter == "x":
-            return self._hex_escape()
-        if self._is_octal_escape(letter):
-            return self._octal_escape(start)
-        return self._plain_escape(letter, inside_class=False)
-
-    def _is_octal_escape(self, letter: str) -> bool:
-        # Go reads `\0` and `\12` as octal escapes, and `\1` alone as a backreference (rejected).
-        following = self.pattern[self.position : self.position + 1]
-        return letter == "0" or (
-            letter in "1234567" and following != "" and following in "01234567"
-        )
-
-    def _octal_escape(self, start: int) -> str:
-        digits = re.match(r"[0-7]{1,3}", self.pattern[start + 1 :])
-        assert digits is not None  # the caller saw an octal digit there
-        self.position = start + 1 + len(digits.group())
-        return re.escape(chr(int(digits.group(), 8)))
-
-    def _hex_escape(self) -> str:
-        rest = self.pattern[self.position :]
-        braced = _HEX_BRACED.match(rest)
-        if braced is not None:
-            code = int(braced.group(1), 16)
-            if code > 0x10FFFF:
-                raise ValueError("\\x{...} names no Unicode character; use at most \\x{10FFFF}")
-            self.position += braced.end()
-            return re.escape(chr(code))
-        if re.match(r"[0-9A-Fa-f]{2}", rest):
-            self.position += 2
-            return re.escape(chr(int(rest[:2], 16)))
-        raise ValueError("invalid \\x escape; write two hex digits (\\x41) or \\x{41}")
-
-    def _plain_escape(self, letter: str, *, inside_class: bool) -> str:
-        if letter in _SAME_ESCAPES and not (inside_class and letter == "A"):
-            return "\\" + letter
-        if letter.isascii() and not letter.isalnum():
-            return re.escape(letter)  # an escaped punctuation character is itself, in both
-        if letter in "pP":
-            raise ValueError(
-                "Unicode character classes (\\p, \\P) are not supported by secrets-agent yet; "
-                "list the characters in a class such as [a-z]"
-            )
-        if letter == "Z":
-            raise ValueError(f"\\Z {_NOT_GO}; write \\z for the end of the text")
-        if letter.isdigit():
-            raise ValueError(
-                f"backreferences (\\1) {_NOT_GO}; match the text again, or write an octal "
-                "escape with two or more digits (\\012)"
-            )
-        raise ValueError(f"the escape \\{letter} {_NOT_GO}; remove the backslash or fix it")
-
-    def _character_class(self) -> str:
-        """Translate a bracket expression `[...]`; advance past its closing `]`."""
-        pattern = self.pattern
-        self.position += 1
-        output = ["["]
-        if pattern.startswith("^", self.position):
-            output.append("^")
-            self.position += 1
-        if pattern.startswith("]", self.position):  # a leading `]` is literal in both syntaxes
-            output.append("\\]")
-            self.position += 1
-        while self.position < len(pattern) and pattern[self.position] != "]":
-            output.append(self._class_item())
-        if self.position >= len(pattern):
-            raise ValueError("a character class has no closing ]; close it or escape the [")
-        self.position += 1
-        output.append("]")
-        return "".join(output)
-
-    def _class_item(self) -> str:
-        pattern, start = self.pattern, self.position
-        character = pattern[start]
-        posix = _POSIX_CLASS.match(pattern, start)
-        if posix is not None:
-            self.position = posix.end()
-            negated, name = posix.groups()
-            if name not in _POSIX_CLASSES:
-                raise ValueError(
-                    f"unknown POSIX class [:{name}:]; use one of {', '.join(_POSIX_CLASSES)}"
-                )
-            if negated:
-                raise ValueError(
-                    "negated POSIX classes ([:^name:]) are not supported by secrets-agent yet; "
-                    "negate the whole class instead, as in [^[:digit:]]"
-                )
-            return _POSIX_CLASSES[name]
-        if character != "\\":
-            self.position += 1
-            # Python warns about `[`, `&&`, `||` and `~~` inside a class (future set syntax).
-            return "\\" + character if character in "[&|~" else character
-        if start + 1 >= len(pattern):
-            raise ValueError("the pattern ends with a lone backslash; escape it as \\\\")
-        letter = pattern[start + 1]
-        self.position = start + 2
-        if letter in _PERL_CLASSES:
-            return _PERL_CLASSES[letter]
-        if letter in "DWS":
-            # NOTE: Python has no ASCII-only negated class inside a bracket expression, so these
-            # keep Python's Unicode meaning; they differ from Go only for non-ASCII characters.
-            return "\\" + letter
-        if letter == "x":
-            return self._hex_escape()
-        if self._is_octal_escape(letter):
-            return self._octal_escape(start)
-        return self._plain_escape(letter, inside_class=True)
-
-    def _group_opening(self) -> str:
-        """Translate `(` or a `(?...` group opening; advance past it."""
-        pattern, start = self.pattern, self.position
-        if not pattern.startswith("(?", start):
-            self.position += 1
-            return "("
-        rest = pattern[start + 2 : start + 4]
-        if rest.startswith("P<"):
-            self.position = start + 4
-            return "(?P<"
-        if rest.startswith("<") and rest[1:2] not in ("=", "!"):
-            self.position = start + 3
-            return "(?P<"
-        if rest[:1] in ("=", "!") or rest in ("<=", "<!"):
-            raise ValueError(f"lookahead and lookbehind assertions {_NOT_GO}; remove them")
-        if rest.startswith("P="):
-            raise ValueError(f"backreferences ((?P=name)) {_NOT_GO}; remove them")
-        if rest[:1] in (">", "#", "("):
-            kind = {">": "atomic groups", "#": "comments", "(": "conditional groups"}[rest[:1]]
-            raise ValueError(f"{kind} {_NOT_GO}; remove them")
-        flags = _FLAGS.match(pattern, start)
-        if flags is None:
-            raise ValueError("invalid group; Go accepts (?:x), (?P<name>x), (?<name>x) and (?i)")
-        letters = flags.group(1)
-        if "U" in letters:
-            raise ValueError(
-                "the U flag (ungreedy) is not supported by secrets-agent yet; make each "
-                "repetition lazy instead, as in .*?"
-            )
-        if not set(letters) <= _GO_FLAGS:
-            raise ValueError(f"invalid flag; Go accepts the flags i, m, s and U {_FLAG_EXAMPLE}")
-        self.position = flags.end()
-        return flags.group()
-
-    def _brace(self) -> None:
-        """Emit a Go repeat `{n}`, `{n,}` or `{n,m}`, or a literal `{` where there is none."""
-        repeat = _GO_REPEAT.match(self.pattern, self.position)
-        if repeat is None:
-            # Go reads any other `{` as a literal. Python would read `{,n}` as a repeat.
-            self.position += 1
-            self.output.append("\\{")
-            return
-        low, high = repeat.group(1), repeat.group(3)
-        counts = [int(low)] + ([int(high)] if high else [])
-        if max(counts) > _MAX_REPEAT or (high and int(high) < int(low)):
-            raise ValueError(
-                f"invalid repeat count; Go accepts counts up to {_MAX_REPEAT}, with the "
-                "minimum first, as in {2,5}"
-            )
-        self.position = repeat.end()
-        self.output.append(repeat.group())
-        self._check_not_possessive()
-
-    def _check_not_possessive(self) -> None:
-        """Reject `*+`, `++`, `?+` and `{n}+`, which Python reads as possessive and Go rejects."""
-        following = self.position
-        if self.pattern.startswith("?", following):
-            self.output.append("?")
-            following += 1
-            self.position = following
-        if self.pattern.startswith("+", following):
-            raise ValueError(f"possessive repetitions such as *+ {_NOT_GO}; remove the +")
+    def search(self, text: str) -> Any:
+        """Return the first match in `text` (spans are UTF-8 byte offsets), or None."""
+        return self._regexp.search(_encode(text))
 
 
-def translate(pattern: str) -> str:
-    """Return the Python pattern that means what the Go pattern `pattern` means.
+def _encode(text: str) -> bytes:
+    # A lone surrogate (possible in a JSON property name) keeps its place instead of raising.
+    return text.encode("utf-8", "surrogatepass")
 
-    Raises ValueError, worded "problem; fix", for syntax that Go rejects or that secrets-agent
-    does not translate. Errors that both syntaxes share (an unclosed group) surface from
-    `compile_regexp`.
-    """
-    return _Translator(pattern).run()
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogatepass")
 
 
 @functools.lru_cache(maxsize=256)
-def compile_regexp(pattern: str) -> re.Pattern[str]:
-    """Translate and compile a Go regexp; raise ValueError worded "problem; fix".
+def compile_regexp(pattern: str) -> GoRegexp:
+    """Compile a Go regexp with RE2; raise ValueError worded "problem; fix".
 
-    NOTE: `$` keeps Python's meaning, which also matches before a newline at the end of the
-    text; Go's `$` without the m flag matches only at the very end. Python's `re` backtracks,
-    so a pattern such as `(a+)+$` can take exponential time where RE2 takes linear time.
+    The problem never quotes the pattern. Syntax that Go rejects is rejected, including the
+    two things RE2 alone accepts (`\\C`, and a group name used twice).
     """
-    translated = translate(pattern)
+    import re2  # about 4 ms, so only for declarations that have a regexp
+
+    options = re2.Options()
+    options.log_errors = False  # RE2 would print the pattern to stderr
     try:
-        return re.compile(translated)
-    except re.error as error:
-        # error.msg carries no position: positions in the translation would mislead.
-        raise ValueError(f"invalid regular expression ({error.msg}); fix the pattern") from None
-    except RecursionError:
-        raise ValueError("the regular expression is nested too deeply; simplify it") from None
+        compiled = re2.compile(_encode(pattern), options)
+    except re2.error as error:
+        raise ValueError(_describe_error(_error_text(error), pattern)) from None
+    _check_go_only(pattern)
+    return GoRegexp(pattern, compiled)
 
 
-def replace_all(regexp: re.Pattern[str], text: str, template: str) -> str:
+def _error_text(error: Exception) -> str:
+    text = error.args[0] if error.args else ""
+    return text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+
+
+def _describe_error(text: str, pattern: str) -> str:
+    """Turn RE2's "kind: fragment" message into ours; the fragment is read, never shown."""
+    kind, _, fragment = text.partition(": ")
+    if kind == "invalid escape sequence":
+        return _describe_escape(fragment)
+    if kind == "invalid perl operator":
+        return _describe_group(fragment, pattern)
+    if kind == "bad repetition operator":
+        if fragment.endswith("+") and len(fragment) > 1:
+            return f"possessive repetitions such as *+ {_NOT_GO}; remove the +"
+        return (
+            "a repetition operator follows another (as in a** or a{2}{3}), which Go rejects; "
+            "group the inner repetition, as in (?:a*)*"
+        )
+    if kind == "invalid repetition size":
+        return (
+            f"invalid repeat count; Go accepts counts up to {_MAX_REPEAT} (nested repeats "
+            "multiplied), with the minimum first, as in {2,5}"
+        )
+    if kind == "invalid character class range":
+        if fragment.startswith("[:"):
+            return f"unknown POSIX class; use one of {_POSIX_NAMES}, as in [[:alpha:]]"
+        if fragment.startswith(("\\p", "\\P")):
+            return (
+                "unknown Unicode class; use a category such as \\pL or \\p{Lu}, or a script "
+                "such as \\p{Greek}"
+            )
+        return "invalid character class range; write the lower end first, as in [a-z]"
+    return _SIMPLE_PROBLEMS.get(kind) or f"invalid regular expression ({kind}); fix the pattern"
+
+
+_SIMPLE_PROBLEMS = {
+    "missing ]": "a character class has no closing ]; close it or escape the [ as \\[",
+    "missing )": "invalid regular expression (missing ), unterminated group); fix the pattern",
+    "unexpected )": "invalid regular expression (unbalanced parenthesis); fix the pattern",
+    "missing (": "invalid regular expression (unbalanced parenthesis); fix the pattern",
+    "trailing \\": "the pattern ends with a lone backslash; escape it as \\\\",
+    "no argument for repetition operator": "a repetition operator (*, +, ? or {n}) has nothing "
+    "to repeat; escape it, as in \\*",
+    "invalid character class": "invalid character class; fix it or escape the [ as \\[",
+    "invalid named capture group": "invalid group name; write (?P<name>x) or (?<name>x) with "
+    "ASCII letters, digits and _ in the name",
+    "invalid UTF-8": "the pattern is not valid UTF-8 text; fix the pattern",
+    "pattern too large - compile failed": "the regular expression is too large to compile; use "
+    "smaller repeat counts or a shorter pattern",
+    "pattern too large - reverse compile failed": "the regular expression is too large to "
+    "compile; use smaller repeat counts or a shorter pattern",
+}
+
+
+def _describe_escape(fragment: str) -> str:
+    letter = fragment[1:2]
+    if letter == "x":
+        if re.fullmatch(r"\\x\{[0-9A-Fa-f]+\}?", fragment):
+            return "\\x{...} names no Unicode character; use at most \\x{10FFFF}"
+        return "invalid \\x escape; write two hex digits (\\x41) or \\x{41}"
+    if letter == "Z":
+        return f"\\Z {_NOT_GO}; write \\z for the end of the text"
+    if letter.isdigit():
+        return (
+            f"backreferences (\\1) {_NOT_GO}; match the text again, or write an octal escape "
+            "with two or more digits (\\012)"
+        )
+    if letter.isascii() and letter.isalpha():
+        return f"the escape \\{letter} {_NOT_GO}; remove the backslash or fix it"
+    return f"an escape sequence {_NOT_GO}; remove the backslash or fix it"
+
+
+def _describe_group(fragment: str, pattern: str) -> str:
+    rest = fragment[2:]
+    if rest[:1] in ("=", "!") or rest[:2] in ("<=", "<!"):
+        return f"lookahead and lookbehind assertions {_NOT_GO}; remove them"
+    if rest == "P" and "(?P=" in pattern:
+        return f"backreferences ((?P=name)) {_NOT_GO}; remove them"
+    kinds = {">": "atomic groups", "#": "comments", "(": "conditional groups"}
+    if rest[:1] in kinds:
+        return f"{kinds[rest[:1]]} {_NOT_GO}; remove them"
+    if rest and rest[-1] not in "imsU-" and re.fullmatch(r"[A-Za-z-]+", rest):
+        return "invalid flag; Go accepts the flags i, m, s and U (e.g. (?i) or (?s:x))"
+    return "invalid group; Go accepts (?:x), (?P<name>x), (?<name>x) and (?i)"
+
+
+def _check_go_only(pattern: str) -> None:
+    """Reject what RE2 compiles but Go does not: `\\C`, non-ASCII or repeated group names.
+
+    Runs on a pattern RE2 accepted, so its syntax is valid; `\\Q...\\E` is literal text.
+    """
+    names: set[str] = set()
+    position = 0
+    while position < len(pattern):
+        if pattern.startswith("\\Q", position):
+            end = pattern.find("\\E", position + 2)
+            position = len(pattern) if end < 0 else end + 2
+            continue
+        if pattern.startswith("\\C", position):
+            raise ValueError(f"\\C (any single byte) {_NOT_GO}; use . to match any character")
+        if pattern[position] == "\\":
+            position += 2
+            continue
+        if pattern[position] == "[":
+            position = _class_end(pattern, position)
+            continue
+        group = _GROUP_NAME.match(pattern, position)
+        if group is not None:
+            name = group.group(1)
+            if not _GO_GROUP_NAME.fullmatch(name):
+                raise ValueError(_SIMPLE_PROBLEMS["invalid named capture group"])
+            if name in names:
+                raise ValueError(
+                    "two groups have the same name, which Go rejects; rename one of them"
+                )
+            names.add(name)
+            position = group.end()
+            continue
+        position += 1
+
+
+def _class_end(pattern: str, start: int) -> int:
+    """Return the position after the bracket expression that starts at `start`."""
+    position = start + 1
+    if pattern.startswith("^", position):
+        position += 1
+    if pattern.startswith("]", position):  # a leading ] is literal
+        position += 1
+    while position < len(pattern) and pattern[position] != "]":
+        if pattern.startswith("[:", position):
+            end = pattern.find(":]", position + 2)
+            if end >= 0:
+                position = end + 2
+                continue
+        position += 2 if pattern[position] == "\\" else 1
+    return position + 1
+
+
+def replace_all(regexp: GoRegexp, text: str, template: str) -> str:
     """Replace every match of `regexp` in `text` with `template`, as Go's ReplaceAllString does.
 
     Matches are found left to right without overlapping. After each match the search goes on
     at its end, or one character further for an empty match. An empty match that starts where
     the previous match ended is not replaced, unless it is at the start of the text.
     """
-    pieces: list[str] = []
+    source = _encode(text)
+    pieces: list[bytes] = []
     copied_up_to = 0
     search_from = 0
-    while search_from <= len(text):
-        match = regexp.search(text, search_from)
+    while search_from <= len(source):
+        match = regexp._regexp.search(source, search_from)
         if match is None:
             break
         start, end = match.span()
-        pieces.append(text[copied_up_to:start])
+        pieces.append(source[copied_up_to:start])
         if end > copied_up_to or start == 0:
-            pieces.append(expand(template, match))
+            pieces.append(_encode(expand(template, match, regexp)))
         copied_up_to = end
-        search_from = end if end > search_from else search_from + 1
-    pieces.append(text[copied_up_to:])
-    return "".join(pieces)
+        search_from = end if end > search_from else search_from + _character_width(source, end)
+    pieces.append(source[copied_up_to:])
+    return _decode(b"".join(pieces))
 
 
-def expand(template: str, match: re.Match[str]) -> str:
+def _character_width(source: bytes, position: int) -> int:
+    """Return the UTF-8 length of the character at `position` (1 at the end of the text)."""
+    if position >= len(source):
+        return 1
+    lead = source[position]
+    if lead >= 0xF0:
+        return 4
+    if lead >= 0xE0:
+        return 3
+    if lead >= 0xC0:
+        return 2
+    return 1
+
+
+def expand(template: str, match: Any, regexp: GoRegexp) -> str:
     """Expand `$1`, `${1}`, `$name`, `${name}` and `$$` in `template` for one match, as Go does."""
     pieces: list[str] = []
     position = 0
@@ -359,7 +281,7 @@ def expand(template: str, match: re.Match[str]) -> str:
             position = dollar + 1
             continue
         name, position = reference
-        pieces.append(_group_text(match, name))
+        pieces.append(_group_text(match, regexp, name))
 
 
 def _reference(template: str, start: int) -> tuple[str, int] | None:
@@ -383,14 +305,16 @@ def _is_name_character(character: str) -> bool:
     return character.isalpha() or character.isdecimal() or character == "_"
 
 
-def _group_text(match: re.Match[str], name: str) -> str:
+def _group_text(match: Any, regexp: GoRegexp, name: str) -> str:
     """Return the text of group `name` (a number or a name), or "" when there is no such group."""
     if name.isascii() and name.isdigit() and (name == "0" or not name.startswith("0")):
         number = int(name)
-        if number > match.re.groups:
+        if number > regexp._regexp.groups:
             return ""
-        return match.group(number) or ""
-    index = match.re.groupindex.get(name)
-    if index is None:
-        return ""
-    return match.group(index) or ""
+    else:
+        index = regexp._names.get(name)
+        if index is None:
+            return ""
+        number = index
+    raw = match.group(number)
+    return _decode(raw) if raw else ""

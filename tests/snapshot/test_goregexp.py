@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-from agent.goregexp import compile_regexp, replace_all, translate
+from agent.declarations import ExternalSecretDeclaration, Origin
+from agent.goregexp import compile_regexp, replace_all
+from agent.models import ExternalSecretSpec, ObjectMeta
+from agent.snapshot import build_snapshot
 
 REPLACE_CASES = [
     # (pattern, text, template, Go's result)
@@ -61,6 +64,16 @@ REPLACE_CASES = [
     (r"a{,2}", "a{,2}", "X", "X"),  # `{,2}` is literal in Go
     (r"a{2}", "aaa", "X", "Xa"),
     (r"\012", "a\nb", "_", "a_b"),
+    # Syntax Go has and Python's re lacks, now matched as Go does.
+    (r"(?U)a+", "aaa", "X", "XXX"),
+    (r"\pL+", "db-\u00e9t\u00e9", "X", "X-X"),
+    (r"\p{Greek}", "a\u03b1b", "_", "a_b"),
+    (r"[[:^digit:]]", "a1b2", "_", "_1_2"),
+    ("db$", "db\n", "X", "db\n"),  # without the m flag, $ is only the end of the text
+    ("(?m)db$", "db\n", "X", "X\n"),
+    # An empty match after a multi-byte character advances by the whole character.
+    ("x*", "\u00e9\U0001f600", "-", "-\u00e9-\U0001f600-"),
+    ("(.)", "\u00e9!", "[$1]", "[\u00e9][!]"),
 ]
 
 
@@ -86,10 +99,7 @@ REJECTED_CASES = [
     ("a*?+", "possessive"),
     (r"db\Z", "\\Z"),
     ("(?x)a b", "invalid flag"),
-    ("(?U)a*", "U flag"),
-    (r"\p{Greek}", "Unicode character classes"),
     (r"\e", "escape \\e"),
-    (r"[[:^digit:]]", "negated POSIX"),
     (r"[[:letter:]]", "unknown POSIX class"),
     ("a{1001}", "repeat count"),
     ("a{3,2}", "repeat count"),
@@ -98,6 +108,18 @@ REJECTED_CASES = [
     ("a\\", "lone backslash"),
     (r"\x{110000}", "no Unicode character"),
     (r"\xZ", "invalid \\x escape"),
+    # RE2 accepts these, Go does not.
+    (r"\C", "\\C (any single byte)"),
+    ("(?P<a>x)(?P<a>y)", "same name"),
+    ("(?P<\u00e9>x)", "invalid group name"),
+    # Further problems RE2 reports, each with our own wording.
+    (")", "unbalanced parenthesis"),
+    ("*a", "nothing to repeat"),
+    ("a**", "follows another"),
+    ("[z-a]", "class range"),
+    (r"\pX", "unknown Unicode class"),
+    ("(?P<>x)", "invalid group name"),
+    ("(a{1000}){1000}", "repeat count"),
 ]
 
 
@@ -111,12 +133,69 @@ def test_non_go_syntax_rejected(pattern: str, problem: str) -> None:
     assert "; " in message, "every message says what to do"
 
 
-def test_translation_keeps_plain_patterns() -> None:
-    assert translate("^db_(.*)$") == "^db_(.*)$"
-    assert translate("[a-z]+|x{2,3}?") == "[a-z]+|x{2,3}?"
+def test_compiled_regexp_keeps_pattern() -> None:
+    assert compile_regexp("^db_(.*)$").pattern == "^db_(.*)$"
+    assert compile_regexp("[a-z]+|x{2,3}?").pattern == "[a-z]+|x{2,3}?"
+
+
+def test_rejection_never_quotes_pattern() -> None:
+    for pattern in ("fake-secret-[z-a]", "fake-secret-(", "fake-secret-\\e", "(?=fake-secret)"):
+        with pytest.raises(ValueError) as caught:
+            compile_regexp(pattern)
+
+        assert "fake-secret" not in str(caught.value)
+
+
+def test_literal_text_skipped_by_go_checks() -> None:
+    # `\Q...\E` is literal text, so a `\C` or group syntax inside it is no problem.
+    regexp = compile_regexp(r"\Q\C(?P<a>\E(?P<a>x)")
+
+    assert replace_all(regexp, "\\C(?P<a>x", "$a") == "x"
+    # A bracket expression is skipped as well, `]` and `\]` inside it included.
+    assert compile_regexp(r"[]\](?P<a>](?P<a>x)").search("]x") is not None
+
+
+def test_catastrophic_pattern_returns() -> None:
+    # Python's re needs about 2**40 steps for this name; RE2 is linear in the name's length.
+    regexp = compile_regexp("^/t/re/(a+)+$")
+    name = "/t/re/" + "a" * 40 + "!"
+
+    assert regexp.search(name) is None
+    assert regexp.search("/t/re/" + "a" * 40) is not None
+    assert replace_all(compile_regexp("(a+)+$"), "a" * 5000 + "!", "x") == "a" * 5000 + "!"
+
+
+def test_lone_surrogate_kept() -> None:
+    # A JSON property name can hold a lone surrogate; it is neither matched nor lost.
+    assert replace_all(compile_regexp("-"), "a-\ud800-b", "_") == "a_\ud800_b"
 
 
 def test_missing_group_reference_never_raises() -> None:
     regexp = compile_regexp("^(?<a>x)?(y)$")
 
     assert replace_all(regexp, "y", "<$a|$1|$2|$3|${b}|$>") == "<||y|||$>"
+
+
+def test_find_with_catastrophic_regexp_returns() -> None:
+    # The name filter of dataFrom.find meets a name that makes Python's re backtrack for hours.
+    spec = ExternalSecretSpec.model_validate(
+        {
+            "secretStoreRef": {"name": "store"},
+            "dataFrom": [{"find": {"path": "/t/re", "name": {"regexp": "^/t/re/(a+)+$"}}}],
+        }
+    )
+    declaration = ExternalSecretDeclaration(
+        name="payment",
+        namespace=None,
+        spec=spec,
+        metadata=ObjectMeta(name="payment"),
+        origin=Origin("test.yaml", 1),
+    )
+    hostile = "/t/re/" + "a" * 40 + "!"
+
+    def read_prefix(path: str) -> dict[str, bytes]:
+        return {hostile: b"fake-hostile", "/t/re/aaa": b"fake-value-1"}
+
+    snapshot = build_snapshot(declaration, store_name="s", fetched={}, read_prefix=read_prefix)
+
+    assert snapshot.data == {"aaa": b"fake-value-1"}

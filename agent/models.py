@@ -202,7 +202,7 @@ def _check_regexp(value: str) -> str:
     return value
 
 
-# A Go regexp (RE2 syntax), translated for Python's `re` by agent.goregexp.
+# A Go regexp (RE2 syntax), compiled and matched with RE2 by agent.goregexp.
 Regexp = Annotated[str, Field(min_length=1), AfterValidator(_check_regexp)]
 
 

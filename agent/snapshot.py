@@ -15,14 +15,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from agent.declarations import ExternalSecretDeclaration
 from agent.errors import AgentError, InvalidValueError, RemoteKeyNotFoundError, StoreError
-from agent.goregexp import compile_regexp, replace_all
+from agent.goregexp import GoRegexp, compile_regexp, replace_all
 from agent.models import DecodingStrategy, RemoteRef
 from agent.stores import RemoteKey, RemoteValue
 from agent.writer import check_secret_key
@@ -243,7 +242,7 @@ class _Builder:
         strategy: DecodingStrategy,
         field_path: str,
         *,
-        name_filter: re.Pattern[str] | None = None,
+        name_filter: GoRegexp | None = None,
     ) -> dict[str, bytes] | None:
         try:
             values = read_prefix(path)
@@ -259,7 +258,7 @@ class _Builder:
         strategy: DecodingStrategy,
         field_path: str,
         *,
-        name_filter: re.Pattern[str] | None = None,
+        name_filter: GoRegexp | None = None,
     ) -> dict[str, bytes]:
         imported: dict[str, bytes] = {}
         for remote_key, value in sorted(values.items()):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import sys
 import threading
@@ -28,9 +29,14 @@ EXIT_INVALID = 2
 
 # How long `run` waits after SIGTERM for the current round and the store cleanup.
 STOP_SECONDS = 0.8
+# Signals that stop `once` early; it then exits with 128 + the signal number, as shells report.
+ONCE_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# Signals that neither mode acts on. Their default action would end the agent without a word.
+IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 if TYPE_CHECKING:
     from agent.declarations import Declarations
+    from agent.reload import ConfigReloader
     from agent.settings import Settings
     from agent.sync import Syncer
 
@@ -50,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("run", "write every target and keep it current until stopped (sidecar)"),
     ):
         command = commands.add_parser(name, help=help_text, description=help_text)
+        # Lets `main` report an unknown flag with this command's usage, not the top-level one.
+        command.set_defaults(command_parser=command)
         _add_settings_flags(command)
         if name == "run":
             command.usage = "secrets-agent run [options] [-- COMMAND [ARG ...]]"
@@ -163,7 +171,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[argv.index("--") + 1 :] if "--" in argv else None
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    arguments = build_parser().parse_args(argv)
+    parser = build_parser()
+    arguments, unknown = parser.parse_known_args(argv)
+    if unknown:
+        getattr(arguments, "command_parser", parser).error(
+            "unrecognized arguments: " + " ".join(unknown)
+        )
     if arguments.command in ("controller", "crds"):
         from agent.controller.cli import main as controller_main
 
@@ -219,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeclarationErrors as error:
         _report(arguments.command, settings, "declarations_invalid", error)
         return EXIT_INVALID
-    if arguments.command != "check" and not declarations.external_secrets:
+    if not declarations.external_secrets:
         problem = AgentError(
             "no ExternalSecret is declared in "
             + ", ".join(str(p) for p in settings.config)
@@ -239,8 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not settings.output_dir.is_dir():
         # In a pod the output directory is the shared volume's mount point, so a missing one
         # is a typo that would put secrets on the container's own filesystem.
+        state = "is not a directory" if settings.output_dir.exists() else "does not exist"
         problem = AgentError(
-            f"output directory {settings.output_dir} does not exist; mount the shared "
+            f"output directory {settings.output_dir} {state}; mount the shared "
             "in-memory volume there or fix --output-dir (SECRETS_AGENT_OUTPUT_DIR)"
         )
         _report(arguments.command, settings, "output_dir_missing", problem)
@@ -298,29 +312,97 @@ def _build(settings: Settings, declarations: Declarations) -> Syncer:
     return syncer
 
 
+class _StopRequested(BaseException):
+    """Raised in the main thread by a stop signal during `once` (a BaseException, like
+    KeyboardInterrupt, so that no `except Exception` on the way swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _ignore_signals() -> None:
+    def log_ignored(signum: int, frame: FrameType | None) -> None:
+        log_event(logger, logging.INFO, "signal_ignored", signal=signal.Signals(signum).name)
+
+    for number in IGNORED_SIGNALS:
+        signal.signal(number, log_ignored)
+
+
 def _once(settings: Settings, declarations: Declarations) -> int:
+    """Run `once`, stopping early and cleanly on SIGTERM, SIGINT or SIGHUP."""
+    stopping: list[int] = []
+    syncers: list[Syncer] = []
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        # Only the first signal interrupts; a second one must not interrupt the cleanup.
+        if not stopping:
+            stopping.append(signum)
+            raise _StopRequested(signum)
+
+    for number in ONCE_STOP_SIGNALS:
+        signal.signal(number, request_stop)
+    _ignore_signals()
+    try:
+        return _sync_once(settings, declarations, syncers)
+    except _StopRequested as stop:
+        # NOTE: a signal that arrives after `_sync_once` returned but before this frame exits
+        # (a few bytecodes) still raises _StopRequested out of `main`.
+        exit_code = 128 + stop.signum
+        log_event(
+            logger,
+            logging.WARNING,
+            "once_interrupted",
+            signal=signal.Signals(stop.signum).name,
+            exit_code=exit_code,
+        )
+        if syncers:
+            _close_within(STOP_SECONDS, syncers[0])
+        return exit_code
+
+
+def _sync_once(settings: Settings, declarations: Declarations, syncers: list[Syncer]) -> int:
     try:
         syncer = _build(settings, declarations)
     except AgentError as error:
         print(f"secrets-agent: {error}", file=sys.stderr)
         return EXIT_FAILED
+    syncers.append(syncer)
     try:
         result = syncer.run_once(timeout=settings.timeout)
-    finally:
-        _close(syncer, settings)
+    except BaseException as error:
+        # After a stop signal `_once` closes the stores within a deadline instead.
+        if not isinstance(error, _StopRequested):
+            _close(syncer, settings)
+        raise
+    _close(syncer, settings)
     written = len(result.changed) + len(result.unchanged)
     if result.failed:
         for target, error in result.failed.items():
+            text = _gave_up(error, settings.timeout)
             _report(
                 "once",
                 settings,
                 "target_not_written",
-                AgentError(f"target {target} not written: {error}"),
+                AgentError(f"target {target} not written: {text}"),
             )
         log_event(logger, logging.ERROR, "once_failed", written=written, failed=len(result.failed))
         return EXIT_FAILED
     log_event(logger, logging.INFO, "once_done", targets=written, changed=len(result.changed))
     return EXIT_OK
+
+
+# The promise of a retry in a transient error's fix, which `once` no longer keeps once it gives up.
+_RETRY_PROMISE = re.compile(r"the agent retries(?: with backoff)?; |;? ?the agent retries\b")
+
+
+def _gave_up(error: AgentError, timeout: float) -> str:
+    """Return the text of a failure `once` gave up on, without the promise of a retry that a
+    transient store error's fix makes (those lines are also logged while retries go on)."""
+    if not getattr(error, "transient", False):
+        return str(error)
+    text = _RETRY_PROMISE.sub("", str(error))
+    return f"{text}; once gave up after retrying for up to {timeout:g} s (--timeout) and exits"
 
 
 def _run(
@@ -365,8 +447,18 @@ def _run(
         syncer.request_stop()
         stop.set()
 
+    reloaders: list[ConfigReloader] = []
+
+    def request_reload(signum: int, frame: FrameType | None) -> None:
+        log_event(logger, logging.INFO, "reload_requested", signal=signal.Signals(signum).name)
+        for reloader in reloaders:
+            reloader.request_reload()
+
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGHUP, request_reload)
+    _ignore_signals()
+    # Exec mode passes SIGHUP, SIGUSR1 and SIGUSR2 on to the program instead (docs/exec.md).
     if supervisor is not None:
         supervisor.forward_signals()
         supervisor.attach(syncer, on_exit=program_exited)
@@ -396,9 +488,9 @@ def _run(
     loop = threading.Thread(target=keep_in_sync, name="sync", daemon=True)
     loop.start()
     reloader = start_reloader(settings, apply=syncer.replace_declarations, current=declarations)
+    reloaders.append(reloader)
     stop.wait()  # signal handlers still run while the main thread waits here
-    if reloader is not None:
-        reloader.stop()
+    reloader.stop()
     status = supervisor.wait() if supervisor is not None else EXIT_OK
     notifier.close()
     server.stop()
@@ -416,11 +508,17 @@ def _finish_within(seconds: float, loop: threading.Thread, syncer: Syncer) -> No
     if loop.is_alive():
         log_event(logger, logging.WARNING, "agent_stop_forced", step="sync round")
         return
+    _close_within(max(0.0, deadline - time.monotonic()), syncer)
+
+
+def _close_within(seconds: float, syncer: Syncer) -> None:
+    """Close the stores (see `_close`), but give up after `seconds`: a store that never
+    answers must not keep a stopping agent alive."""
     closer = threading.Thread(
         target=_close, args=(syncer, syncer.settings), name="close-stores", daemon=True
     )
     closer.start()
-    closer.join(timeout=max(0.0, deadline - time.monotonic()))
+    closer.join(timeout=seconds)
     if closer.is_alive():
         log_event(logger, logging.WARNING, "agent_stop_forced", step="close stores")
 

@@ -16,6 +16,10 @@ What is watched, and why:
   as a create, a move or a modification depending on the platform.
 - A path whose directory does not exist yet is watched through its nearest existing ancestor.
 
+`request_reload` asks for a reload whatever the files did; `run` calls it on SIGHUP, as Vault
+Agent and many daemons reload on that signal. With `watch=False` (`--no-watch-config`) nothing is
+watched, and only `request_reload` reloads.
+
 Guarantees: the watcher thread reads only declaration files. It never uses a store or the
 writer, and hands new declarations to the sync thread through `replace_declarations`. Without
 inotify (not built in, or out of instances or watches) it falls back to watchdog's polling
@@ -101,7 +105,10 @@ class ConfigReloader:
 
     `apply` receives every new valid `Declarations` that differs from the last one applied. For
     the agent it is `Syncer.replace_declarations`, and it must be safe to call from any thread.
-    `current` is the set running now. `start` begins watching; `stop` ends it.
+    `current` is the set running now, loaded from `paths` as given: they are loaded again as
+    given, because each declaration records its file name and a relative path made absolute would
+    make every declaration look changed. `start` begins watching, unless `watch` is False;
+    `stop` ends it.
     `observer_class` is watchdog's native observer for the platform unless a test replaces it.
     """
 
@@ -117,8 +124,11 @@ class ConfigReloader:
         poll_interval: float = POLL_INTERVAL_SECONDS,
         use_polling: bool = False,
         observer_class: Callable[[], BaseObserver] = Observer,
+        watch: bool = True,
     ) -> None:
+        self.load_paths = [Path(path) for path in paths]
         self.paths = [Path(os.path.abspath(path)) for path in paths]
+        self.watch = watch
         self.apply = apply
         self.allow_nested = allow_nested
         self.debounce = debounce
@@ -135,6 +145,7 @@ class ConfigReloader:
         self._condition = threading.Condition()
         self._first_event: float | None = None
         self._last_event = 0.0
+        self._requested = False
         self._stopping = False
         self._observer: BaseObserver | None = None
         self._watches: dict[str, tuple[_Watch, ObservedWatch]] = {}
@@ -145,6 +156,9 @@ class ConfigReloader:
 
     def start(self) -> None:
         """Begin watching and reloading; returns once the watches are in place."""
+        if not self.watch:
+            self._thread.start()
+            return
         self._observer = self._new_observer()
         self._observer.start()
         self._arm()
@@ -200,6 +214,15 @@ class ConfigReloader:
             return
         self._note_change()
 
+    def request_reload(self) -> None:
+        """Load the declarations again after the debounce window, even when no file event came.
+
+        Safe in a signal handler: it only records the request and wakes the reload thread.
+        """
+        with self._condition:
+            self._requested = True
+        self._note_change()
+
     def _note_change(self) -> None:
         now = time.monotonic()
         with self._condition:
@@ -218,7 +241,8 @@ class ConfigReloader:
     def _run(self) -> None:
         while self._wait_for_quiet():
             try:
-                self._arm()
+                if self.watch:
+                    self._arm()
                 self._reload()
             except Exception as error:  # a defect must not end reloading for the pod's life
                 log_event(
@@ -246,8 +270,10 @@ class ConfigReloader:
 
     def _reload(self) -> None:
         self.loads += 1
+        with self._condition:
+            requested, self._requested = self._requested, False
         try:
-            declarations = load_declarations(self.paths, allow_nested=self.allow_nested)
+            declarations = load_declarations(self.load_paths, allow_nested=self.allow_nested)
         except DeclarationErrors as error:
             self._reject([str(problem) for problem in error.errors])
             return
@@ -263,7 +289,10 @@ class ConfigReloader:
             )
             return
         if declarations == self._current:
-            log_event(logger, logging.DEBUG, "declarations_unchanged")
+            # A file event that changed nothing is routine, but a requested reload (SIGHUP)
+            # deserves an answer at the level it was asked at.
+            level = logging.INFO if requested else logging.DEBUG
+            log_event(logger, level, "declarations_unchanged")
             return
         with self._condition:
             if self._stopping:
@@ -335,17 +364,15 @@ class ConfigReloader:
 
 def start_reloader(
     settings: Settings, *, apply: Callable[[Declarations], None], current: Declarations
-) -> ConfigReloader | None:
-    """Start reloading the declarations of `settings` unless `watch_config` is off.
+) -> ConfigReloader:
+    """Start reloading the declarations of `settings`: on file changes unless `watch_config` is
+    off, and on `request_reload` (SIGHUP) always.
 
-    Returns None, after logging `config_watch_failed`, when watching cannot start at all: the
-    agent then runs on with the declarations it has.
+    When watching cannot start at all, this logs `config_watch_failed` and returns a reloader
+    that reloads only on request: the agent then runs on with the declarations it has.
     """
-    if not settings.watch_config:
-        return None
-    reloader = ConfigReloader(
-        settings.config, apply=apply, current=current, allow_nested=settings.nested_keys
-    )
+    options = {"apply": apply, "current": current, "allow_nested": settings.nested_keys}
+    reloader = ConfigReloader(settings.config, watch=settings.watch_config, **options)
     try:
         reloader.start()
     except OSError as error:
@@ -357,7 +384,8 @@ def start_reloader(
             path=",".join(str(path) for path in settings.config),
             error=error.strerror or str(error),
         )
-        return None
+        reloader = ConfigReloader(settings.config, watch=False, **options)
+        reloader.start()
     return reloader
 
 

@@ -13,6 +13,16 @@ import time
 from typing import Any
 
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# Libraries whose records never go below warning (see `configure_logging`).
+THIRD_PARTY_LOGGERS = (
+    "botocore",
+    "boto3",
+    "s3transfer",
+    "urllib3",
+    "hvac",
+    "requests",
+    "watchdog",
+)
 
 
 def log_event(logger: logging.Logger, level: int, event: str, **fields: Any) -> None:
@@ -66,7 +76,10 @@ def configure_logging(*, level: str = "info", log_format: str = "text") -> None:
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # These libraries log request and response bodies at debug level, and those bodies carry
-    # secret values, so they stay at warning whatever the agent's own level is.
-    for library in ("botocore", "boto3", "urllib3", "hvac", "requests"):
-        logging.getLogger(library).setLevel(logging.WARNING)
+    # The AWS and HTTP libraries log request and response bodies at debug level, and those bodies
+    # carry secret values. watchdog logs every file event at debug level in its own format, so a
+    # log file in a watched directory would feed itself. All of them stay at warning or above,
+    # whatever the agent's own level is. kopf is left alone: the controller's log relies on it.
+    library_level = max(logging.WARNING, logging.getLevelName(level.upper()))
+    for library in THIRD_PARTY_LOGGERS:
+        logging.getLogger(library).setLevel(library_level)

@@ -5,20 +5,23 @@ then starts these processes at the same time, each left idle once it has started
 - `run` with the demo's Vault KV target alone (Kubernetes auth, whose 10-minute token the agent
   renews during the idle time), and `run` with the demo's SSM target and Vault KV target;
 - with `--baseline-revision REV`, the same two from the agent as it was at git revision REV;
-- two baselines: a bare interpreter, and an interpreter that has imported boto3, hvac and
-  pydantic, both sleeping.
+- three baselines, all sleeping: a bare interpreter, an interpreter that has imported boto3,
+  hvac and pydantic, and one that has imported only what a Vault-only agent cannot do without,
+  pydantic-settings and hvac.
 
 From 10 s after the /readyz of every `run` returned 200, it samples /proc/<pid> of each process
 every 5 s for `--idle` seconds (default 600; `--quick` is 30) and prints VmRSS at the end and its
 maximum, VmHWM, the anonymous and file-backed parts of VmRSS, the CPU time (utime + stime) used
-over the idle time in millicores, and voluntary context switches per minute: a thread that polls
-shows up there even when its CPU time rounds to zero. The SSM target's refreshInterval is
+over the idle time in millicores, and voluntary context switches per minute of the threads alive
+at the first and last sample: a thread that polls shows up there even when its CPU time rounds
+to zero. Like the chart's liveness probe, the benchmark sends GET /livez to each `run` every
+`--probe-period` seconds (default 10; 0 sends none). The SSM target's refreshInterval is
 `--refresh` (default 1h, so no refresh falls into the idle time). Processes are started with
 exec, so each VmHWM is the process's own and not this benchmark's. Every process reads cached
 bytecode, as in the image; short runs of each `run`, not counted, write that cache first.
 
 Run it with `.venv/bin/python bench/bench_run_rss.py [--idle SECONDS | --quick]
-[--refresh INTERVAL] [--baseline-revision REV]`.
+[--probe-period SECONDS] [--refresh INTERVAL] [--baseline-revision REV]`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,6 +98,12 @@ def main() -> int:
         "--quick", action="store_true", help=f"sample for {QUICK_IDLE_SECONDS:.0f} s only"
     )
     parser.add_argument(
+        "--probe-period",
+        type=float,
+        default=10.0,
+        help="seconds between GET /livez to each run, as the chart's liveness probe; 0: none",
+    )
+    parser.add_argument(
         "--refresh", default="1h", help="refreshInterval of the SSM target (Go duration)"
     )
     parser.add_argument(
@@ -123,12 +133,12 @@ def main() -> int:
         subjects = _subjects(workdir, configs, arguments.baseline_revision)
         if not _warm_up(subjects, environment):
             return 1
-        _measure(subjects, environment, idle)
+        _measure(subjects, environment, idle, arguments.probe_period)
     finally:
         vault.stop()
         moto.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    _report(subjects, idle, arguments.refresh)
+    _report(subjects, idle, arguments.refresh, arguments.probe_period)
     return 0
 
 
@@ -156,6 +166,11 @@ def _subjects(workdir: Path, configs: dict[str, Path], revision: str | None) -> 
         Subject(
             "python: import boto3, hvac, pydantic",
             [python, "-c", f"import boto3, hvac, pydantic; {sleep}"],
+            workdir,
+        ),
+        Subject(
+            "python: import pydantic_settings, hvac",
+            [python, "-c", f"import pydantic_settings, hvac; {sleep}"],
             workdir,
         ),
     ]
@@ -190,7 +205,9 @@ def _warm_up(subjects: list[Subject], environment: dict[str, str]) -> bool:
     return True
 
 
-def _measure(subjects: list[Subject], environment: dict[str, str], idle: float) -> None:
+def _measure(
+    subjects: list[Subject], environment: dict[str, str], idle: float, probe_period: float
+) -> None:
     for subject in subjects:
         subject.start(environment)
     try:
@@ -199,24 +216,41 @@ def _measure(subjects: list[Subject], environment: dict[str, str], idle: float) 
                 demo._wait_ready(subject.port)
         time.sleep(SETTLE_SECONDS)
         started = time.monotonic()
+        end = started + idle
+        next_sample = started
+        next_probe = started + probe_period if probe_period > 0 else float("inf")
         while True:
-            for subject in subjects:
-                assert subject.process is not None
-                subject.samples.append(ProcessSample.read(subject.process.pid))
-            remaining = started + idle - time.monotonic()
-            if remaining <= 0:
+            now = time.monotonic()
+            if now >= next_probe:
+                _probe(subjects)
+                next_probe += probe_period
+            if now >= next_sample or now >= end:
+                for subject in subjects:
+                    assert subject.process is not None
+                    subject.samples.append(ProcessSample.read(subject.process.pid))
+                next_sample += SAMPLE_SECONDS
+            if now >= end:
                 break
-            time.sleep(min(SAMPLE_SECONDS, remaining))
+            time.sleep(max(0.0, min(next_sample, next_probe, end) - time.monotonic()))
     finally:
         for subject in subjects:
             subject.stop()
 
 
-def _report(subjects: list[Subject], idle: float, refresh: str) -> None:
+def _probe(subjects: list[Subject]) -> None:
+    """Send GET /livez to every `run`, as the kubelet's liveness probe does."""
+    for subject in subjects:
+        if subject.port is not None:
+            url = f"http://127.0.0.1:{subject.port}/livez"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                response.read()
+
+
+def _report(subjects: list[Subject], idle: float, refresh: str, probe_period: float) -> None:
+    probes = f"GET /livez every {probe_period:g} s" if probe_period > 0 else "no probes"
     print(
         f"idle processes, {idle:.0f} s from {SETTLE_SECONDS:.0f} s after every `run` was ready, "
-        "sampled every "
-        f"{SAMPLE_SECONDS:.0f} s; SSM refreshInterval {refresh}"
+        f"sampled every {SAMPLE_SECONDS:.0f} s; {probes}; SSM refreshInterval {refresh}"
     )
     print(f"  {'':40}{'VmRSS MiB':>14}{'VmHWM':>7}{'anon':>6}{'file':>6}{'CPU':>8}{'wake-ups':>10}")
     print(

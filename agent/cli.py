@@ -31,7 +31,8 @@ EXIT_INVALID = 2
 STOP_SECONDS = 0.8
 # Signals that stop `once` early; it then exits with 128 + the signal number, as shells report.
 ONCE_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-# Signals that neither mode acts on. Their default action would end the agent without a word.
+# Signals that `once` and `run` log and ignore (exec mode passes them on to its program instead),
+# because their default action would end the agent without a log line.
 IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 if TYPE_CHECKING:

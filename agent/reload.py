@@ -289,8 +289,8 @@ class ConfigReloader:
             )
             return
         if declarations == self._current:
-            # A file event that changed nothing is routine, but a requested reload (SIGHUP)
-            # deserves an answer at the level it was asked at.
+            # A file event that changed nothing is routine. A requested reload (SIGHUP) is
+            # logged at info, so that whoever sent the signal sees its result.
             level = logging.INFO if requested else logging.DEBUG
             log_event(logger, level, "declarations_unchanged")
             return

@@ -441,3 +441,91 @@ def test_falls_back_to_polling(
         assert wait_for(lambda: agent.file("a", "password") == b"fake-a-other-1")
     finally:
         agent.stop()
+
+
+# --- relative paths, unrelated files, requested reloads ------------------------------------------
+
+
+def test_relative_config_not_reloaded(
+    ssm, tmp_path: Path, config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    agent = Agent(tmp_path, [Path(config_dir.name)])
+    agent.start()
+    try:
+        assert wait_for(lambda: agent.file("a", "password") == b"fake-a-password-1")
+        # The comparison after start and any event during the first write found no change.
+        time.sleep(0.5)
+        assert agent.reloader.applied == 0
+    finally:
+        agent.stop()
+
+
+def test_relative_config_file_not_reloaded(
+    ssm, tmp_path: Path, config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(config_dir)
+    agent = Agent(tmp_path, [Path("stores.yaml"), Path("a.yaml")])
+    agent.start()
+    try:
+        assert wait_for(lambda: agent.file("a", "password") == b"fake-a-password-1")
+        time.sleep(0.5)
+        assert agent.reloader.applied == 0
+    finally:
+        agent.stop()
+
+
+@pytest.mark.parametrize("where", ["inside", "beside"])
+def test_other_files_cause_no_load(ssm, tmp_path: Path, config_dir: Path, where: str) -> None:
+    agent = Agent(tmp_path, [config_dir])
+    agent.start()
+    try:
+        loads = agent.reloader.loads
+        folder = config_dir if where == "inside" else config_dir.parent
+        log = folder / "agent.log"
+        for line in range(20):
+            with log.open("a") as stream:
+                stream.write(f"line {line}\n")
+            time.sleep(0.01)
+        (folder / "notes.txt").write_text("not a declaration\n")
+        time.sleep(0.3)
+        assert agent.reloader.loads == loads
+    finally:
+        agent.stop()
+
+
+def test_unchanged_reload_logs_debug(
+    ssm, tmp_path: Path, config_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent = Agent(tmp_path, [config_dir])
+    with caplog.at_level(logging.DEBUG, logger="agent"):
+        agent.start()
+        try:
+            loads = agent.reloader.loads
+            (config_dir / "a.yaml").write_text((config_dir / "a.yaml").read_text())
+            assert wait_for(lambda: agent.reloader.loads > loads)
+        finally:
+            agent.stop()
+    events = [(record.getMessage(), record.levelno) for record in caplog.records]
+    assert ("declarations_unchanged", logging.DEBUG) in events
+    assert not any(message == "declarations_reloaded" for message, _ in events)
+    assert agent.reloader.applied == 0
+
+
+def test_requested_reload_without_watching(ssm, tmp_path: Path, config_dir: Path) -> None:
+    agent = Agent(tmp_path, [config_dir], watch=False)
+    agent.thread.start()
+    agent.reloader.start()
+    try:
+        assert wait_for(lambda: agent.file("a", "password") == b"fake-a-password-1")
+        (config_dir / "a.yaml").write_text(
+            (config_dir / "a.yaml").read_text().replace("/app/a/password", "/app/a/other")
+        )
+        time.sleep(0.3)
+        assert agent.reloader.loads == 0, "a reloader that watches nothing loaded after an edit"
+
+        agent.reloader.request_reload()
+        assert wait_for(lambda: agent.file("a", "password") == b"fake-a-other-1")
+        assert agent.reloader.applied == 1
+    finally:
+        agent.stop()

@@ -13,6 +13,9 @@ Operator does.
 Guarantees:
 - Templates run in `ImmutableSandboxedEnvironment`: no attribute starting with `_`, no method
   that modifies a value, no `include`, `import` or `extends`.
+- Every rendering is bounded (`agent.template_sandbox`): a rendered file has at most 1 MiB,
+  no value built on the way is larger, ints have at most 8192 bits, and one rendering stops
+  after 2 seconds. A template that crosses a bound fails like any other template error.
 - A missing secret key is an error (`StrictUndefined`), never `<no value>` or an empty string.
   Every error names the ExternalSecret, the template and, where it applies, the line and the
   missing secret key. `render_files` then raises and the target keeps its previous generation.
@@ -50,11 +53,16 @@ from jinja2.exceptions import (
     TemplateError as JinjaTemplateError,
 )
 from jinja2.runtime import StrictUndefined, Undefined
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing
 
 from agent.errors import AgentError
 from agent.models import TargetTemplate
+from agent.template_sandbox import (
+    MAX_OUTPUT_BYTES,
+    BoundedEnvironment,
+    LimitExceeded,
+    render_limits,
+)
 from agent.writer import check_secret_key
 
 if TYPE_CHECKING:
@@ -433,35 +441,8 @@ for _name, _member in [*vars(Undefined).items(), *vars(StrictUndefined).items()]
         setattr(_MissingKey, _name, _MissingKey._fail_with_undefined_error)
 
 
-# Largest string or list a `*` may build, and largest exponent a `**` may use: templates render
-# small configuration files, and without a bound `{{ "x" * 10**9 }}` exhausts the agent's memory.
-MAX_REPEAT_LENGTH = 1024 * 1024
-MAX_EXPONENT = 1024
-
-
-class _BoundedEnvironment(ImmutableSandboxedEnvironment):
-    """The immutable sandbox with `*` and `**` bounded, so a template cannot exhaust memory."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "*":
-            for sequence, count in ((left, right), (right, left)):
-                if (
-                    isinstance(sequence, str | list | tuple)
-                    and isinstance(count, int)
-                    and len(sequence) * count > MAX_REPEAT_LENGTH
-                ):
-                    raise SecurityError(
-                        f"a repetition longer than {MAX_REPEAT_LENGTH} items is not allowed"
-                    )
-        if operator == "**" and isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
-            raise SecurityError(f"an exponent above {MAX_EXPONENT} is not allowed")
-        return super().call_binop(context, operator, left, right)
-
-
-def _environment() -> ImmutableSandboxedEnvironment:
-    environment = _BoundedEnvironment(
+def _environment() -> BoundedEnvironment:
+    environment = BoundedEnvironment(
         undefined=_MissingKey,
         autoescape=False,
         # A file template ends with the newline its author wrote.
@@ -471,6 +452,7 @@ def _environment() -> ImmutableSandboxedEnvironment:
         lstrip_blocks=True,
     )
     environment.filters.update(FILTERS)
+    environment.bound_filters()
     return environment
 
 
@@ -629,9 +611,32 @@ def render_one(name: str, source: str, context: Mapping[str, Any]) -> bytes:
     if compiled.template is None:
         raise _RenderFailure(compiled.problem, fix=compiled.fix, line=compiled.line)
     try:
-        return compiled.template.render(context).encode("utf-8")
+        with render_limits():
+            return _generate(compiled.template, context)
     except Exception as error:  # every failure becomes a message without the error's own text
         raise _describe_failure(error, compiled, context[DATA_VARIABLE]) from None
+
+
+def _generate(template: Template, context: Mapping[str, Any]) -> bytes:
+    """Render `template` piece by piece, stopping once the file passes MAX_OUTPUT_BYTES."""
+    pieces: list[str] = []
+    length = 0
+    for piece in template.generate(context):
+        length += len(piece)  # characters; each is at least one byte of UTF-8
+        if length > MAX_OUTPUT_BYTES:
+            raise _output_too_large()
+        pieces.append(piece)
+    rendered = "".join(pieces).encode("utf-8")
+    if len(rendered) > MAX_OUTPUT_BYTES:
+        raise _output_too_large()
+    return rendered
+
+
+def _output_too_large() -> LimitExceeded:
+    return LimitExceeded(
+        f"the rendered file is larger than {MAX_OUTPUT_BYTES} bytes (1 MiB)",
+        "write less into one file, or split it into several templates",
+    )
 
 
 def _describe_failure(
@@ -642,6 +647,8 @@ def _describe_failure(
         return _missing_name(error, compiled.source, data, line)
     if isinstance(error, _ShownProblem):
         return _RenderFailure(error.problem, fix=error.fix, line=line, key=error.key)
+    if isinstance(error, LimitExceeded):
+        return _RenderFailure(error.problem, fix=error.fix, line=line)
     if isinstance(error, SecurityError):
         name = getattr(error, "name", None)
         shown = f" {name!r}" if isinstance(name, str) and name in compiled.source else ""

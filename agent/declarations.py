@@ -58,6 +58,13 @@ _TOP_LEVEL_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
 # real one. They stop YAML aliases that expand a small file exponentially, and alias cycles.
 _MAX_DEPTH = 64
 _MAX_NODES_PER_DOCUMENT = 100_000
+# Limits checked before a file is composed into Python objects, so that a huge or generated file
+# is rejected before it costs memory. Composing costs about 350 bytes per YAML node: a list of
+# 520,000 numbers took a running agent from 78 to 260 MiB RSS. An ExternalSecret document is
+# under 1 KiB with tens of nodes, so 512 KiB (half of what a ConfigMap holds) fits several
+# hundred of them in one file, and 20,000 nodes fit a `data` list of thousands of secret keys.
+MAX_FILE_BYTES = 512 * 1024
+MAX_YAML_NODES_PER_DOCUMENT = 20_000
 # How often a directory is read again when its `..data` link switched during the read.
 _GENERATION_ATTEMPTS = 3
 _MAX_SHOWN_LENGTH = 80
@@ -316,10 +323,24 @@ def _generation(directory: Path) -> str | None:
 
 
 def _read_text(path: Path) -> str:
-    """Read a declaration file as UTF-8 (a byte order mark is dropped); raise DeclarationError."""
+    """Read a declaration file as UTF-8, dropping a byte order mark.
+
+    Raises DeclarationError when the file cannot be read, is not UTF-8, or is larger than
+    MAX_FILE_BYTES (it is then not read further)."""
     source = str(path)
     try:
-        return path.read_text(encoding="utf-8-sig")
+        with open(path, "rb") as stream:
+            content = stream.read(MAX_FILE_BYTES + 1)
+            if len(content) > MAX_FILE_BYTES:
+                size = os.fstat(stream.fileno()).st_size
+                raise DeclarationError(
+                    f"file is {size} bytes, more than the {MAX_FILE_BYTES} bytes (512 KiB) a "
+                    "declaration file may have",
+                    source=source,
+                    fix="split the declarations into several files, or remove this file from "
+                    "--config if it is not a declaration file",
+                )
+        return content.decode("utf-8-sig")
     except FileNotFoundError:
         raise DeclarationError(
             "file or directory not found", source=source, fix="check the --config path"
@@ -346,7 +367,12 @@ def _access_fix(error: OSError) -> str:
 
 
 class _SyntaxProblem(Exception):
-    """A file could not be parsed. The message names the position, never the content."""
+    """A file could not be parsed. The message names the position, never the content, and `fix`
+    replaces the usual advice to fix the syntax when that advice does not apply."""
+
+    def __init__(self, problem: str, *, fix: str = "") -> None:
+        super().__init__(problem)
+        self.fix = fix
 
 
 def _parse_documents(
@@ -356,11 +382,10 @@ def _parse_documents(
     try:
         documents = _json_documents(text) if path.suffix == ".json" else _yaml_documents(text)
     except _SyntaxProblem as problem:
+        fix = problem.fix or "fix the syntax"
         errors.append(
             DeclarationError(
-                str(problem),
-                source=str(path),
-                fix="fix the syntax (nothing in this file was loaded)",
+                str(problem), source=str(path), fix=f"{fix} (nothing in this file was loaded)"
             )
         )
         return
@@ -369,7 +394,10 @@ def _parse_documents(
         try:
             document = _Pruner().copy(document, depth=0)
         except _SyntaxProblem as problem:
-            fix = "check the document's YAML aliases (&name and *name) and nesting"
+            if path.suffix == ".json":
+                fix = "check the document's nesting and size"
+            else:
+                fix = "check the document's YAML aliases (&name and *name) and nesting"
             errors.append(
                 DeclarationError(str(problem), source=origin.source, document=index, fix=fix)
             )
@@ -379,12 +407,15 @@ def _parse_documents(
 
 
 def _yaml_documents(text: str) -> list[Any]:
+    _check_yaml_size(text)
     loader = _BaseLoader(text)
     try:
         documents = []
         while loader.check_node():
             documents.append(_yaml_value(loader, loader.get_node(), {}))
         return documents
+    except yaml.reader.ReaderError as error:
+        raise _reader_problem(error, text) from None
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -398,6 +429,61 @@ def _yaml_documents(text: str) -> list[Any]:
         ) from None
     finally:
         loader.dispose()
+
+
+def _check_yaml_size(text: str) -> None:
+    """Raise _SyntaxProblem when a document has more than MAX_YAML_NODES_PER_DOCUMENT nodes or
+    is nested deeper than _MAX_DEPTH.
+
+    This reads the parser's events one at a time and keeps none of them, so a huge file costs
+    time but no memory, and it stops at the first document over a limit. Syntax errors are left
+    to the composing pass, which reports them with their position.
+    """
+    loader = _BaseLoader(text)
+    nodes = depth = document = 0
+    try:
+        while loader.check_event():
+            event = loader.get_event()
+            if isinstance(event, yaml.DocumentStartEvent):
+                document += 1
+                nodes = 0
+            elif isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > _MAX_DEPTH:
+                    raise _SyntaxProblem(
+                        f"document {document} is nested more than {_MAX_DEPTH} levels deep"
+                    )
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+            if isinstance(event, yaml.NodeEvent):
+                nodes += 1
+                if nodes > MAX_YAML_NODES_PER_DOCUMENT:
+                    raise _SyntaxProblem(
+                        f"document {document} has more than {MAX_YAML_NODES_PER_DOCUMENT} YAML "
+                        "nodes (values, lists and mappings), far more than any declaration",
+                        fix="check that this is a declaration file, or split it into more "
+                        "documents",
+                    )
+    except yaml.YAMLError:
+        return
+    finally:
+        loader.dispose()
+
+
+def _reader_problem(error: yaml.reader.ReaderError, text: str) -> _SyntaxProblem:
+    """Describe a character YAML does not allow (a binary file, usually) by its byte offset."""
+    if _BaseLoader is yaml.SafeLoader:  # pragma: no cover - PyYAML without libyaml
+        offset = len(text[: error.position].encode("utf-8", errors="replace"))
+    else:
+        offset = error.position  # libyaml counts bytes of the UTF-8 text
+    # NOTE: the offset counts from after a byte order mark, when the file starts with one.
+    character = error.character
+    shown = f" U+{character:04X}" if isinstance(character, int) else ""
+    return _SyntaxProblem(
+        f"not YAML text: control character{shown} at byte offset {offset}, which YAML does not "
+        "allow",
+        fix="check that this is a text file of declarations and not a binary file",
+    )
 
 
 def _yaml_value(loader: Any, node: yaml.Node, built: dict[int, Any]) -> Any:

@@ -18,7 +18,7 @@ import boto3
 import pytest
 from watchdog.observers.inotify import InotifyObserver
 
-from agent.declarations import load_declarations
+from agent.declarations import MAX_FILE_BYTES, MAX_YAML_NODES_PER_DOCUMENT, load_declarations
 from agent.metrics import Metrics
 from agent.reload import ConfigReloader
 from agent.settings import load_settings
@@ -529,3 +529,27 @@ def test_requested_reload_without_watching(ssm, tmp_path: Path, config_dir: Path
         assert agent.reloader.applied == 1
     finally:
         agent.stop()
+
+
+@pytest.mark.parametrize("content", ["size", "nodes"])
+def test_oversized_file_keeps_running_set(
+    agent: Agent, config_dir: Path, caplog: pytest.LogCaptureFixture, content: str
+) -> None:
+    if content == "size":
+        text = "# padding\n" * (MAX_FILE_BYTES // 10 + 1)
+    else:
+        text = "a: [" + ",".join(["1"] * (MAX_YAML_NODES_PER_DOCUMENT + 1)) + "]\n"
+    rejected = agent.reloader.rejected
+    with caplog.at_level(logging.ERROR, logger="agent.reload"):
+        (config_dir / "huge.yaml").write_text(text)
+        assert wait_for(lambda: agent.reloader.rejected > rejected)
+    assert agent.targets() == {"a"}
+    [record] = [r for r in caplog.records if r.getMessage() == "declarations_rejected"]
+    problems = record.event_fields["problems"]  # type: ignore[attr-defined]
+    assert str(config_dir / "huge.yaml") in problems
+    assert "more than" in problems
+
+    (config_dir / "huge.yaml").unlink()
+    (config_dir / "b.yaml").write_text(external_secret("b", {"password": "/app/b/password"}))
+    assert wait_for(lambda: agent.file("b", "password") == b"fake-b-password-1")
+    assert agent.targets() == {"a", "b"}

@@ -134,8 +134,8 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         help="at exit, revoke the dynamic secrets' leases and the Vault tokens that created "
         "them instead of handing them to the next agent; default off",
     )
-    flag("--log-level", choices=["debug", "info", "warning", "error"])
-    flag("--log-format", choices=["text", "json"])
+    flag("--log-level", type=str.lower, choices=["debug", "info", "warning", "error"])
+    flag("--log-format", type=str.lower, choices=["text", "json"])
     flag(
         "--watch-config",
         action=argparse.BooleanOptionalAction,

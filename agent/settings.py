@@ -38,19 +38,21 @@ class Settings(BaseSettings):
     nested_keys: bool = False
     timeout: float = Field(default=60.0, gt=0, le=86400, allow_inf_nan=False)
     # Dynamic secrets; docs/leases.md gives the reasons for the defaults.
-    lease_revoke_grace: float = Field(default=60.0, ge=0, le=3600)
-    lease_renewal_threshold: float = Field(default=0.9, gt=0, lt=1)
+    # allow_inf_nan=False on every float: NaN fails no comparison, so the range checks alone
+    # would report "nan" with a misleading bound instead of "must be a finite number".
+    lease_revoke_grace: float = Field(default=60.0, ge=0, le=3600, allow_inf_nan=False)
+    lease_renewal_threshold: float = Field(default=0.9, gt=0, lt=1, allow_inf_nan=False)
     revoke_on_exit: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     pod_token: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
     # Notify targets and exec mode; docs/notify.md and docs/exec.md give the reasons for the
     # defaults.
-    notify_delay: float = Field(default=2.0, ge=0, le=300)
+    notify_delay: float = Field(default=2.0, ge=0, le=300, allow_inf_nan=False)
     notify_signal: str | None = None
     exec_on_change: Literal["restart", "signal", "none"] = "restart"
     exec_signal: str = "SIGHUP"
-    exec_stop_timeout: float = Field(default=10.0, gt=0, le=3600)
+    exec_stop_timeout: float = Field(default=10.0, gt=0, le=3600, allow_inf_nan=False)
     # Run mode: reload the declarations when their files change; docs/config-reload.md.
     watch_config: bool = True
 
@@ -68,6 +70,12 @@ class Settings(BaseSettings):
                     raise ValueError("contains an empty path; remove the extra comma")
                 paths.append(Path(item.strip()))
         return paths
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        # SECRETS_AGENT_LOG_LEVEL=DEBUG means what debug means, as it does for most programs.
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("output_dir", "refs_dir", "pod_token", mode="before")
     @classmethod

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import SettingsError
-from agent.settings import DEFAULT_LISTEN, load_settings
+from agent.settings import DEFAULT_LISTEN, Settings, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -107,3 +107,47 @@ def test_unknown_variables_listed(monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setenv("SECRETS_AGENT_CONFIGG", "x")
     assert unknown_variables() == ["SECRETS_AGENT_CONFIGG"]
+
+
+FLOAT_SETTINGS = [
+    name for name, field in Settings.model_fields.items() if field.annotation is float
+]
+
+
+def test_every_float_setting_listed():
+    assert set(FLOAT_SETTINGS) == {
+        "timeout",
+        "lease_revoke_grace",
+        "lease_renewal_threshold",
+        "notify_delay",
+        "exec_stop_timeout",
+    }
+
+
+@pytest.mark.parametrize("name", FLOAT_SETTINGS)
+@pytest.mark.parametrize("text", ["nan", "NaN", "inf", "-inf"])
+def test_float_settings_must_be_finite(monkeypatch: pytest.MonkeyPatch, name: str, text: str):
+    variable = f"SECRETS_AGENT_{name.upper()}"
+    monkeypatch.setenv(variable, text)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert f"({variable}): must be a finite number" in message
+    assert "less than" not in message
+    assert "at most" not in message
+
+
+@pytest.mark.parametrize("text", ["DEBUG", "Debug", "debug"])
+def test_log_level_any_case(monkeypatch: pytest.MonkeyPatch, text: str):
+    monkeypatch.setenv("SECRETS_AGENT_LOG_LEVEL", text)
+    monkeypatch.setenv("SECRETS_AGENT_LOG_FORMAT", "JSON")
+    settings = load_settings()
+    assert settings.log_level == "debug"
+    assert settings.log_format == "json"
+
+
+def test_log_level_flag_any_case():
+    from agent.cli import build_parser
+
+    arguments = build_parser().parse_args(["check", "--log-level", "WARNING"])
+    assert arguments.log_level == "warning"

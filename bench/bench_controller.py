@@ -298,11 +298,15 @@ class Sample:
     listed_bytes: int
     watched: int
     watched_bytes: int
+    # CPU seconds used so far by the controller and by the emulator.
+    controller_cpu: float = 0.0
+    emulator_cpu: float = 0.0
 
 
 @dataclass
 class Outcome:
     scenario: Scenario
+    started: Sample
     sync_seconds: float
     synced: Sample
     interval_seconds: float
@@ -369,6 +373,13 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def cpu_seconds(pid: int) -> float:
+    """Return the user and system CPU time of `pid` so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    # After the command name: state is field 3, utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def memory_mib(pid: int) -> tuple[float, float]:
     """Return VmRSS and VmHWM of `pid` in MiB, from /proc."""
     fields = {}
@@ -413,12 +424,16 @@ async def secret_traffic(session: aiohttp.ClientSession) -> tuple[int, int, int,
 async def sample(
     emulator: aiohttp.ClientSession,
     plain: aiohttp.ClientSession,
-    controller: subprocess.Popen[bytes],
+    processes: tuple[subprocess.Popen[bytes], subprocess.Popen[str]],
     metrics_url: str,
 ) -> Sample:
+    controller, server = processes
     reconciles, counts = await controller_metrics(plain, metrics_url)
     rss, hwm = memory_mib(controller.pid)
-    return Sample(reconciles, counts, rss, hwm, *await secret_traffic(emulator))
+    figures = Sample(reconciles, counts, rss, hwm, *await secret_traffic(emulator))
+    figures.controller_cpu = cpu_seconds(controller.pid)
+    figures.emulator_cpu = cpu_seconds(server.pid)
+    return figures
 
 
 async def wait_healthy(session: aiohttp.ClientSession, url: str, process: Any) -> None:
@@ -478,22 +493,30 @@ async def run_scenario(scenario: Scenario, args: argparse.Namespace) -> Outcome:
             metrics_url = f"http://{listen}"
             selector = "managed" if scenario.selector else "none"
             controller = subprocess.Popen(
-                [sys.executable, "-c", CONTROLLER_LAUNCHER, url, listen, str(args.interval / 2),
-                 selector],
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-c",
+                    CONTROLLER_LAUNCHER,
+                    url,
+                    listen,
+                    str(args.interval / 2),
+                    selector,
+                ],
+            )
             await wait_healthy(plain, metrics_url, controller)
+            start = await sample(session, plain, (controller, emulator), metrics_url)
             started = time.perf_counter()
             await wait_synced(session, args.external_secrets, started)
             sync_seconds = time.perf_counter() - started
-            synced = await sample(session, plain, controller, metrics_url)
+            synced = await sample(session, plain, (controller, emulator), metrics_url)
             begun = time.perf_counter()
             churn = args.churn if scenario.unrelated else 0
             await asyncio.gather(
                 asyncio.sleep(args.interval), churn_unrelated(session, churn, args.interval * 0.9)
             )
             interval_seconds = time.perf_counter() - begun
-            refreshed = await sample(session, plain, controller, metrics_url)
-        return Outcome(scenario, sync_seconds, synced, interval_seconds, refreshed)
+            refreshed = await sample(session, plain, (controller, emulator), metrics_url)
+        return Outcome(scenario, start, sync_seconds, synced, interval_seconds, refreshed)
     finally:
         if controller is not None:
             stop(controller)
@@ -512,19 +535,32 @@ def report(outcomes: list[Outcome], args: argparse.Namespace) -> None:
 
     row("initial sync, wall (s)", lambda o: o.sync_seconds)
     row("initial sync, reconciles/s", lambda o: o.synced.reconciles / o.sync_seconds)
+    row(
+        "controller CPU / wall, sync",
+        lambda o: (o.synced.controller_cpu - o.started.controller_cpu) / o.sync_seconds,
+    )
+    row(
+        "emulator CPU / wall, sync",
+        lambda o: (o.synced.emulator_cpu - o.started.emulator_cpu) / o.sync_seconds,
+    )
     row("VmRSS after sync (MiB)", lambda o: o.synced.rss_mib)
     row("VmHWM after sync (MiB)", lambda o: o.synced.hwm_mib)
     row("Secrets listed to the controller, sync", lambda o: o.synced.listed)
     row("Secret watch events to the controller, sync", lambda o: o.synced.watched)
-    row("Secret list + watch KiB to the controller, sync",
-        lambda o: (o.synced.listed_bytes + o.synced.watched_bytes) / 1024)  # fmt: skip
+    row(
+        "Secret list + watch KiB to the controller, sync",
+        lambda o: (o.synced.listed_bytes + o.synced.watched_bytes) / 1024,
+    )
     row("SSM requests, sync", lambda o: sum(o.synced.requests.values()))
-    row("reconciles/s over the interval",
-        lambda o: (o.refreshed.reconciles - o.synced.reconciles) / o.interval_seconds)  # fmt: skip
-    row("SSM requests in the interval",
-        lambda o: sum(difference(o.refreshed.requests, o.synced.requests).values()))  # fmt: skip
-    row("Secret watch events in the interval",
-        lambda o: o.refreshed.watched - o.synced.watched)  # fmt: skip
+    row(
+        "reconciles/s over the interval",
+        lambda o: (o.refreshed.reconciles - o.synced.reconciles) / o.interval_seconds,
+    )
+    row(
+        "SSM requests in the interval",
+        lambda o: sum(difference(o.refreshed.requests, o.synced.requests).values()),
+    )
+    row("Secret watch events in the interval", lambda o: o.refreshed.watched - o.synced.watched)
     row("VmRSS after the interval (MiB)", lambda o: o.refreshed.rss_mib)
     row("VmHWM after the interval (MiB)", lambda o: o.refreshed.hwm_mib)
     print(
@@ -534,7 +570,7 @@ def report(outcomes: list[Outcome], args: argparse.Namespace) -> None:
     )
     print(" | ".join(header))
     for name, values in rows:
-        cells = [f"{value:.1f}" for value in values]
+        cells = [f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}" for value in values]
         cells += [f"{value / values[0]:.2f}" if values[0] else "-" for value in values[1:]]
         print(" | ".join([name, *cells]))
     for outcome in outcomes:

@@ -21,9 +21,10 @@ one after another, each with a fresh API emulator and the controller in a proces
 - no selector: as unrelated, but the controller's Secret watch has no label selector, which is
   what a controller without the server-side selector would receive and keep in memory.
 For each it prints the initial sync (wall time from /healthz answering until every Secret exists,
-reconciles per second), VmRSS and VmHWM of the controller process after the initial sync and
-after one refresh interval, the SSM requests, and the Secret objects and bytes that the
-emulator's lists and watches sent to the controller; then the ratios to the baseline.
+reconciles per second, CPU seconds per wall second of the controller and of the emulator),
+VmRSS and VmHWM of the controller process after the initial sync and after one refresh
+interval, the SSM requests, and the Secret objects and bytes that the emulator's lists and
+watches sent to the controller; then the ratios to the baseline.
 `--quick` shrinks every size for a smoke run.
 
 Run it with `make bench` or `.venv/bin/python bench/bench_controller.py [--mode MODE]

@@ -43,8 +43,8 @@ from jinja2.utils import _PassArg
 MAX_OUTPUT_BYTES = 1024 * 1024
 # Largest int a template may compute: 8192 bits (about 2,466 decimal digits).
 MAX_INT_BITS = 8192
-# CPU time one rendering of one template may take. Templates render small configuration files
-# in milliseconds; the deadline stops a runaway loop long before `once --timeout` would.
+# Time one rendering of one template may take, on the monotonic clock (so time spent waiting
+# for the GIL counts too). Templates render small configuration files in milliseconds.
 MAX_RENDER_SECONDS = 2.0
 # Total size of the values that calls, filters and operators may build in one rendering, so a
 # loop of calls that are each under the bound cannot fill memory before the deadline.

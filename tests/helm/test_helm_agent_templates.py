@@ -203,8 +203,8 @@ def test_agent_resources_are_small_and_stated(tmp_path: Path) -> None:
     pod = pod_of(render_app(tmp_path))
     for container in pod["initContainers"]:
         resources = container["resources"]
-        assert resources["requests"] == {"cpu": "10m", "memory": "96Mi"}
-        assert resources["limits"] == {"memory": "160Mi"}
+        assert resources["requests"] == {"cpu": "10m", "memory": "72Mi"}
+        assert resources["limits"] == {"memory": "128Mi"}
 
 
 def test_agent_env_names_are_settings(tmp_path: Path) -> None:
@@ -268,7 +268,7 @@ def test_call_overrides_chart_defaults(tmp_path: Path) -> None:
     assert env["SECRETS_AGENT_FILE_MODE"] == "0440"
     assert env["SECRETS_AGENT_FILE_GID"] == "1000"
     assert sidecar["resources"] == {
-        "requests": {"cpu": "10m", "memory": "96Mi"},
+        "requests": {"cpu": "10m", "memory": "72Mi"},
         "limits": {"memory": "256Mi"},
     }
     assert pod["containers"][0]["volumeMounts"][0]["mountPath"] == "/secrets"

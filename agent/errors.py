@@ -7,6 +7,18 @@ so any of these exceptions may be logged or printed as it is.
 
 from __future__ import annotations
 
+# Characters of a name (remote key, secret key) that a message quotes; a name built by a
+# rewrite or listed by a store can be megabytes long, and one log line must stay short.
+MAX_NAME_SHOWN = 100
+
+
+def shorten_name(name: str, *, limit: int = MAX_NAME_SHOWN) -> str:
+    """Return `name`, or when it is longer than `limit`, its first `limit` characters, "…" and
+    its length."""
+    if len(name) <= limit:
+        return name
+    return f"{name[:limit]}… ({len(name)} characters)"
+
 
 class AgentError(Exception):
     """Base of every error the agent reports to a user instead of a traceback."""
@@ -86,7 +98,7 @@ class StoreError(AgentError):
         self.fix = fix
         text = f"store {store}: "
         if remote_key:
-            text += f"{remote_key}: "
+            text += f"{shorten_name(remote_key)}: "
         text += message
         if fix:
             text += f"; {fix}"

@@ -13,7 +13,8 @@ name can make a match backtrack for hours, as `(a+)+$` can with Python's `re`.
   previous match is not replaced, and `$name` in the template takes the longest run of letters,
   digits and `_`, so `$1x` names the group `1x`. `${1}x` is group 1 and then `x`, `$$` is `$`,
   a reference to a group that does not exist or did not take part expands to "", and a `$` that
-  starts no reference stays as it is. Expansion never raises.
+  starts no reference stays as it is. Expansion never raises. With `max_bytes`, raises
+  ReplacementTooLong as soon as the result passes that many bytes.
 
 Texts are matched as UTF-8 bytes, as Go matches strings, so `\\d`, `\\w`, `\\s` and `\\b` are
 ASCII only, and `$` without the m flag matches only at the very end of the text.
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     import re2
 
 _NOT_GO = "is not part of Go's regular expression syntax"
+_NOT_GO_PLURAL = "are not part of Go's regular expression syntax"
 _MAX_REPEAT = 1000  # Go's and RE2's maximum repeat count, also for nested repeats multiplied
 _POSIX_NAMES = (
     "alnum, alpha, ascii, blank, cntrl, digit, graph, lower, print, punct, space, upper, word, "
@@ -97,7 +99,7 @@ def _describe_error(text: str, pattern: str) -> str:
         return _describe_group(fragment, pattern)
     if kind == "bad repetition operator":
         if fragment.endswith("+") and len(fragment) > 1:
-            return f"possessive repetitions such as *+ {_NOT_GO}; remove the +"
+            return f"possessive repetitions such as *+ {_NOT_GO_PLURAL}; remove the +"
         return (
             "a repetition operator follows another (as in a** or a{2}{3}), which Go rejects; "
             "group the inner repetition, as in (?:a*)*"
@@ -148,8 +150,8 @@ def _describe_escape(fragment: str) -> str:
         return f"\\Z {_NOT_GO}; write \\z for the end of the text"
     if letter.isdigit():
         return (
-            f"backreferences (\\1) {_NOT_GO}; match the text again, or write an octal escape "
-            "with two or more digits (\\012)"
+            f"backreferences (\\1) {_NOT_GO_PLURAL}; match the text again, or write an octal "
+            "escape with two or more digits (\\012)"
         )
     if letter.isascii() and letter.isalpha():
         return f"the escape \\{letter} {_NOT_GO}; remove the backslash or fix it"
@@ -159,12 +161,12 @@ def _describe_escape(fragment: str) -> str:
 def _describe_group(fragment: str, pattern: str) -> str:
     rest = fragment[2:]
     if rest[:1] in ("=", "!") or rest[:2] in ("<=", "<!"):
-        return f"lookahead and lookbehind assertions {_NOT_GO}; remove them"
+        return f"lookahead and lookbehind assertions {_NOT_GO_PLURAL}; remove them"
     if rest == "P" and "(?P=" in pattern:
-        return f"backreferences ((?P=name)) {_NOT_GO}; remove them"
+        return f"backreferences ((?P=name)) {_NOT_GO_PLURAL}; remove them"
     kinds = {">": "atomic groups", "#": "comments", "(": "conditional groups"}
     if rest[:1] in kinds:
-        return f"{kinds[rest[:1]]} {_NOT_GO}; remove them"
+        return f"{kinds[rest[:1]]} {_NOT_GO_PLURAL}; remove them"
     if rest and rest[-1] not in "imsU-" and re.fullmatch(r"[A-Za-z-]+", rest):
         return "invalid flag; Go accepts the flags i, m, s and U (e.g. (?i) or (?s:x))"
     return "invalid group; Go accepts (?:x), (?P<name>x), (?<name>x) and (?i)"
@@ -222,15 +224,26 @@ def _class_end(pattern: str, start: int) -> int:
     return position + 1
 
 
-def replace_all(regexp: GoRegexp, text: str, template: str) -> str:
+class ReplacementTooLong(ValueError):
+    """`replace_all` stopped because its result would pass `max_bytes`."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        super().__init__(f"the result would be longer than {max_bytes} bytes in UTF-8")
+
+
+def replace_all(regexp: GoRegexp, text: str, template: str, *, max_bytes: int | None = None) -> str:
     """Replace every match of `regexp` in `text` with `template`, as Go's ReplaceAllString does.
 
     Matches are found left to right without overlapping. After each match the search goes on
     at its end, or one character further for an empty match. An empty match that starts where
     the previous match ended is not replaced, unless it is at the start of the text.
+    With `max_bytes`, raises ReplacementTooLong as soon as the result passes that many bytes,
+    so a pattern that matches empty text between every character cannot build a huge result.
     """
     source = _encode(text)
     pieces: list[bytes] = []
+    length = 0
     copied_up_to = 0
     search_from = 0
     while search_from <= len(source):
@@ -239,11 +252,17 @@ def replace_all(regexp: GoRegexp, text: str, template: str) -> str:
             break
         start, end = match.span()
         pieces.append(source[copied_up_to:start])
+        length += start - copied_up_to
         if end > copied_up_to or start == 0:
             pieces.append(_encode(expand(template, match, regexp)))
+            length += len(pieces[-1])
+        if max_bytes is not None and length > max_bytes:
+            raise ReplacementTooLong(max_bytes)
         copied_up_to = end
         search_from = end if end > search_from else search_from + _character_width(source, end)
     pieces.append(source[copied_up_to:])
+    if max_bytes is not None and length + len(source) - copied_up_to > max_bytes:
+        raise ReplacementTooLong(max_bytes)
     return _decode(b"".join(pieces))
 
 

@@ -20,17 +20,27 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from agent.declarations import ExternalSecretDeclaration
-from agent.errors import AgentError, InvalidValueError, RemoteKeyNotFoundError, StoreError
-from agent.goregexp import GoRegexp, compile_regexp, replace_all
+from agent.errors import (
+    AgentError,
+    InvalidValueError,
+    RemoteKeyNotFoundError,
+    StoreError,
+    shorten_name,
+)
+from agent.goregexp import GoRegexp, ReplacementTooLong, compile_regexp, replace_all
 from agent.models import DecodingStrategy, RemoteRef
 from agent.stores import RemoteKey, RemoteValue
-from agent.writer import check_secret_key
+from agent.writer import MAX_PATH_BYTES, check_secret_key
 
 if TYPE_CHECKING:
     from agent.templates import TemplateError
 
 # Reads every remote key beneath a path, as `Store.fetch_prefix` does; results may be cached.
 PrefixReader = Callable[[str], Mapping[str, RemoteValue]]
+# Longest name, in bytes of UTF-8, that a rewrite may build between two steps. A pattern that
+# matches empty text (`x*`) inserts its target between every two characters, so each step could
+# multiply the length. The final name must then pass check_secret_key like every imported name.
+MAX_REWRITTEN_NAME_BYTES = MAX_PATH_BYTES
 
 
 @dataclass(frozen=True)
@@ -118,8 +128,8 @@ def build_snapshot(
         else:
             assert item.find is not None
             imported = builder.find(item.find, read_prefix, field_path)
-        if imported is not None:
-            builder.merge(_rewrite(imported, item.rewrite), field_path)
+        if imported:
+            builder.merge(builder.rewrite(imported, item.rewrite, field_path), field_path)
     for index, data_item in enumerate(declaration.spec.data):
         builder.single(data_item.secret_key, data_item.remote_ref, fetched, f"spec.data[{index}]")
     snapshot = builder.finish()
@@ -282,8 +292,8 @@ class _Builder:
             if reason is not None:
                 self.fail(
                     InvalidValueError(
-                        f"{field_path}: imported secret key {name!r} is not a safe file name "
-                        f"({reason})",
+                        f"{field_path}: imported secret key {shorten_name(name)!r} is not a "
+                        f"safe file name ({reason})",
                         store=source or self.store_name,
                         fix="add a rewrite.regexp that maps it to a plain name",
                     ),
@@ -308,10 +318,50 @@ class _Builder:
         if isinstance(value, StoreError):
             self.fail(value, field_path)
             return
-        names = {name: _rewrite_name(name, rewrites) for name in value.data}
+        names = self.rewrite_names(list(value.data), rewrites, field_path)
+        if names is None:
+            return
         imported = {names[name]: _render(item) for name, item in value.data.items()}
         self.merge(imported, field_path, source=value.source)
         self.leases.append(LeaseUse(lease=value.lease, secret_keys=names))
+
+    def rewrite(
+        self, imported: Mapping[str, bytes], rewrites: list[Any], field_path: str
+    ) -> dict[str, bytes]:
+        """Rename imported secret keys by `rewrite`; on failure record one error, import none."""
+        names = self.rewrite_names(list(imported), rewrites, field_path)
+        if names is None:
+            return {}
+        return {names[name]: value for name, value in imported.items()}
+
+    def rewrite_names(
+        self, names: list[str], rewrites: list[Any], field_path: str
+    ) -> dict[str, str] | None:
+        """Map each name to its rewritten name, or record an error and return None.
+
+        The first name that grows past MAX_REWRITTEN_NAME_BYTES fails the whole entry, so one
+        bad rewrite gives one error and not one per imported name.
+        """
+        renamed: dict[str, str] = {}
+        for name in names:
+            try:
+                renamed[name] = _rewrite_name(name, rewrites)
+            except _RewriteTooLong as error:
+                step = f"{field_path}.rewrite[{error.index}]"
+                self.fail(
+                    InvalidValueError(
+                        f"ExternalSecret {self.declaration.name}: {step}: the rewritten name of "
+                        f"secret key {shorten_name(name)!r} would be longer than "
+                        f"{MAX_REWRITTEN_NAME_BYTES} bytes, because regexp.source matches "
+                        "empty text or regexp.target is long",
+                        store=self.store_name,
+                        fix=f"make {step}.regexp.source match at least one character (x+ "
+                        "instead of x*, a instead of a?), or shorten its target",
+                    ),
+                    field_path,
+                )
+                return None
+        return renamed
 
     def finish(self) -> Snapshot:
         if self.errors:
@@ -400,17 +450,27 @@ def decode(raw: bytes, strategy: DecodingStrategy, *, remote_key: str, store_nam
     )
 
 
-def _rewrite(imported: dict[str, bytes] | None, rewrites: list[Any]) -> dict[str, bytes]:
-    if not imported:
-        return {}
-    return {_rewrite_name(name, rewrites): value for name, value in imported.items()}
+class _RewriteTooLong(Exception):
+    """Rewrite number `index` would build a name longer than MAX_REWRITTEN_NAME_BYTES."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        super().__init__(f"rewrite[{index}] result too long")
 
 
 def _rewrite_name(name: str, rewrites: list[Any]) -> str:
-    """Apply each `rewrite[].regexp` in order to one imported secret key name, as Go does."""
-    for rewrite in rewrites:
+    """Apply each `rewrite[].regexp` in order to one imported secret key name, as Go does.
+
+    Raises _RewriteTooLong as soon as a step's result passes MAX_REWRITTEN_NAME_BYTES.
+    """
+    for index, rewrite in enumerate(rewrites):
         regexp = compile_regexp(rewrite.regexp.source)
-        name = replace_all(regexp, name, rewrite.regexp.target)
+        try:
+            name = replace_all(
+                regexp, name, rewrite.regexp.target, max_bytes=MAX_REWRITTEN_NAME_BYTES
+            )
+        except ReplacementTooLong:
+            raise _RewriteTooLong(index) from None
     return name
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from agent.declarations import ExternalSecretDeclaration, Origin
-from agent.goregexp import compile_regexp, replace_all
+from agent.goregexp import ReplacementTooLong, compile_regexp, replace_all
 from agent.models import ExternalSecretSpec, ObjectMeta
 from agent.snapshot import build_snapshot
 
@@ -199,3 +199,30 @@ def test_find_with_catastrophic_regexp_returns() -> None:
     snapshot = build_snapshot(declaration, store_name="s", fetched={}, read_prefix=read_prefix)
 
     assert snapshot.data == {"aaa": b"fake-value-1"}
+
+
+def test_replace_all_stops_at_max_bytes():
+    regexp = compile_regexp("x*")
+    with pytest.raises(ReplacementTooLong) as caught:
+        replace_all(regexp, "a" * 100, "y" * 1000, max_bytes=4096)
+    assert caught.value.max_bytes == 4096
+    assert "longer than 4096 bytes" in str(caught.value)
+
+
+def test_replace_all_within_max_bytes():
+    regexp = compile_regexp("x*")
+    assert replace_all(regexp, "ab", "-", max_bytes=5) == "-a-b-"
+    with pytest.raises(ReplacementTooLong):
+        replace_all(regexp, "ab", "-", max_bytes=4)
+
+
+def test_replace_all_counts_unmatched_tail():
+    regexp = compile_regexp("^a")
+    with pytest.raises(ReplacementTooLong):
+        replace_all(regexp, "a" + "b" * 10, "c", max_bytes=10)
+    assert replace_all(regexp, "a" + "b" * 10, "c", max_bytes=11) == "c" + "b" * 10
+
+
+def test_lookaround_message_grammar():
+    with pytest.raises(ValueError, match="assertions are not part of Go"):
+        compile_regexp("a(?=b)")

@@ -11,6 +11,7 @@ from agent.declarations import ExternalSecretDeclaration, Origin
 from agent.errors import InvalidValueError, RemoteKeyNotFoundError, StoreUnavailableError
 from agent.models import ExternalSecretSpec, ObjectMeta
 from agent.snapshot import (
+    MAX_REWRITTEN_NAME_BYTES,
     SnapshotError,
     build_snapshot,
     decode,
@@ -221,6 +222,53 @@ def test_rewrite_follows_go_replace(source: str, target: str, expected: dict) ->
         return
     snapshot = build_snapshot(decl, store_name="s", fetched=fetched, read_prefix=no_prefix)
     assert snapshot.data == expected
+
+
+def empty_match_rewrites(count: int) -> list[dict]:
+    # Each step inserts 1,000 characters between every two characters of the name.
+    sources = ["x*", "a?", "y*"]
+    return [{"regexp": {"source": sources[i], "target": "x" * 1000}} for i in range(count)]
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_rewrite_matching_empty_text_is_bounded(count: int) -> None:
+    rewrite = empty_match_rewrites(count)
+    decl = declaration({"dataFrom": [{"find": {"path": "/t/re"}, "rewrite": rewrite}]})
+
+    def read_prefix(path: str) -> dict:
+        return {"/t/re/aaa": b"fake-value-1", "/t/re/bbb": b"fake-value-2"}
+
+    with pytest.raises(SnapshotError) as caught:
+        build_snapshot(decl, store_name="s", fetched={}, read_prefix=read_prefix)
+    message = str(caught.value)
+    assert len(caught.value.errors) == 1  # one error for the entry, not one per name
+    assert "ExternalSecret payment" in message
+    assert "spec.dataFrom[0].rewrite[1]" in message
+    assert f"longer than {MAX_REWRITTEN_NAME_BYTES} bytes" in message
+    assert "x+ instead of x*" in message
+    assert len(message) < 1000
+
+
+def test_rewrite_long_final_name_is_shortened():
+    # 2,000 characters is under the rewrite bound but above the file-name limit.
+    rewrite = [{"regexp": {"source": "^aaa$", "target": "y" * 2000}}]
+    decl = declaration({"dataFrom": [{"find": {"path": "/t/re"}, "rewrite": rewrite}]})
+
+    def read_prefix(path: str) -> dict:
+        return {"/t/re/aaa": b"fake-value-1"}
+
+    with pytest.raises(SnapshotError) as caught:
+        build_snapshot(decl, store_name="s", fetched={}, read_prefix=read_prefix)
+    message = str(caught.value)
+    assert "not a safe file name" in message
+    assert "y" * 100 + "… (2000 characters)" in message
+    assert "y" * 101 not in message
+
+
+def test_store_error_shortens_remote_key():
+    error = RemoteKeyNotFoundError("not found", store="s", remote_key="/k" * 5000)
+    assert len(str(error)) < 200
+    assert "… (10000 characters)" in str(error)
 
 
 def test_data_overrides_data_from():

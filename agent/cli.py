@@ -37,6 +37,9 @@ ONCE_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # because their default action would end the agent without a log line.
 IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
+# Set by the early SIGHUP handler of `run`, so that `run` reloads once its reloader exists.
+_early_reload: list[int] = []
+
 if TYPE_CHECKING:
     from agent.declarations import Declarations
     from agent.reload import ConfigReloader
@@ -44,6 +47,43 @@ if TYPE_CHECKING:
     from agent.sync import Syncer
 
 logger = logging.getLogger("agent.cli")
+
+
+class _StopRequested(BaseException):
+    """Raised in the main thread by a stop signal during startup, `check` or `once` (a
+    BaseException, like KeyboardInterrupt, so that no `except Exception` on the way swallows
+    it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _handle_startup_signals(*, reload_on_hup: bool) -> None:
+    """Install the handlers that apply until a mode installs its own, before any slow import.
+
+    SIGUSR1 and SIGUSR2 are ignored (logging is not configured yet, so without a log line).
+    SIGTERM, SIGINT and SIGHUP stop the agent at once with 128 + N, except SIGHUP for `run`,
+    which asks for a reload once `run` is running.
+    """
+    for number in IGNORED_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
+
+    def stop_at_once(signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP and reload_on_hup:
+            _early_reload.append(signum)
+            return
+        raise _StopRequested(signum)
+
+    for number in ONCE_STOP_SIGNALS:
+        signal.signal(number, stop_at_once)
+
+
+def _handle_late_signals() -> None:
+    """Record stop signals that arrive after the mode returned, so that the interpreter's
+    shutdown is not interrupted by an exception; the exit code is already decided."""
+    for number in ONCE_STOP_SIGNALS:
+        signal.signal(number, lambda signum, frame: None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,8 +210,23 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Everything after the first `--` is exec mode's command, whatever it looks like.
     argv = list(sys.argv[1:] if argv is None else argv)
+    # `run` without `-- COMMAND`; exec mode passes SIGHUP on to its program instead.
+    _handle_startup_signals(reload_on_hup=argv[:1] == ["run"] and "--" not in argv)
+    try:
+        return _main(argv)
+    except _StopRequested as stop:
+        # A stop signal before the mode installed its own handlers: stop at once, as the
+        # default action would, but with a message and without a traceback.
+        name = signal.Signals(stop.signum).name
+        print(f"secrets-agent: stopped by {name} before startup finished", file=sys.stderr)
+        return 128 + stop.signum
+    finally:
+        _handle_late_signals()
+
+
+def _main(argv: list[str]) -> int:
+    # Everything after the first `--` is exec mode's command, whatever it looks like.
     command = argv[argv.index("--") + 1 :] if "--" in argv else None
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = build_parser()
@@ -340,15 +395,6 @@ def _build(settings: Settings, declarations: Declarations) -> Syncer:
     return syncer
 
 
-class _StopRequested(BaseException):
-    """Raised in the main thread by a stop signal during `once` (a BaseException, like
-    KeyboardInterrupt, so that no `except Exception` on the way swallows it)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
 def _ignore_signals() -> None:
     def log_ignored(signum: int, frame: FrameType | None) -> None:
         log_event(logger, logging.INFO, "signal_ignored", signal=signal.Signals(signum).name)
@@ -375,7 +421,8 @@ def _once(settings: Settings, declarations: Declarations) -> int:
         return _sync_once(settings, declarations, syncers)
     except _StopRequested as stop:
         # NOTE: a signal that arrives after `_sync_once` returned but before this frame exits
-        # (a few bytecodes) still raises _StopRequested out of `main`.
+        # (a few bytecodes) raises _StopRequested out of here, and `main` reports it as a stop
+        # during startup.
         exit_code = 128 + stop.signum
         log_event(
             logger,
@@ -385,6 +432,8 @@ def _once(settings: Settings, declarations: Declarations) -> int:
             exit_code=exit_code,
         )
         if syncers:
+            # The round's threads are daemons, so the process exits without waiting for them.
+            syncers[0].abandon_in_flight()
             _close_within(STOP_SECONDS, syncers[0])
         return exit_code
 
@@ -519,6 +568,9 @@ def _run(
     loop.start()
     reloader = start_reloader(settings, apply=syncer.replace_declarations, current=declarations)
     reloaders.append(reloader)
+    if _early_reload:
+        # SIGHUP arrived while `run` was starting, so the declarations may predate the change.
+        request_reload(_early_reload[0], None)
     stop.wait()  # signal handlers still run while the main thread waits here
     reloader.stop()
     status = supervisor.wait() if supervisor is not None else EXIT_OK
@@ -536,6 +588,8 @@ def _finish_within(seconds: float, loop: threading.Thread, syncer: Syncer) -> No
     deadline = time.monotonic() + seconds
     loop.join(timeout=seconds)
     if loop.is_alive():
+        # The loop and its fetch workers are daemon threads, so they end with the process.
+        syncer.abandon_in_flight()
         log_event(logger, logging.WARNING, "agent_stop_forced", step="sync round")
         return
     _close_within(max(0.0, deadline - time.monotonic()), syncer)

@@ -8,7 +8,12 @@ switched, a target with any failed key keeps its previous generation (last good 
 `run_once` serves the init container: it retries transient failures until a deadline and reports
 the rest. `run_forever` serves the sidecar: every ExternalSecret is refreshed on its own interval
 with ±10 % jitter, failures back off exponentially from 1 s to 5 min, and the loop sleeps until
-the next deadline instead of polling. Stores are used from this thread only.
+the next deadline instead of polling. Each store is used by one thread at a time.
+
+Fetch workers are daemon threads, and nothing joins them at exit: a request that hangs (a store
+that accepts the connection and never responds) must not keep a stopping agent alive until the
+HTTP client's read timeout. `Syncer.abandon_in_flight` logs the stores whose requests are left
+behind.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -41,6 +45,12 @@ BACKOFF_MAX_SECONDS = 300.0
 REFRESH_JITTER = 0.10
 STORE_RETRY_SECONDS = 10.0
 MAX_PARALLEL_STORES = 8
+
+# Steps of a round for one target, kept in TargetState.step.
+STEP_WAITING = "waiting"  # queued behind another target of the same store
+STEP_FETCH = "fetch"  # waiting for the store's response
+STEP_GENERATE = "generate"  # waiting for a generatorRef's dynamic secret (a Vault request)
+STEP_BUILD = "build"  # building the snapshot (templates) and writing the files
 
 
 def backoff_delay(failures: int, *, rng: Callable[[], float] = random.random) -> float:
@@ -64,6 +74,9 @@ class TargetState:
     last_error: AgentError | None = None
     last_success: float | None = None
     digests: dict[str, bytes] | None = None
+    # What the round in flight is doing for this target (STEP_*), None outside a round. `once`
+    # reads it after a timeout to say what was still running.
+    step: str | None = None
 
     @property
     def target(self) -> str:
@@ -204,6 +217,8 @@ class Syncer:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._pending_declarations: Declarations | None = None
+        # Store name -> the step a round is waiting for there; see `in_flight`.
+        self._in_flight: dict[str, str] = {}
         # In once mode only transient failures are retried, so only they log a retry delay.
         self.once_mode = False
 
@@ -213,6 +228,7 @@ class Syncer:
         """Fetch, build and write the given targets once; update their state and metrics."""
         groups: dict[tuple[str, str], list[TargetState]] = defaultdict(list)
         for state in states:
+            state.step = STEP_WAITING
             groups[state.declaration.store_ref].append(state)
         results = [RoundResult() for _ in groups]
         work = list(zip(groups.items(), results, strict=True))
@@ -220,17 +236,7 @@ class Syncer:
             (ref, group), result = work[0]
             self._sync_store(ref, group, result)
         else:
-            # Stores are independent, so their requests overlap; each store and each target is
-            # still handled by one thread only.
-            with ThreadPoolExecutor(
-                max_workers=min(MAX_PARALLEL_STORES, len(work)), thread_name_prefix="sync"
-            ) as pool:
-                futures = [
-                    pool.submit(self._sync_store, ref, group, result)
-                    for (ref, group), result in work
-                ]
-                for future in futures:
-                    future.result()
+            self._sync_in_parallel(work)
         merged = RoundResult()
         for result in results:
             merged.changed += result.changed
@@ -240,6 +246,62 @@ class Syncer:
         if merged.changes:
             self._announce(merged.changes)
         return merged
+
+    def _sync_in_parallel(
+        self, work: list[tuple[tuple[tuple[str, str], list[TargetState]], RoundResult]]
+    ) -> None:
+        """Sync each store's group in up to MAX_PARALLEL_STORES daemon threads, because stores
+        are independent and their requests overlap. Each store and each target is still handled
+        by one thread only. Waits for every group, however long a request hangs; a stopping
+        agent does not wait for this method (see `abandon_in_flight`)."""
+        queue = list(work)
+        queue_lock = threading.Lock()
+        failures: list[BaseException] = []
+
+        def drain() -> None:
+            while True:
+                with queue_lock:
+                    if not queue:
+                        return
+                    (ref, group), result = queue.pop(0)
+                try:
+                    self._sync_store(ref, group, result)
+                except BaseException as error:  # re-raised in the calling thread below
+                    failures.append(error)
+
+        workers = [
+            threading.Thread(target=drain, name=f"sync-fetch-{index}", daemon=True)
+            for index in range(min(MAX_PARALLEL_STORES, len(work)))
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        if failures:
+            raise failures[0]
+
+    def in_flight(self) -> dict[str, str]:
+        """Return the stores that a round is still using, each with the step it waits for
+        (STEP_FETCH, STEP_GENERATE or STEP_BUILD of one of its targets); safe from any thread."""
+        with self.lock:
+            return dict(self._in_flight)
+
+    def abandon_in_flight(self) -> list[str]:
+        """Log `fetch_abandoned` for each store that a round is still using, for a stopping
+        agent that exits without waiting for it, and return their names. The daemon threads
+        doing that work end with the process; an interrupted projection leaves only a temporary
+        directory that the next projection removes."""
+        abandoned = self.in_flight()
+        for store, step in sorted(abandoned.items()):
+            log_event(logger, logging.WARNING, "fetch_abandoned", store=store, step=step)
+        return sorted(abandoned)
+
+    def _set_in_flight(self, store: str, step: str | None) -> None:
+        with self.lock:
+            if step is None:
+                self._in_flight.pop(store, None)
+            else:
+                self._in_flight[store] = step
 
     def _announce(self, changes: list[Change]) -> None:
         for listener in list(self.listeners):
@@ -263,6 +325,24 @@ class Syncer:
             for state in group:
                 self._sync_target(state, None, {}, _no_prefixes, result, started)
             return
+        name = _store_label(ref)
+        self._set_in_flight(name, STEP_FETCH)
+        try:
+            self._fetch_and_build(ref, group, keys, result, started)
+        finally:
+            self._set_in_flight(name, None)
+
+    def _fetch_and_build(
+        self,
+        ref: tuple[str, str],
+        group: list[TargetState],
+        keys: list[RemoteKey],
+        result: RoundResult,
+        started: float,
+    ) -> None:
+        name = _store_label(ref)
+        for state in group:
+            state.step = STEP_FETCH
         try:
             store = self.stores.get(ref)
             fetched: Mapping[RemoteKey, RemoteValue | Exception] = store.fetch(keys) if keys else {}
@@ -270,22 +350,31 @@ class Syncer:
             for state in group:
                 self._record_failure(state, error, result)
             return
+        for state in group:
+            state.step = STEP_WAITING
 
         prefixes: dict[str, Any] = {}
+        building: list[TargetState] = []
 
         def read_prefix(path: str) -> Mapping[str, RemoteValue]:
             # Several targets may import the same prefix; read it once per round.
             if path not in prefixes:
+                building[0].step = STEP_FETCH
+                self._set_in_flight(name, STEP_FETCH)
                 try:
                     prefixes[path] = store.fetch_prefix(path)
                 except StoreError as error:
                     prefixes[path] = error
+                building[0].step = STEP_BUILD
+                self._set_in_flight(name, f"{STEP_BUILD}:{building[0].target}")
             cached = prefixes[path]
             if isinstance(cached, StoreError):
                 raise cached
             return cached
 
         for state in group:
+            building[:] = [state]
+            self._set_in_flight(name, f"{STEP_BUILD}:{state.target}")
             self._sync_target(state, store, fetched, read_prefix, result, started)
 
     def _sync_target(
@@ -298,7 +387,9 @@ class Syncer:
         started: float,
     ) -> None:
         declaration = state.declaration
+        state.step = STEP_GENERATE
         generated = self.leases.values_for(declaration) if self.leases is not None else None
+        state.step = STEP_BUILD
         try:
             snapshot = build_snapshot(
                 declaration,
@@ -316,6 +407,8 @@ class Syncer:
         except (SnapshotError, ProjectionError) as error:
             self._record_failure(state, error, result)
             return
+        finally:
+            state.step = None
         if self.leases is not None and snapshot.leases:
             self.leases.committed(declaration.target, snapshot.leases)
         digests = _digests(snapshot.data)
@@ -366,6 +459,7 @@ class Syncer:
         )
 
     def _record_failure(self, state: TargetState, error: AgentError, result: RoundResult) -> None:
+        state.step = None
         with self.lock:
             state.failures += 1
             state.last_error = error
@@ -677,9 +771,27 @@ def _no_prefixes(path: str) -> Mapping[str, RemoteValue]:
     raise AssertionError("the loader requires a store for dataFrom.find and extract")
 
 
-def _timed_out(state: TargetState, timeout: float) -> StoreError:
-    kind, name = state.declaration.store_ref
-    store = name if kind == "SecretStore" else f"{kind}/{name}"
+def _store_label(ref: tuple[str, str]) -> str:
+    kind, name = ref
+    return name if kind == "SecretStore" else f"{kind}/{name}"
+
+
+def _timed_out(state: TargetState, timeout: float) -> AgentError:
+    """Return the failure of a target whose round was still running at the deadline, naming
+    what it was still doing: waiting for the store, or building the target."""
+    store = _store_label(state.declaration.store_ref)
+    if state.step == STEP_BUILD:
+        return AgentError(
+            f"building the target (templates and files) did not finish within the {timeout:g} s "
+            f"timeout; store {store} had responded; check the target's templates, or raise "
+            "--timeout"
+        )
+    if state.step == STEP_WAITING:
+        return AgentError(
+            f"not built within the {timeout:g} s timeout because building the other targets "
+            f"of store {store} took that long; store {store} had responded; check those "
+            "targets' templates, or raise --timeout"
+        )
     if state.last_error is not None:
         # The round in flight hung, but an earlier attempt failed for a reason (throttling,
         # for instance) that is more useful to the reader than the timeout.
@@ -689,8 +801,9 @@ def _timed_out(state: TargetState, timeout: float) -> StoreError:
             store=store,
             fix="fix that failure, or raise --timeout",
         )
+    what = "dynamic secret (generatorRef)" if state.step == STEP_GENERATE else "response"
     return StoreUnavailableError(
-        f"no response within the {timeout:g} s timeout",
+        f"no {what} within the {timeout:g} s timeout",
         store=store,
         fix="check that the store is reachable from the pod, or raise --timeout",
     )

@@ -67,8 +67,9 @@ def free_port() -> int:
 class Agent:
     """`python -m agent ARGS` in a subprocess, with its stderr collected line by line."""
 
-    def __init__(self, tmp_path: Path, *arguments: str) -> None:
+    def __init__(self, tmp_path: Path, *arguments: str, env: dict[str, str] | None = None) -> None:
         environment = {k: v for k, v in os.environ.items() if not k.startswith("SECRETS_AGENT_")}
+        environment.update(env or {})
         self.process = subprocess.Popen(
             [sys.executable, "-m", "agent", *arguments],
             env=environment,
@@ -141,3 +142,36 @@ class SilentServer:
         self._socket.close()
         for connection in self._held:
             connection.close()
+
+
+SSM_STORE = """\
+apiVersion: secrets-agent.io/v1alpha1
+kind: SecretStore
+metadata: {name: aws-ssm}
+spec:
+  provider:
+    aws: {service: ParameterStore, region: us-east-1}
+---
+apiVersion: secrets-agent.io/v1alpha1
+kind: ExternalSecret
+metadata: {name: from-ssm}
+spec:
+  refreshInterval: 1h
+  secretStoreRef: {name: aws-ssm}
+  data:
+    - secretKey: password
+      remoteRef: {key: /fake/db-password}
+"""
+
+
+def add_hanging_ssm_store(config: Path, *, url: str) -> dict[str, str]:
+    """Declare an SSM store with one target, and return the environment that points the
+    agent's AWS client at `url` (a local listener) with fake credentials."""
+    (config / "ssm.yaml").write_text(SSM_STORE)
+    return {
+        "AWS_ENDPOINT_URL_SSM": url,
+        "AWS_ACCESS_KEY_ID": "fake-access-key-id",
+        "AWS_SECRET_ACCESS_KEY": "fake-secret-access-key",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_REGION": "us-east-1",
+    }

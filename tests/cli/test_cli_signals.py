@@ -8,6 +8,7 @@ while it waits for a store that never responds.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from cli_helpers import (
     Agent,
     SilentServer,
+    add_hanging_ssm_store,
     add_target,
     free_port,
     wait_for,
@@ -133,3 +135,39 @@ def test_once_ignores_sigusr1(silent_store: SilentServer, tmp_path: Path) -> Non
     finally:
         agent.kill()
     assert code == 128 + signal.SIGTERM, agent.stderr
+
+
+# Far below the HTTP clients' read timeouts (30 s and more), far above the promised second.
+STOP_BOUND_SECONDS = 10
+
+
+@pytest.mark.parametrize("mode", ["once", "run"])
+def test_two_hanging_stores_stop_promptly(
+    silent_store: SilentServer, tmp_path: Path, mode: str
+) -> None:
+    config = write_declarations(tmp_path, vault_url=silent_store.url, targets=("a",))
+    environment = add_hanging_ssm_store(config, url=silent_store.url)
+    flags = ["--timeout=60"] if mode == "once" else [f"--listen=127.0.0.1:{free_port()}"]
+    agent = Agent(
+        tmp_path,
+        mode,
+        f"--config={config}",
+        f"--output-dir={tmp_path / 'out'}",
+        f"--refs-dir={tmp_path / 'refs'}",
+        *flags,
+        env=environment,
+    )
+    try:
+        # Both stores have a request in flight once the listener holds two connections.
+        assert wait_for(lambda: silent_store.connections >= 2), agent.stderr
+        agent.process.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        code = agent.wait(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        agent.kill()
+    assert took < STOP_BOUND_SECONDS, agent.stderr
+    assert code == (143 if mode == "once" else 0), agent.stderr
+    assert "Traceback" not in agent.stderr
+    assert "event=fetch_abandoned store=aws-ssm" in agent.stderr
+    assert "event=fetch_abandoned store=vault-kv" in agent.stderr

@@ -7,6 +7,8 @@ while it waits for a store that never responds.
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -171,3 +173,68 @@ def test_two_hanging_stores_stop_promptly(
     assert "Traceback" not in agent.stderr
     assert "event=fetch_abandoned store=aws-ssm" in agent.stderr
     assert "event=fetch_abandoned store=vault-kv" in agent.stderr
+
+
+@pytest.fixture
+def blocking_config(tmp_path: Path) -> Iterator[tuple[Path, list[int]]]:
+    """A FIFO to pass as --config: the agent blocks reading it during startup. The second
+    item holds the write end's descriptor once the agent has opened the FIFO."""
+    fifo = tmp_path / "declarations.yaml"
+    os.mkfifo(fifo)
+    (tmp_path / "out").mkdir()
+    writer: list[int] = []
+    yield fifo, writer
+    for descriptor in writer:
+        os.close(descriptor)
+
+
+def wait_until_reading(fifo: Path, writer: list[int]) -> bool:
+    """Wait until a process has the FIFO open for reading, so it is past the start of `main`
+    and blocked in startup, and keep the write end open so it stays blocked."""
+
+    def opened() -> bool:
+        try:
+            writer.append(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError as error:
+            if error.errno != errno.ENXIO:  # ENXIO: no reader yet
+                raise
+            return False
+        return True
+
+    return wait_for(opened)
+
+
+def test_check_ctrl_c_exits_130(tmp_path: Path, blocking_config: tuple[Path, list[int]]) -> None:
+    fifo, writer = blocking_config
+    agent = Agent(tmp_path, "check", f"--config={fifo}")
+    try:
+        assert wait_until_reading(fifo, writer), agent.stderr
+        agent.process.send_signal(signal.SIGINT)
+        code = agent.wait(timeout=15)
+    finally:
+        agent.kill()
+    assert code == 130, agent.stderr
+    assert "Traceback" not in agent.stderr
+    assert "KeyboardInterrupt" not in agent.stderr
+    assert "secrets-agent: stopped by SIGINT before startup finished" in agent.stderr
+
+
+def test_startup_ignores_sigusr1_then_stops(
+    tmp_path: Path, blocking_config: tuple[Path, list[int]]
+) -> None:
+    fifo, writer = blocking_config
+    agent = Agent(tmp_path, "once", f"--config={fifo}", f"--output-dir={tmp_path / 'out'}")
+    try:
+        assert wait_until_reading(fifo, writer), agent.stderr
+        agent.process.send_signal(signal.SIGUSR1)
+        agent.process.send_signal(signal.SIGUSR2)
+        # No output follows an ignored signal during startup, so give a kill time to happen.
+        time.sleep(0.5)
+        assert agent.process.poll() is None, agent.stderr
+        agent.process.send_signal(signal.SIGTERM)
+        code = agent.wait(timeout=15)
+    finally:
+        agent.kill()
+    assert code == 143, agent.stderr
+    assert "Traceback" not in agent.stderr
+    assert "secrets-agent: stopped by SIGTERM before startup finished" in agent.stderr

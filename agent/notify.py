@@ -13,8 +13,8 @@ for the first time. No reader can have seen older values of such a target, and a
 application that is still starting may kill it before it installs its handler.
 
 Only names travel: target names and `target/secret key` names, never values. Header values are
-never logged. A command's output goes to the agent's stdout and stderr unread, never into a
-log line of the agent.
+never logged. A command's output goes to the agent's stdout and stderr in whole lines (a final
+newline is added when missing), never into a log line of the agent.
 """
 
 from __future__ import annotations

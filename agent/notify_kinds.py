@@ -3,8 +3,9 @@
 Each kind is an `Action` whose `deliver` makes one attempt and reports it as an `Attempt`. The
 workers in `agent.notify` decide when to deliver and whether to retry. Only names are delivered,
 never values: target names and `target/secret key` names. Header values are never logged, and
-neither is a URL's path or query. A command writes to the agent's own stdout and stderr, and
-the agent never reads that output, so no log line of the agent can contain what a command prints.
+neither is a URL's path or query. A command's output is passed through to the agent's own
+stdout and stderr in whole lines, never into a log record, so no log line of the agent can contain
+what a command prints.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from agent import __version__
 from agent.declarations import NotifyTargetDeclaration
 from agent.errors import AgentError, StoreError
 from agent.models import NotifyCommand, NotifyHttp, NotifySignal, signal_from_name
+from agent.notify_output import forward_lines
 from agent.refs import Refs
 
 # The variables a command receives, in addition to the agent's own environment.
@@ -343,9 +345,11 @@ class HttpAction:
 class CommandAction:
     """Runs a program without a shell, with the changed names (never values) in its environment.
 
-    The program writes to the agent's own stdout and stderr, so its lines reach the container log
-    as its own output. The agent never reads them, so a value that the program prints cannot
-    enter a log line of the agent. On timeout the program's whole process group is killed.
+    The program's stdout and stderr are passed through to the agent's own stdout and stderr in
+    whole lines (agent.notify_output), so its lines reach the container log as its own output and
+    never run into a log line of the agent. The agent does not parse or log them, so a value that
+    the program prints cannot enter a log line. On timeout the program's whole process group is
+    killed.
     """
 
     kind = "command"
@@ -364,6 +368,8 @@ class CommandAction:
                 self.spec.argv,
                 env=self._environment(names),
                 stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 start_new_session=True,  # a process group of its own, to kill on timeout
             )
         except OSError as error:
@@ -373,6 +379,11 @@ class CommandAction:
                 retryable=False,
                 fields=fields,
             )
+        assert process.stdout is not None and process.stderr is not None
+        copiers = [
+            forward_lines(process.stdout, to_stderr=False, name=self.notify_target),
+            forward_lines(process.stderr, to_stderr=True, name=self.notify_target),
+        ]
         with self._lock:
             self._running = process
         try:
@@ -386,6 +397,11 @@ class CommandAction:
         finally:
             with self._lock:
                 self._running = None
+            # Pass the output on before the agent logs the outcome. A background process of the
+            # command that keeps the pipes open must not hold up delivery, so the wait is short
+            # and its later output still passes through.
+            for copier in copiers:
+                copier.join(timeout=OUTPUT_DRAIN_SECONDS)
         fields.update(exit_code=code, duration_ms=_milliseconds_since(started))
         if code == 0:
             return Attempt("success", fields=fields)
@@ -408,6 +424,10 @@ class CommandAction:
             {target: list(names.keys(target)) for target in names.targets}
         )
         return environment
+
+
+# How long a delivery waits, after the command exited, for its last output to be passed on.
+OUTPUT_DRAIN_SECONDS = 1.0
 
 
 def _milliseconds_since(started: float) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import sys
 from pathlib import Path
 
@@ -213,3 +214,40 @@ def test_command_success_logs_no_output(tmp_path: Path, caplog: pytest.LogCaptur
 
 def _events(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogRecord]:
     return [record for record in caplog.records if record.getMessage() == event]
+
+
+# Runs a command that prints without a final newline, then logs an agent event, in one process
+# whose stdout and stderr the test reads, as a container runtime would.
+NO_NEWLINE_AGENT = """
+import logging, sys
+from agent.logs import configure_logging, log_event
+from agent.models import NotifyCommand
+from agent.notify_kinds import ChangedNames, CommandAction
+configure_logging(level="info", log_format="json")
+script = "import sys; sys.stdout.write('fake-out-1'); sys.stderr.write('fake-err-1')"
+action = CommandAction(
+    NotifyCommand(argv=[sys.executable, "-c", script]), notify_target="no-newline"
+)
+action.deliver(ChangedNames({"app": ("password",)}))
+log_event(logging.getLogger("agent.notify"), logging.WARNING, "notify_retrying")
+print("agent-stdout-line")
+"""
+
+
+def test_command_output_without_newline_keeps_lines():
+    finished = subprocess.run(
+        [sys.executable, "-c", NO_NEWLINE_AGENT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    err_lines = finished.stderr.splitlines()
+    out_lines = finished.stdout.splitlines()
+    assert "fake-err-1" in err_lines, finished.stderr
+    assert "fake-out-1" in out_lines, finished.stdout
+    assert "agent-stdout-line" in out_lines, finished.stdout
+    records = [line for line in err_lines if line != "fake-err-1"]
+    assert records, finished.stderr
+    for line in records:
+        assert json.loads(line)["event"] == "notify_retrying", line

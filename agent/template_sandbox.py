@@ -156,7 +156,12 @@ def _check_result(value: Any, what: str) -> None:
 
 
 def _check_arguments(args: Iterable[Any], kwargs: Mapping[str, Any], what: str) -> None:
-    """Reject an int argument above the output bound and any argument above the size bound."""
+    """Reject an int argument above the output bound, and arguments above the size bound.
+
+    The arguments count together, because a macro receives them as one `varargs` tuple that
+    it can store in a namespace.
+    """
+    total = 0
     for argument in [*args, *kwargs.values()]:
         if isinstance(argument, int) and not isinstance(argument, bool):
             if abs(argument) > MAX_OUTPUT_BYTES:
@@ -165,7 +170,9 @@ def _check_arguments(args: Iterable[Any], kwargs: Mapping[str, Any], what: str) 
                     "value larger than 1 MiB",
                     "use smaller widths, counts and lengths",
                 )
-        _check_size(argument, f"an argument of {what}")
+        total += size_of(argument, limit=MAX_OUTPUT_BYTES - total)
+        if total > MAX_OUTPUT_BYTES:
+            raise _too_large(f"the arguments of {what}")
 
 
 def _format_size(format_string: str, arguments: Iterable[Any]) -> int:
@@ -285,9 +292,11 @@ def _bounded_filter(name: str, function: Any) -> Any:
 
 
 class _BoundedCodeGenerator(CodeGenerator):
-    """Jinja's code generator with `~` routed through `BoundedEnvironment.bounded_concat`.
+    """Jinja's code generator with `~` and list, tuple and dict literals checked.
 
-    Jinja's own `visit_Concat` also handles autoescaping, which templates here never turn on.
+    `~` goes through `BoundedEnvironment.bounded_concat`. Jinja's own `visit_Concat` also
+    handles autoescaping, which templates here never turn on. Every literal that builds a value
+    (`[a, b]`, `(a, b)`, `{"k": a}`) goes through `BoundedEnvironment.checked_literal`.
     """
 
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
@@ -296,6 +305,25 @@ class _BoundedCodeGenerator(CodeGenerator):
             self.visit(argument, frame)
             self.write(", ")
         self.write("))")
+
+    def visit_List(self, node: nodes.List, frame: Frame) -> None:
+        self.write("environment.checked_literal(")
+        super().visit_List(node, frame)
+        self.write(")")
+
+    def visit_Tuple(self, node: nodes.Tuple, frame: Frame) -> None:
+        # A tuple in a store context is an assignment target (`{% for a, b in ... %}`).
+        if node.ctx != "load":
+            super().visit_Tuple(node, frame)
+            return
+        self.write("environment.checked_literal(")
+        super().visit_Tuple(node, frame)
+        self.write(")")
+
+    def visit_Dict(self, node: nodes.Dict, frame: Frame) -> None:
+        self.write("environment.checked_literal(")
+        super().visit_Dict(node, frame)
+        self.write(")")
 
 
 def _checked_items(iterable: Iterable[Any]) -> Iterator[Any]:
@@ -342,6 +370,19 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         check_deadline()
         return _checked_items(iter(iterable))
 
+    def checked_literal(self, value: Any) -> Any:
+        """Check a list, tuple or dict literal's expanded size; return it unchanged.
+
+        A literal can refer to one value many times (`[xs, xs, xs]`), and nesting such literals
+        multiplies the size of the value while its memory stays small. Comparing, sorting,
+        hashing or printing it then walks every item in one C call that no deadline can stop.
+        `size_of` counts a shared item each time it occurs and stops past the bound, so no value
+        a template can reach is expensive to walk.
+        """
+        check_deadline()
+        _check_result(value, "a list, tuple or dict literal")
+        return value
+
     def bounded_concat(self, values: tuple[Any, ...]) -> str:
         """Join the operands of `~`, as Jinja does, after checking their total size."""
         check_deadline()
@@ -373,7 +414,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
         check_deadline()
-        what = f"the call of {getattr(__obj, '__name__', 'a function')}"
+        what = f"the call of {_callable_name(__obj)}"
         _check_arguments(args, kwargs, what)
         # The sandbox hands out its own wrapper for `str.format`; `__wrapped__` is the method.
         method = getattr(__obj, "__wrapped__", __obj)
@@ -383,6 +424,15 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         result = super().call(__context, __obj, *args, **kwargs)
         _check_result(result, f"the result of {what}")
         return result
+
+
+def _callable_name(function: Any) -> str:
+    # Functions and methods have `__name__`, a Jinja macro has only `name`.
+    for attribute in ("__name__", "name"):
+        name = getattr(function, attribute, None)
+        if isinstance(name, str):
+            return name
+    return "a function"
 
 
 def _check_arithmetic(operator: str, left: Any, right: Any) -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import io
 import json
 import keyword
 import re
@@ -61,7 +62,9 @@ from agent.template_sandbox import (
     MAX_OUTPUT_BYTES,
     BoundedEnvironment,
     LimitExceeded,
+    check_deadline,
     render_limits,
+    size_of,
 )
 from agent.writer import check_secret_key
 
@@ -82,6 +85,8 @@ _GO_ACTION = re.compile(
     r"\{\{-?\s*(?:\.|\$|index\s|printf\s|range\s|with\s|define\s|template\s|end\s*-?\}\})"
 )
 _MAX_KEYS_LISTED = 20
+# Filters written as Python loops over characters check the deadline once per this many.
+_CHECK_EVERY_CHARACTERS = 4096
 _ANY_GO_HINT = (
     "this looks like an External Secrets Operator Go template, but secrets-agent renders "
     'Jinja2: write {{ password }} or {{ data["db-password"] }} instead of {{ .password }} or '
@@ -271,22 +276,45 @@ def from_json(value: Any) -> Any:
         ) from None
 
 
+# Largest input of to_yaml, in characters or items as `size_of` estimates them. PyYAML's emitter
+# is pure Python and scans every character at least twice: 1,000,000 NUL characters took about
+# 6 seconds, 262,144 about 1.5 seconds (Python 3.11, PyYAML 6, one core of a shared VM).
+MAX_YAML_INPUT = 256 * 1024
+
+
+class _DeadlineStream(io.StringIO):
+    """A text buffer that checks the rendering's deadline on every write of PyYAML's emitter."""
+
+    def write(self, text: str) -> int:
+        check_deadline()
+        return super().write(text)
+
+
 def to_yaml(value: Any) -> str:
     """Render a value as YAML: a string as one double-quoted scalar, a mapping or list as a block.
 
     The result has no trailing newline, so `key: {{ password | to_yaml }}` stays on one line.
+    Raises LimitExceeded for an input above MAX_YAML_INPUT, and checks the deadline as it writes.
     """
+    if size_of(value, limit=MAX_YAML_INPUT) > MAX_YAML_INPUT:
+        raise LimitExceeded(
+            f"the input of to_yaml is larger than {MAX_YAML_INPUT} characters or items",
+            "pass to_yaml a smaller value, or use to_json, which is valid YAML too",
+        )
     plain = _plain(value, "to_yaml")
+    stream = _DeadlineStream()
     if isinstance(plain, str):
-        text = yaml.safe_dump(plain, default_style='"', allow_unicode=True, width=float("inf"))
+        yaml.safe_dump(plain, stream, default_style='"', allow_unicode=True, width=float("inf"))
     else:
-        text = yaml.safe_dump(
+        yaml.safe_dump(
             plain,
+            stream,
             default_flow_style=False,
             allow_unicode=True,
             sort_keys=False,
             width=float("inf"),
         )
+    text = stream.getvalue()
     # A scalar document ends with the "..." marker line, which a value inside a file must not have.
     return text.removesuffix("\n").removesuffix("\n...").rstrip("\n")
 
@@ -317,7 +345,21 @@ def properties(value: Any, key: bool = False) -> str:
     """
     text = _text(value, "properties")
     out: list[str] = []
+    length = 0  # characters in out[:counted]
+    counted = 0
     for index, char in enumerate(text):
+        # One character can become 12 (a surrogate pair of \\uXXXX), and the loop is Python,
+        # so a 1 MiB value needs the deadline and an output bound on the way.
+        if index % _CHECK_EVERY_CHARACTERS == 0:
+            check_deadline()
+            length += sum(len(piece) for piece in out[counted:])
+            counted = len(out)
+            if length > MAX_OUTPUT_BYTES:
+                raise LimitExceeded(
+                    f"the output of the properties filter would be larger than "
+                    f"{MAX_OUTPUT_BYTES} characters (1 MiB)",
+                    "pass a smaller value to properties",
+                )
         if char in _PROPERTIES_SPECIAL:
             out.append(_PROPERTIES_SPECIAL[char])
         elif char == " ":

@@ -84,6 +84,76 @@ def test_hostile_template_stopped(tmp_path: Path, template: str, problem: str) -
         assert value.decode() not in message
 
 
+def nested_lists(prefix: str, *, literal: str = "[{}]") -> str:
+    """Build `{prefix}h`: ten references to `{prefix}g` and so on down to a 1,000-item list.
+
+    The value takes little memory, but walking it would visit 10**10 items in one C call.
+    """
+    names = "abcdefgh"
+    statements = [f"{{% set {prefix}a = range(1000) | list %}}"]
+    for level in range(1, len(names)):
+        items = ", ".join([prefix + names[level - 1]] * 10)
+        statements.append(f"{{% set {prefix}{names[level]} = {literal.format(items)} %}}")
+    return "".join(statements)
+
+
+NESTED = nested_lists("x") + nested_lists("y")
+LITERAL_TOO_LARGE = "a list, tuple or dict literal would be larger than 1048576"
+
+NESTED_CASES = [
+    # (template, words the problem contains)
+    (NESTED + "{{ xh == yh }}", LITERAL_TOO_LARGE),
+    (NESTED + "{{ xh != yh }}", LITERAL_TOO_LARGE),
+    (NESTED + "{{ xa in yh }}", LITERAL_TOO_LARGE),
+    (NESTED + "{{ xa not in yh }}", LITERAL_TOO_LARGE),
+    (NESTED + "{{ xh < yh }}", LITERAL_TOO_LARGE),
+    (NESTED + "{{ xh | sort | length }}", LITERAL_TOO_LARGE),
+    (NESTED + "{{ xh | string | length }}", LITERAL_TOO_LARGE),
+    (NESTED + "{{ xh | unique | list | length }}", LITERAL_TOO_LARGE),
+    (NESTED + "{{ xh | max | length }}", LITERAL_TOO_LARGE),
+    (NESTED + "{{ xh | sum(start=[]) | length }}", LITERAL_TOO_LARGE),
+    (nested_lists("x", literal="({},)") + "{{ xh == xh }}", LITERAL_TOO_LARGE),
+    (nested_lists("x", literal="{{'k': [{}]}}") + "{{ xh == xh }}", LITERAL_TOO_LARGE),
+    # Values built without a literal are checked where they are built.
+    (
+        nested_lists("x").split("{% set xd")[0]
+        + "{% set xe = dict(a=xc, b=xc, c=xc, d=xc, e=xc, f=xc, g=xc, h=xc, i=xc, j=xc) %}"
+        "{{ xe == xe }}",
+        TOO_LARGE,
+    ),
+    (
+        nested_lists("x").split("{% set xd")[0]
+        + "{% set ns = namespace(v=[xc, xc, xc, xc, xc, xc, xc, xc, xc, xc]) %}{{ ns.v == ns.v }}",
+        LITERAL_TOO_LARGE,
+    ),
+    (
+        nested_lists("x").split("{% set xd")[0]
+        + "{% set ns = namespace(v=0) %}{% set ns.v = [xc, xc, xc, xc, xc, xc, xc, xc, xc, xc] %}"
+        "{{ ns.v == ns.v }}",
+        LITERAL_TOO_LARGE,
+    ),
+    (
+        nested_lists("x").split("{% set xd")[0]
+        + "{% set ns = namespace(v=0) %}{% macro keep() %}{% set ns.v = varargs %}{% endmacro %}"
+        "{{ keep(xc, xc, xc, xc, xc, xc, xc, xc, xc, xc) }}{{ ns.v == ns.v }}",
+        "the arguments of the call of keep would be larger than 1048576",
+    ),
+    ("{{ ('\\x00' * 1000000) | to_yaml }}", "the input of to_yaml is larger than 262144"),
+    (
+        "{{ ('\\U0001F600' * 1000000) | properties }}",
+        "the output of the properties filter would be larger than 1048576",
+    ),
+]
+
+
+@pytest.mark.parametrize(("template", "problem"), NESTED_CASES)
+def test_shared_references_stopped(tmp_path: Path, template: str, problem: str) -> None:
+    message = render_error(tmp_path, template)
+
+    assert problem in message
+    assert "app.conf" in message
+
+
 @pytest.fixture
 def short_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
     # The real deadline is 2 s; a shorter one keeps the suite fast and tests the same path.
@@ -135,6 +205,12 @@ ALLOWED_CASES = [
     ("{{ password | replace('-', '_') }}", "fake_db_password_1"),
     ("{{ username ~ ':' ~ password }}", "fake-db-user-1:fake-db-password-1"),
     ("{% for k, v in data | dictsort %}{{ k }}={{ v }};{% endfor %}", None),
+    ("{% set xs = [1, 2] %}{% set t = (xs, xs) %}{{ t == ([1, 2], [1, 2]) }}", "True"),
+    ("{% set d = {'a': [1], 'b': (2,)} %}{{ d['a'] ~ d['b'] }}", "[1](2,)"),
+    ("{% for a, b in [(1, 2), (3, 4)] %}{{ a + b }};{% endfor %}", "3;7;"),
+    ("{% set a, b = 1, 2 %}{{ a }}{{ b }}", "12"),
+    ("{{ {'k': [username]} | to_yaml }}", "k:\n- fake-db-user-1"),
+    ("{{ ('\\x00' * 3) | to_yaml }}", '"\\0\\0\\0"'),
 ]
 
 

@@ -12,7 +12,10 @@ in one call is checked with a size estimate *before* it runs:
   may not exceed it either (`center(10**9)`, `to_bytes(10**9)`, `indent(10**9)`). A format
   string's widths count as well (`"{:1000000000}"`), and so does each field that repeats an
   argument.
-- The values that calls, filters and operators build in one rendering add up to at most
+- List, tuple and dict literals are checked by their expanded size, which counts a value
+  each time it occurs, so `[xs, xs]` nested a few levels deep cannot build a value that takes
+  minutes to compare, sort or print in one C call. The arguments of one call count together.
+- The values that calls, filters, operators and literals build in one rendering add up to at most
   `MAX_BUILT_BYTES`, so a loop of calls that are each under the bound cannot fill memory.
 - One rendering may run for at most `MAX_RENDER_SECONDS`: every `{% for %}` loop checks the
   deadline each `_CHECK_EVERY` items, and every call, filter, operator and attribute lookup

@@ -56,7 +56,7 @@ from jinja2.exceptions import (
 from jinja2.runtime import StrictUndefined, Undefined
 from jinja2.utils import missing
 
-from agent.errors import AgentError
+from agent.errors import AgentError, shorten_name
 from agent.models import TargetTemplate
 from agent.template_sandbox import (
     MAX_OUTPUT_BYTES,
@@ -123,7 +123,7 @@ class TemplateError(AgentError):
         self.line = line
         self.key = key
         self.fix = fix
-        where = f"ExternalSecret {external_secret}: {template_field(template)}"
+        where = f"ExternalSecret {external_secret}: {template_field(shorten_name(template))}"
         if line is not None:
             where += f" line {line}"
         text = f"{where}: {problem}"
@@ -217,7 +217,10 @@ def is_variable_name(key: str) -> bool:
 
 def template_context(data: Mapping[str, bytes]) -> dict[str, Any]:
     """Build a template's context: `data` with every secret key, and a variable per name."""
-    values = {key: _template_value(raw, source=f"secret key {key!r}") for key, raw in data.items()}
+    values = {
+        key: _template_value(raw, source=f"secret key {shorten_name(key)!r}")
+        for key, raw in data.items()
+    }
     context: dict[str, Any] = {key: value for key, value in values.items() if is_variable_name(key)}
     context[DATA_VARIABLE] = values
     return context
@@ -276,9 +279,9 @@ def from_json(value: Any) -> Any:
         ) from None
 
 
-# Largest input of to_yaml, in characters or items as `size_of` estimates them. PyYAML's emitter
-# is pure Python and scans every character at least twice: 1,000,000 NUL characters took about
-# 6 seconds, 262,144 about 1.5 seconds (Python 3.11, PyYAML 6, one core of a shared VM).
+# Largest input of to_yaml, in characters or items as `size_of` estimates them. PyYAML's Python
+# emitter (safe_dump) scans every character twice: 1,000,000 NUL characters took about 6 seconds
+# and 262,144 about 1.4 seconds (Python 3.11, PyYAML 6.0.4, a 2-core VM, one rendering).
 MAX_YAML_INPUT = 256 * 1024
 
 
@@ -565,13 +568,14 @@ def check_template(
     problems: list[TemplateProblem] = []
     names = list(template.data)
     for name in names:
-        field = template_field(name)
+        field = template_field(shorten_name(name))
         reason = check_secret_key(name, allow_nested=allow_nested)
         if reason is not None:
             fix = "use a plain file name such as application.properties"
             if "/" in name and not allow_nested:
                 fix += ", or turn on nested keys (--nested-keys)"
-            problems.append(TemplateProblem(field, f"template name {name!r} {reason}", fix))
+            problem = f"template name {shorten_name(name)!r} {reason}"
+            problems.append(TemplateProblem(field, problem, fix))
             continue
         clash = _directory_clash(name, names, secret_keys, merge=template.merge_policy == "Merge")
         if clash:
@@ -591,11 +595,13 @@ def _directory_clash(
     others = [("template", other) for other in names if other != name]
     if merge:
         others += [("spec.data secret key", key) for key in secret_keys]
+    shown = repr(shorten_name(name))
     for kind, other in others:
+        other_shown = repr(shorten_name(other))
         if other.startswith(name + "/"):
-            return f"template name {name!r} is also a directory of {kind} {other!r}"
+            return f"template name {shown} is also a directory of {kind} {other_shown}"
         if name.startswith(other + "/"):
-            return f"template name {name!r} is inside {other!r}, a file of {kind} {other!r}"
+            return f"template name {shown} is inside {other_shown}, a file of {kind} {other_shown}"
     return ""
 
 
@@ -693,7 +699,8 @@ def _describe_failure(
         return _RenderFailure(error.problem, fix=error.fix, line=line)
     if isinstance(error, SecurityError):
         name = getattr(error, "name", None)
-        shown = f" {name!r}" if isinstance(name, str) and name in compiled.source else ""
+        in_source = isinstance(name, str) and name in compiled.source
+        shown = f" {shorten_name(name)!r}" if in_source else ""
         return _RenderFailure(
             f"the sandbox blocked the attribute or method{shown}",
             fix="templates may not use names starting with '_' or methods that change a value",
@@ -721,11 +728,11 @@ def _missing_name(
     # A name computed by the template (`data[password]`) may be a value: quote only names that
     # are written in the template.
     name = error.name if isinstance(error.name, str) and error.name in source else None
-    shown = repr(name) if name is not None else "(a name computed by the template)"
+    shown = repr(shorten_name(name)) if name is not None else "(a name computed by the template)"
     owner = error.owner
     if owner is missing or owner is data:
         available = sorted(data)
-        keys = ", ".join(available[:_MAX_KEYS_LISTED]) or "none"
+        keys = ", ".join(shorten_name(key) for key in available[:_MAX_KEYS_LISTED]) or "none"
         if len(available) > _MAX_KEYS_LISTED:
             keys += f" and {len(available) - _MAX_KEYS_LISTED} more"
         fix = (
@@ -733,7 +740,7 @@ def _missing_name(
             f"(secret keys of this target: {keys})"
         )
         if name is not None and not is_variable_name(name) and name != DATA_VARIABLE:
-            fix += f'; a name that is not a valid variable needs data["{name}"]'
+            fix += f'; a name that is not a valid variable needs data["{shorten_name(name)}"]'
         return _RenderFailure(f"secret key {shown} is missing", fix=fix, line=line, key=name)
     return _RenderFailure(
         f"{_kind(owner)} has no attribute or item {shown}",

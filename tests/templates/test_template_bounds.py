@@ -13,8 +13,9 @@ import pytest
 from templates_helpers import declaration_with_templates
 
 from agent import template_sandbox
+from agent.models import TargetTemplate
 from agent.template_sandbox import MAX_OUTPUT_BYTES
-from agent.templates import TemplateErrors, render_files
+from agent.templates import TemplateErrors, check_template, render_files
 
 FAKE_VALUES = {"password": b"fake-db-password-1", "username": b"fake-db-user-1"}
 TOO_LARGE = "larger than 1048576"
@@ -256,3 +257,22 @@ def test_other_templates_still_reported(tmp_path: Path) -> None:
 
     names = [error.template for error in caught.value.errors]
     assert names == ["big.txt", "bad.txt"]
+
+
+def test_long_missing_name_shortened(tmp_path: Path) -> None:
+    name = "n" * 5000
+    message = render_error(tmp_path, "{{ " + name + " }}")
+
+    assert "n" * 100 + "… (5000 characters)" in message
+    assert "n" * 101 not in message
+
+
+def test_long_template_name_shortened() -> None:
+    template = TargetTemplate.model_validate({"data": {"t" * 5000: "{{ password }}"}})
+
+    problems = check_template(template, secret_keys=["password"], allow_nested=False)
+
+    assert len(problems) == 1
+    assert "t" * 100 + "… (5000 characters)" in problems[0].problem
+    assert "t" * 101 not in problems[0].problem
+    assert "t" * 101 not in problems[0].field

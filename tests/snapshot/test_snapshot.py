@@ -12,6 +12,7 @@ from agent.errors import InvalidValueError, RemoteKeyNotFoundError, StoreUnavail
 from agent.models import ExternalSecretSpec, ObjectMeta
 from agent.snapshot import (
     MAX_REWRITTEN_NAME_BYTES,
+    GeneratedValue,
     SnapshotError,
     build_snapshot,
     decode,
@@ -360,3 +361,20 @@ def test_extract_retries_when_listing_unavailable():
         )
     assert caught.value.errors == [outage]
     assert caught.value.transient
+
+
+def test_generator_rewrite_is_bounded():
+    rewrite = empty_match_rewrites(2)
+    source = {"generatorRef": {"kind": "VaultDynamicSecret", "name": "orders-db"}}
+    decl = declaration({"dataFrom": [{"sourceRef": source, "rewrite": rewrite}]})
+    generated = {
+        0: GeneratedValue(data={"username": "fake-user-1"}, lease="lease-1", source="orders-db")
+    }
+
+    with pytest.raises(SnapshotError) as caught:
+        build_snapshot(decl, store_name="s", fetched={}, read_prefix=no_prefix, generated=generated)
+    message = str(caught.value)
+    assert len(caught.value.errors) == 1
+    # "username" has 9 places for an empty match, so the first step passes 4,096 bytes.
+    assert "spec.dataFrom[0].rewrite[0]" in message
+    assert len(message) < 1000

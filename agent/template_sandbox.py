@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +39,7 @@ from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import str_join
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from jinja2.utils import _PassArg
+from jinja2.utils import Namespace, _PassArg
 
 # Largest rendered file, in bytes: the size limit of a Kubernetes Secret (1 MiB), which also
 # bounds every string or list a template builds on the way.
@@ -114,8 +114,10 @@ def size_of(value: Any, *, limit: int = MAX_OUTPUT_BYTES) -> int:
     """Estimate the characters `str(value)` has, or the items it holds; stop past `limit`.
 
     Strings count their length, ints their decimal digits, containers the sum of their items
-    (plus one per item for separators). The walk stops as soon as the sum passes `limit`, so it
-    costs at most about `limit` steps even for a list that refers to one string many times.
+    (plus one per item for separators). Dict views and Jinja namespaces count as containers,
+    because comparing or printing them walks their items too. The walk stops as soon as the sum
+    passes `limit`, so it costs at most about `limit` steps even for a list that refers to one
+    string many times.
     """
     if isinstance(value, str | bytes | bytearray):
         return len(value)
@@ -123,9 +125,13 @@ def size_of(value: Any, *, limit: int = MAX_OUTPUT_BYTES) -> int:
         return 5
     if isinstance(value, int):
         return value.bit_length() * 3 // 10 + 2
-    if isinstance(value, Mapping):
-        items: Iterable[Any] = (part for pair in value.items() for part in pair)
-    elif isinstance(value, list | tuple | set | frozenset):
+    if isinstance(value, Namespace):
+        # A namespace's repr() contains its attributes, so it is as large as their dict.
+        value = value._Namespace__attrs
+    if isinstance(value, Mapping | ItemsView):
+        pairs = value.items() if isinstance(value, Mapping) else value
+        items: Iterable[Any] = (part for pair in pairs for part in pair)
+    elif isinstance(value, list | tuple | set | frozenset | KeysView | ValuesView):
         items = value
     else:
         return 32  # floats, ranges and other small objects; their str() is short

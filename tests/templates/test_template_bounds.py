@@ -139,6 +139,18 @@ NESTED_CASES = [
         "{{ keep(xc, xc, xc, xc, xc, xc, xc, xc, xc, xc) }}{{ ns.v == ns.v }}",
         "the arguments of the call of keep would be larger than 1048576",
     ),
+    (
+        nested_lists("x").split("{% set xd")[0]
+        + "{% set n1 = namespace(v=xc) %}{% set l1 = [n1, n1, n1, n1, n1, n1, n1, n1, n1, n1] %}"
+        "{{ l1 | string | length }}",
+        LITERAL_TOO_LARGE,
+    ),
+    (
+        nested_lists("x").split("{% set xd")[0]
+        + "{% set d1 = {'k': xc} %}{% set l1 = [d1.items(), d1.values(), d1.keys(), d1.items()] %}"
+        "{{ l1 | string | length }}",
+        LITERAL_TOO_LARGE,
+    ),
     ("{{ ('\\x00' * 1000000) | to_yaml }}", "the input of to_yaml is larger than 262144"),
     (
         "{{ ('\\U0001F600' * 1000000) | properties }}",
@@ -210,6 +222,7 @@ ALLOWED_CASES = [
     ("{% set d = {'a': [1], 'b': (2,)} %}{{ d['a'] ~ d['b'] }}", "[1](2,)"),
     ("{% for a, b in [(1, 2), (3, 4)] %}{{ a + b }};{% endfor %}", "3;7;"),
     ("{% set a, b = 1, 2 %}{{ a }}{{ b }}", "12"),
+    ("{% set ns = namespace(v=[1]) %}{{ [ns.v, {'a': 2}.items() | list] }}", "[[1], [('a', 2)]]"),
     ("{{ {'k': [username]} | to_yaml }}", "k:\n- fake-db-user-1"),
     ("{{ ('\\x00' * 3) | to_yaml }}", '"\\0\\0\\0"'),
 ]

@@ -63,8 +63,8 @@ from agent.template_sandbox import (
     BoundedEnvironment,
     LimitExceeded,
     check_deadline,
+    check_serializer_input,
     render_limits,
-    size_of,
 )
 from agent.writer import check_secret_key
 
@@ -279,12 +279,6 @@ def from_json(value: Any) -> Any:
         ) from None
 
 
-# Largest input of to_yaml, in characters or items as `size_of` estimates them. PyYAML's Python
-# emitter (safe_dump) scans every character twice: 1,000,000 NUL characters took about 6 seconds
-# and 262,144 about 1.4 seconds (Python 3.11, PyYAML 6.0.4, a 2-core VM, one rendering).
-MAX_YAML_INPUT = 256 * 1024
-
-
 class _DeadlineStream(io.StringIO):
     """A text buffer that checks the rendering's deadline on every write of PyYAML's emitter."""
 
@@ -297,13 +291,10 @@ def to_yaml(value: Any) -> str:
     """Render a value as YAML: a string as one double-quoted scalar, a mapping or list as a block.
 
     The result has no trailing newline, so `key: {{ password | to_yaml }}` stays on one line.
-    Raises LimitExceeded for an input above MAX_YAML_INPUT, and checks the deadline as it writes.
+    Raises LimitExceeded for an input above MAX_SERIALIZER_INPUT, and checks the deadline as it
+    writes.
     """
-    if size_of(value, limit=MAX_YAML_INPUT) > MAX_YAML_INPUT:
-        raise LimitExceeded(
-            f"the input of to_yaml is larger than {MAX_YAML_INPUT} characters or items",
-            "pass to_yaml a smaller value, or use to_json, which is valid YAML too",
-        )
+    check_serializer_input(value, "the to_yaml filter")
     plain = _plain(value, "to_yaml")
     stream = _DeadlineStream()
     if isinstance(plain, str):

@@ -151,7 +151,14 @@ NESTED_CASES = [
         "{{ l1 | string | length }}",
         LITERAL_TOO_LARGE,
     ),
-    ("{{ ('\\x00' * 1000000) | to_yaml }}", "the input of to_yaml is larger than 262144"),
+    (
+        "{{ ('\\x00' * 1000000) | to_yaml }}",
+        "the input of the to_yaml filter is larger than 262144",
+    ),
+    (
+        "{{ (range(100000) | list) | pprint }}",
+        "the input of the pprint filter is larger than 262144",
+    ),
     (
         "{{ ('\\U0001F600' * 1000000) | properties }}",
         "the output of the properties filter would be larger than 1048576",

@@ -82,6 +82,35 @@ def test_once_exits_despite_hostile_templates(ssm, tmp_path: Path) -> None:
     assert FAKE_PASSWORD not in result.stdout + result.stderr
 
 
+def test_once_timeout_names_a_slow_build(ssm, tmp_path: Path) -> None:
+    config = declarations(tmp_path, {"slow": SLOW_TEMPLATE})
+
+    # The store answers well within 1.5 s; the template runs until its 2 s deadline.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "once",
+            "--timeout",
+            "1.5",
+            f"--config={config}",
+            f"--output-dir={tmp_path / 'out'}",
+            f"--refs-dir={tmp_path / 'refs'}",
+        ],
+        env=agent_environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 1, result.stderr
+    assert "building the target (templates and files) did not finish" in result.stderr
+    assert "had responded" in result.stderr
+    assert "check that the store is reachable" not in result.stderr
+    assert FAKE_PASSWORD not in result.stdout + result.stderr
+
+
 def free_port() -> int:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))

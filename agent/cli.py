@@ -80,8 +80,10 @@ def _handle_startup_signals(*, reload_on_hup: bool) -> None:
 
 
 def _handle_late_signals() -> None:
-    """Record stop signals that arrive after the mode returned, so that the interpreter's
-    shutdown is not interrupted by an exception; the exit code is already decided."""
+    """Ignore stop signals that arrive after the mode returned.
+
+    The exit code is already decided, and an exception would interrupt the interpreter's shutdown.
+    """
     for number in ONCE_STOP_SIGNALS:
         signal.signal(number, lambda signum, frame: None)
 
@@ -596,8 +598,10 @@ def _finish_within(seconds: float, loop: threading.Thread, syncer: Syncer) -> No
 
 
 def _close_within(seconds: float, syncer: Syncer) -> None:
-    """Close the stores (see `_close`), but give up after `seconds`: a store that never
-    answers must not keep a stopping agent alive."""
+    """Close the stores (see `_close`), but give up after `seconds`.
+
+    A store that never responds must not keep a stopping agent alive.
+    """
     closer = threading.Thread(
         target=_close, args=(syncer, syncer.settings), name="close-stores", daemon=True
     )

@@ -281,8 +281,11 @@ class Syncer:
             raise failures[0]
 
     def in_flight(self) -> dict[str, str]:
-        """Return the stores that a round is still using, each with the step it waits for
-        (STEP_FETCH, STEP_GENERATE or STEP_BUILD of one of its targets); safe from any thread."""
+        """Return the stores that a round is still using, each with the step it waits for.
+
+        The step is STEP_FETCH, STEP_GENERATE or STEP_BUILD of one of its targets. Safe from any
+        thread.
+        """
         with self.lock:
             return dict(self._in_flight)
 

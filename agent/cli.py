@@ -63,8 +63,8 @@ def _handle_startup_signals(*, reload_on_hup: bool) -> None:
     """Install the handlers that apply until a mode installs its own, before any slow import.
 
     SIGUSR1 and SIGUSR2 are ignored (logging is not configured yet, so without a log line).
-    SIGTERM, SIGINT and SIGHUP stop the agent at once with 128 + N, except SIGHUP for `run`,
-    which asks for a reload once `run` is running.
+    SIGTERM, SIGINT and SIGHUP stop the agent at once with 128 + N. SIGHUP for `run` is the
+    exception: it is recorded, and `run` reloads its declarations once it is running.
     """
     for number in IGNORED_SIGNALS:
         signal.signal(number, signal.SIG_IGN)

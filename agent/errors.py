@@ -7,7 +7,7 @@ so any of these exceptions may be logged or printed as it is.
 
 from __future__ import annotations
 
-# Characters of a name (remote key, secret key) that a message quotes; a name built by a
+# Characters of a name (remote key, secret key) that a message quotes. A name built by a
 # rewrite or listed by a store can be megabytes long, and one log line must stay short.
 MAX_NAME_SHOWN = 100
 

@@ -2,9 +2,9 @@
 
 `find.name.regexp`, `rewrite[].regexp` and a store's `conditions[].namespaceRegexes` are Go
 regexps in External Secrets Operator, and a rewrite target follows Go's
-`Regexp.ReplaceAllString`. Matching uses Google's RE2 (the `google-re2` package), the engine Go's
-`regexp` package follows: it runs in time linear in the text, so no pattern and no remote key
-name can make a match backtrack for hours, as `(a+)+$` can with Python's `re`.
+`Regexp.ReplaceAllString`. Matching uses Google's RE2 (the `google-re2` package), the engine
+that Go's `regexp` package follows. RE2 runs in time linear in the text, so no pattern and no
+remote key name can make a match backtrack for hours, as `(a+)+$` can with Python's `re`.
 
 - `compile_regexp(pattern)`: compile a Go regexp; raise ValueError worded "problem; fix". RE2
   accepts two things Go rejects, so both are rejected here too: `\\C` (any single byte) and two
@@ -13,8 +13,8 @@ name can make a match backtrack for hours, as `(a+)+$` can with Python's `re`.
   previous match is not replaced, and `$name` in the template takes the longest run of letters,
   digits and `_`, so `$1x` names the group `1x`. `${1}x` is group 1 and then `x`, `$$` is `$`,
   a reference to a group that does not exist or did not take part expands to "", and a `$` that
-  starts no reference stays as it is. Expansion never raises. With `max_bytes`, raises
-  ReplacementTooLong as soon as the result passes that many bytes.
+  starts no reference stays as it is. Expansion itself never raises, but with `max_bytes`,
+  `replace_all` raises ReplacementTooLong as soon as the result passes that many bytes.
 
 Texts are matched as UTF-8 bytes, as Go matches strings, so `\\d`, `\\w`, `\\s` and `\\b` are
 ASCII only, and `$` without the m flag matches only at the very end of the text.

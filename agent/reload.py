@@ -290,7 +290,7 @@ class ConfigReloader:
             return
         if declarations == self._current:
             # A file event that changed nothing is routine. A requested reload (SIGHUP) is
-            # logged at info, so that whoever sent the signal sees its result.
+            # logged at info, so that the operator who sent the signal sees its result.
             level = logging.INFO if requested else logging.DEBUG
             log_event(logger, level, "declarations_unchanged")
             return

@@ -160,7 +160,7 @@ def test_two_hanging_stores_stop_promptly(
         env=environment,
     )
     try:
-        # Both stores have a request in flight once the listener holds two connections.
+        # Both stores have a request in flight once the listener has accepted two connections.
         assert wait_for(lambda: silent_store.connections >= 2), agent.stderr
         agent.process.send_signal(signal.SIGTERM)
         sent = time.monotonic()
@@ -177,8 +177,10 @@ def test_two_hanging_stores_stop_promptly(
 
 @pytest.fixture
 def blocking_config(tmp_path: Path) -> Iterator[tuple[Path, list[int]]]:
-    """A FIFO to pass as --config: the agent blocks reading it during startup. The second
-    item holds the write end's descriptor once the agent has opened the FIFO."""
+    """Yield a FIFO to pass as --config, so that the agent blocks reading it during startup.
+
+    The second item contains the write end's descriptor once the agent has opened the FIFO.
+    """
     fifo = tmp_path / "declarations.yaml"
     os.mkfifo(fifo)
     (tmp_path / "out").mkdir()

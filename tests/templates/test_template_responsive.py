@@ -1,7 +1,7 @@
 """A hostile template fails alone: other targets sync, `once` exits and `run` stays responsive.
 
 The agent runs as a real process against moto's SSM. Before the sandbox's bounds, a big-int
-power held the GIL for hours, so `once --timeout` never returned and `run` stopped answering
+power held the GIL for hours, so `once --timeout` never returned and `run` stopped responding to
 /livez and SIGTERM. Nothing here measures time; the subprocess timeouts only keep a broken agent
 from hanging the suite.
 """
@@ -85,7 +85,7 @@ def test_once_exits_despite_hostile_templates(ssm, tmp_path: Path) -> None:
 def test_once_timeout_names_a_slow_build(ssm, tmp_path: Path) -> None:
     config = declarations(tmp_path, {"slow": SLOW_TEMPLATE})
 
-    # The store answers well within 1.5 s; the template runs until its 2 s deadline.
+    # The store responds well within 1.5 s, and the template runs until its 2 s deadline.
     result = subprocess.run(
         [
             sys.executable,

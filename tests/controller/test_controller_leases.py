@@ -322,6 +322,8 @@ async def test_records_hold_no_values(orders: Cluster, vault: Any) -> None:
     text = orders.secret("orders-db")["metadata"]["annotations"][LEASES]
     for value in data.values():
         assert value.decode() not in text
+    # The status is patched after the Secret is written; wait for it before reading it.
+    await eventually(lambda: orders.ready("orders-db"))
     status = json.dumps(orders.external_secret("orders-db")["status"])
     for value in data.values():
         assert value.decode() not in status

@@ -291,6 +291,15 @@ class Reconciler:
                 "dataFrom.sourceRef.generatorRef entries need none)",
                 retry=False,
             )
+        if spec.target.creation_policy == "None" and uses_generators(declaration):
+            # Credentials minted here would reach no consumer. Without a Secret to contain the
+            # lease records, every restart would also mint new ones.
+            raise ReconcileError(
+                "spec.target.creationPolicy: None writes no Secret, so the credentials of its "
+                "dataFrom generatorRef entries would reach no consumer; use Owner, Orphan or "
+                "Merge, or remove the generatorRef entries",
+                retry=False,
+            )
         target = declaration.target
         if len(target) > _MAX_SECRET_NAME or not _SECRET_NAME.fullmatch(target):
             raise ReconcileError(

@@ -5,8 +5,9 @@ calls `controller.check_leases()`, so minutes of lease lifetime pass at once.
 
 Covered: one credential over many reconciles and one login per store and per generator. Then
 renewal before expiry, new credentials at the max TTL, and revocation when the ExternalSecret is
-deleted or its generatorRef changes. Then separate credentials per ExternalSecret, adoption after
-a restart or by a new leader, and lease records that hold no values and cannot be planted.
+deleted or its generatorRef changes, also while no controller runs. Then separate credentials per
+ExternalSecret, adoption after a restart or by a new leader, lease records that hold no values and
+cannot be planted, and creationPolicy None rejected for generators.
 """
 
 from __future__ import annotations
@@ -269,6 +270,45 @@ async def test_generator_ref_change_revokes_old(orders: Cluster, vault: Any) -> 
     [new_lease] = vault.live_leases()
     assert new_lease.startswith("database/creds/billing/")
     await eventually(lambda: len(leases_of(orders, "app", "app")) == 1)
+
+
+async def test_generator_ref_changed_while_stopped(orders: Cluster, vault: Any) -> None:
+    setup_vault(vault)
+    await apply_generator(orders, vault)
+    await apply_generator(orders, vault, "billing-db", role="billing")
+    first = await start(orders, vault)
+    await orders.apply_external_secret("app", generated())
+    await eventually(lambda: leases_of(orders, "app", "app"))
+    await orders.stop_controller(first)
+    [old_lease] = vault.live_leases()
+
+    await orders.patch_external_secret("app", {"spec": generated("billing-db")})
+    second = await start(orders, vault)
+    records = await eventually(
+        lambda: [r for r in leases_of(orders, "app", "app") if r["generator"] == "billing-db"]
+    )
+    assert not records[0]["superseded"]
+    # The saved record of the old generator was adopted as superseded, not lost: its lease is
+    # revoked after the grace although no running controller ever issued it.
+    assert vault.count(method="GET", path_prefix=CREDS) == 1
+    assert old_lease in vault.live_leases()
+    await advance(second, vault, GRACE + 1)
+    await eventually(lambda: old_lease not in vault.live_leases())
+    [new_lease] = vault.live_leases()
+    assert new_lease.startswith("database/creds/billing/")
+
+
+async def test_creation_policy_none_rejected(orders: Cluster, vault: Any) -> None:
+    setup_vault(vault)
+    await apply_generator(orders, vault)
+    await start(orders, vault)
+    await orders.apply_external_secret("orders-db", generated(creationPolicy="None"))
+    ready = await eventually(lambda: orders.ready("orders-db"))
+    assert ready["status"] == "False"
+    assert "creationPolicy: None" in ready["message"]
+    assert "use Owner, Orphan or Merge" in ready["message"]
+    assert vault.count(path_prefix="database/creds") == 0
+    assert vault.live_leases() == []
 
 
 async def test_separate_credentials_per_owner(orders: Cluster, vault: Any) -> None:

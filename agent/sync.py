@@ -221,6 +221,10 @@ class Syncer:
         self._in_flight: dict[str, str] = {}
         # In once mode only transient failures are retried, so only they log a retry delay.
         self.once_mode = False
+        # True once every target had a complete generation on disk. The agent then stays ready,
+        # because a mistake in a target added by a reload must not remove a running pod from its
+        # Service. Such a target is reported in the body only.
+        self._was_ready = False
 
     # --- one round ------------------------------------------------------------------------------
 
@@ -661,6 +665,8 @@ class Syncer:
                 updated.append(declaration.target)
             states[declaration.target] = state
 
+        with self.lock:
+            self._note_ready()
         removed = [target for target in self.states if target not in states]
         for target in removed:
             # Limitation: the files of a removed target stay on disk (last good wins); only
@@ -751,8 +757,12 @@ class Syncer:
     # --- health ---------------------------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Ready once every target has a complete generation on disk; the body names targets
-        that are pending, stale (failing after an earlier success) or failing."""
+        """Return whether every target has had a complete generation on disk, and a body naming
+        targets that are pending, stale (failing after an earlier success) or failing.
+
+        Readiness never goes back to false: targets that a reload added afterwards appear only
+        in the body until their first complete write.
+        """
         targets: dict[str, Any] = {}
         with self.lock:
             for state in self.states.values():
@@ -766,8 +776,17 @@ class Syncer:
                 if state.last_success is not None:
                     entry["last_success"] = round(state.last_success, 3)
                 targets[state.target] = entry
-            ready = all(state.complete for state in self.states.values())
+            ready = self._note_ready()
         return ready, {"ready": ready, "targets": targets}
+
+    def _note_ready(self) -> bool:
+        """Return readiness and remember the first time every target is complete.
+
+        The caller holds `self.lock`.
+        """
+        if not self._was_ready:
+            self._was_ready = all(state.complete for state in self.states.values())
+        return self._was_ready
 
 
 def _no_prefixes(path: str) -> Mapping[str, RemoteValue]:

@@ -160,6 +160,22 @@ def test_added_file_adds_target(agent: Agent, config_dir: Path) -> None:
     assert agent.targets() == {"a", "b"}
 
 
+def test_failing_added_target_stays_ready(agent: Agent, config_dir: Path) -> None:
+    assert wait_for(lambda: agent.syncer.readiness()[0])
+    (config_dir / "b.yaml").write_text(external_secret("b", {"password": "/app/b/missing"}))
+
+    def failing() -> bool:
+        return agent.syncer.readiness()[1]["targets"].get("b", {}).get("status") == "failing"
+
+    assert wait_for(failing)
+    ready, body = agent.syncer.readiness()
+    # The application already runs with target a; a mistake in the new target shows in the
+    # body and the logs but does not take the pod out of its Service.
+    assert ready
+    assert body["targets"]["a"]["status"] == "ok"
+    assert "/app/b/missing" in body["targets"]["b"]["error"]
+
+
 def test_edited_key_changes_file(agent: Agent, config_dir: Path) -> None:
     (config_dir / "a.yaml").write_text(external_secret("a", {"password": "/app/a/other"}))
 

@@ -420,6 +420,12 @@ class AwsClients:
                 mapped = self._map_error(error, context)
                 record.result = result_label(mapped)
                 raise mapped from None
+            except OSError as error:
+                # botocore reads the files the environment names (AWS_WEB_IDENTITY_TOKEN_FILE,
+                # for one) while it signs, and lets their errors through.
+                unreadable = self._file_error(error, context)
+                record.result = result_label(unreadable)
+                raise unreadable from None
 
     # --- error mapping -------------------------------------------------------------------------
 
@@ -467,6 +473,18 @@ class AwsClients:
                 **where,
             )
         return StoreError(f"{operation} failed ({type(error).__name__})", **where)
+
+    def _file_error(self, error: OSError, context: ErrorContext) -> StoreError:
+        path = f" {error.filename}" if error.filename else ""
+        return StoreUnavailableError(
+            f"{context.operation} failed: reading AWS credential file{path} failed "
+            f"({type(error).__name__}: {error.strerror or 'unreadable'})",
+            fix="the agent retries; check that AWS_WEB_IDENTITY_TOKEN_FILE, AWS_CONFIG_FILE and "
+            "AWS_SHARED_CREDENTIALS_FILE, when set, name readable files (IRSA mounts the token "
+            "at the path in AWS_WEB_IDENTITY_TOKEN_FILE)",
+            store=self.store,
+            remote_key=context.remote_key,
+        )
 
     def _credentials_fix(self, operation: str) -> str:
         if operation == "AssumeRoleWithWebIdentity":

@@ -133,6 +133,27 @@ def test_default_chain_irsa_web_identity(endpoint, refs_dir, metrics, tmp_path, 
     assert endpoint.requests[1].access_key_id.startswith("ASIA")
 
 
+@pytest.mark.parametrize("problem", ["missing", "directory"])
+def test_default_chain_irsa_token_unreadable(
+    endpoint, refs_dir, metrics, tmp_path, monkeypatch, problem
+):
+    token_file = tmp_path / "eks-token"
+    if problem == "directory":
+        token_file.mkdir()
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_ROLE_ARN", ROLE)
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token_file))
+
+    with pytest.raises(StoreUnavailableError) as raised:
+        fetch_value(ssm_store(refs_dir, metrics))
+
+    message = str(raised.value)
+    assert f"reading AWS credential file {token_file} failed" in message
+    assert "AWS_WEB_IDENTITY_TOKEN_FILE" in message
+    assert endpoint.operations == []
+
+
 def test_default_chain_pod_identity(endpoint, refs_dir, metrics, tmp_path, monkeypatch):
     authorization = tmp_path / "eks-pod-identity-token"
     authorization.write_text("fake-pod-identity-token")

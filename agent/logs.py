@@ -2,6 +2,10 @@
 
 Event names are stable (tests and dashboards read them). Callers pass only names, counts,
 durations and error messages from `agent.errors`, which never contain secret values.
+
+Records of other libraries (botocore, kopf, ...) become `event=library_log` lines with the logger
+name and message. An exception attached to such a record is reduced to its type: a traceback
+would break the one-line format, and a library's exception text may quote request parameters.
 """
 
 from __future__ import annotations
@@ -31,15 +35,27 @@ def log_event(logger: logging.Logger, level: int, event: str, **fields: Any) -> 
         logger.log(level, event, extra={"event_fields": fields})
 
 
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    """Return the event name and fields of a record, in the order they are written."""
+    fields = getattr(record, "event_fields", None)
+    if fields is not None:
+        return {"event": record.getMessage(), **fields}
+    library: dict[str, Any] = {
+        "event": "library_log",
+        "logger": record.name,
+        "message": record.getMessage(),
+    }
+    if record.exc_info and record.exc_info[0] is not None:
+        library["exception"] = record.exc_info[0].__name__
+    return library
+
+
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         parts = [f"{stamp}.{int(record.msecs):03d}Z", f"level={record.levelname.lower()}"]
-        parts.append(f"event={_quote(record.getMessage())}")
-        for key, value in getattr(record, "event_fields", {}).items():
+        for key, value in _fields(record).items():
             parts.append(f"{key}={_quote(value)}")
-        if record.exc_info:
-            parts.append(f"exception={_quote(self.formatException(record.exc_info))}")
         return " ".join(parts)
 
 
@@ -50,11 +66,8 @@ class _JsonFormatter(logging.Formatter):
             "time": f"{stamp}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "event": record.getMessage(),
         }
-        document.update(getattr(record, "event_fields", {}))
-        if record.exc_info:
-            document["exception"] = self.formatException(record.exc_info)
+        document.update(_fields(record))
         return json.dumps(document, default=str)
 
 

@@ -1,8 +1,10 @@
 """Log levels: third-party loggers stay at warning whatever --log-level is, so that watchdog's
-file events and the AWS libraries' request bodies never become agent log lines."""
+file events and the AWS libraries' request bodies never become agent log lines. The records that
+pass become one `library_log` line each, without a traceback."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import signal
@@ -48,6 +50,29 @@ def test_libraries_follow_higher_level() -> None:
     configure_logging(level="error")
     assert not logging.getLogger("watchdog").isEnabledFor(logging.WARNING)
     assert logging.getLogger("watchdog").isEnabledFor(logging.ERROR)
+
+
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_library_record_one_line(log_format: str, capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(level="info", log_format=log_format)
+    try:
+        Path("/nonexistent/fake-token").read_text()
+    except FileNotFoundError:
+        logging.getLogger("botocore.credentials").warning("Refreshing failed.", exc_info=True)
+
+    [line] = capsys.readouterr().err.splitlines()
+    assert "Traceback" not in line
+    if log_format == "text":
+        assert LOG_LINE.match(line)
+        assert "event=library_log logger=botocore.credentials" in line
+        assert line.endswith('message="Refreshing failed." exception=FileNotFoundError')
+    else:
+        document = json.loads(line)
+        assert document["event"] == "library_log"
+        assert document["logger"] == "botocore.credentials"
+        assert document["message"] == "Refreshing failed."
+        assert document["exception"] == "FileNotFoundError"
 
 
 def test_debug_run_logs_only_agent_events(vault, tmp_path: Path) -> None:

@@ -44,6 +44,8 @@ BACKOFF_MIN_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 300.0
 REFRESH_JITTER = 0.10
 STORE_RETRY_SECONDS = 10.0
+# `once` makes its last attempt at least this long before --timeout ends.
+FINAL_ATTEMPT_MARGIN = 0.5
 MAX_PARALLEL_STORES = 8
 
 # Steps of a round for one target, kept in TargetState.step.
@@ -501,6 +503,7 @@ class Syncer:
         pending = list(self.states.values())
         outcome = RoundResult()
         while pending:
+            started = self.clock()
             result = self._sync_before(pending, deadline)
             if result is None:
                 for state in pending:
@@ -520,7 +523,13 @@ class Syncer:
             if not retry:
                 break
             wake = min(s.next_due for s in retry)
-            if wake >= deadline:
+            if wake >= deadline - FINAL_ATTEMPT_MARGIN:
+                # The backoff would end past the deadline: make one last attempt shortly before
+                # it, leaving about the time the last round took, so that an init container
+                # waiting for a restarting store uses its whole timeout.
+                margin = max(FINAL_ATTEMPT_MARGIN, 1.5 * (self.clock() - started))
+                wake = deadline - margin
+            if wake <= self.clock():
                 for state in retry:
                     outcome.failed[state.target] = result.failed[state.target]
                 break

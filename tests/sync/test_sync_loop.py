@@ -163,6 +163,26 @@ def test_run_once_retries_transient_vault_errors(vault, tmp_path: Path):
     assert syncer.states["app"].failures == 0
 
 
+def test_run_once_last_attempt_before_timeout(vault, tmp_path: Path):
+    vault.kv_put("secret", "app", {"password": "fake-vault-password"})
+    refs = tmp_path / "refs" / "vault-token"
+    refs.mkdir(parents=True)
+    (refs / "token").write_text(vault.root_token)
+    # Attempts at 0, 1 and 3 s fail; the backoff then points at 7 s, past the 6 s timeout.
+    vault.fail_next(3, status=503)
+    syncer = make_syncer(
+        tmp_path,
+        [VAULT_STORE.format(url=vault.url), external_secret("app", "vault-kv", ["app"])],
+        rng=lambda: 0.0,
+    )
+    result = syncer.run_once(timeout=6)
+    syncer.stores.close()
+
+    # A last attempt shortly before the timeout found the store back.
+    assert not result.failed, result.failed
+    assert result.changed == ["app"]
+
+
 def test_run_once_stops_at_permanent_error(vault, tmp_path: Path):
     refs = tmp_path / "refs" / "vault-token"
     refs.mkdir(parents=True)

@@ -508,7 +508,7 @@ class Syncer:
             if result is None:
                 for state in pending:
                     outcome.failed[state.target] = _timed_out(state, timeout)
-                break
+                return outcome  # a round still runs: leave the volume to it
             outcome.changed += result.changed
             outcome.unchanged += result.unchanged
             outcome.changes += result.changes
@@ -535,7 +535,17 @@ class Syncer:
                 break
             time.sleep(max(0.0, wake - self.clock()))
             pending = retry
+        self._remove_replaced(deadline)
         return outcome
+
+    def _remove_replaced(self, deadline: float) -> None:
+        """Remove replaced generations before the process ends, waiting for their grace period
+        if it ends before `deadline`, so that old values do not stay on the volume."""
+        delay = self.writer.remove_superseded()
+        if delay is None or self.clock() + delay > deadline:
+            return
+        time.sleep(delay)
+        self.writer.remove_superseded()
 
     def _sync_before(self, states: list[TargetState], deadline: float) -> RoundResult | None:
         """Run one round in a helper thread; return None if it has not ended by `deadline`.
@@ -582,7 +592,8 @@ class Syncer:
 
     def run_forever(self) -> None:
         """Keep every target in sync until `request_stop` is called; returns within a moment of
-        it unless a round is in progress."""
+        it unless a round is in progress, or a generation replaced less than the writer's grace
+        period ago must still be removed."""
         self.adopt()
         while not self._stopping.is_set():
             # Cleared before the work, so a wake-up requested during the work is not lost.
@@ -596,6 +607,8 @@ class Syncer:
             self._remove_superseded(changed=bool(due))
             self._run_tasks()
             self._wake.wait(self._seconds_until_next())
+        # A generation replaced within the last grace period would otherwise stay on the volume.
+        self._remove_replaced(self.clock() + self.writer.old_generation_grace_seconds)
 
     def request_stop(self) -> None:
         """Make `run_forever` return after the current step; safe from any thread."""

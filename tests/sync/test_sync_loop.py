@@ -142,6 +142,26 @@ def test_zero_interval_fetches_once(aws, tmp_path: Path):
     syncer.stores.close()
 
 
+def test_run_once_removes_replaced_generation(aws, tmp_path: Path):
+    ssm = boto3.client("ssm", endpoint_url=aws, region_name="us-east-1")
+    ssm.put_parameter(Name="/gen/a", Value="fake-a-1", Type="SecureString")
+    documents = [SSM_STORE, external_secret("app", "aws-ssm", ["/gen/a"])]
+    first = make_syncer(tmp_path, documents)
+    first.run_once(timeout=10)
+    first.stores.close()
+    ssm.put_parameter(Name="/gen/a", Value="fake-a-2", Type="SecureString", Overwrite=True)
+
+    second = make_syncer(tmp_path, documents)
+    result = second.run_once(timeout=10)
+    second.stores.close()
+
+    assert result.changed == ["app"]
+    target = tmp_path / "out" / "app"
+    generations = [entry.name for entry in target.iterdir() if entry.name.startswith("..2")]
+    assert generations == [(target / "..data").readlink().name]
+    assert (target / "gen-a").read_bytes() == b"fake-a-2"
+
+
 def test_run_once_retries_transient_vault_errors(vault, tmp_path: Path):
     vault.kv_put("secret", "app", {"password": "fake-vault-password"})
     refs = tmp_path / "refs" / "vault-token"

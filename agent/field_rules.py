@@ -24,6 +24,17 @@ _PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]+)-----END CERTIFICATE-----"
 )
 _SERVER_EXAMPLE = "write e.g. https://vault.example:8200"
+# An IAM role ARN in any partition (aws, aws-cn, aws-us-gov, ...): account IDs have 12 digits, and
+# the role's name may follow a path (`role/team/payment`).
+_ROLE_ARN = re.compile(r"arn:[a-z-]+:iam::\d{12}:role/.+")
+_ROLE_ARN_EXAMPLE = (
+    "write arn:<partition>:iam::<12-digit account>:role/<name>, "
+    "e.g. arn:aws:iam::123456789012:role/payment-reader"
+)
+# The shape every AWS region name has had so far (eu-west-1, us-gov-west-1, cn-north-1,
+# ap-southeast-4): lowercase words joined by '-', ending in a number. A list of regions is not
+# kept here because AWS adds new ones.
+_AWS_REGION = re.compile(r"[a-z]{2,}(-[a-z]+)+-\d+")
 
 
 def object_name(value: str) -> str:
@@ -75,6 +86,23 @@ def vault_server(value: str) -> str:
             "port, e.g. https://vault.example:8200 (the agent adds /v1/ itself)"
         )
     return value.rstrip("/")
+
+
+def aws_role_arn(value: str) -> str:
+    """Check `provider.aws.role`: the ARN of an IAM role, not a role's bare name."""
+    if not _ROLE_ARN.fullmatch(value):
+        raise ValueError(f"not an IAM role ARN; {_ROLE_ARN_EXAMPLE}")
+    return value
+
+
+def aws_region(value: str) -> str:
+    """Check `provider.aws.region` against the shape of AWS region names."""
+    if not _AWS_REGION.fullmatch(value):
+        raise ValueError(
+            "not an AWS region name; write a region such as eu-west-1 or us-gov-west-1 "
+            "(lowercase words joined by '-', ending in '-' and a number)"
+        )
+    return value
 
 
 def ca_bundle(value: str) -> str:

@@ -267,8 +267,8 @@ class AwsProvider(Model):
 
     service: Literal["ParameterStore", "SecretsManager"]
     # External Secrets Operator requires region; here it may come from AWS_REGION instead.
-    region: str | None = None
-    role: str | None = None
+    region: Annotated[str, AfterValidator(field_rules.aws_region)] | None = None
+    role: Annotated[str, AfterValidator(field_rules.aws_role_arn)] | None = None
     auth: AwsAuth | None = None
 
     @model_validator(mode="after")

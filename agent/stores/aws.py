@@ -143,6 +143,26 @@ AGENT_SERVICES = tuple(ENDPOINT_VARIABLES)
 IAM_PREFIXES = {"ssm": "ssm", "secretsmanager": "secretsmanager", "sts": "sts"}
 
 _SAFE_CODE = re.compile(r"[A-Za-z0-9._:#-]{1,80}")
+# botocore's ParamValidationError report names each invalid parameter ("Invalid length for
+# parameter RoleArn, value: ..."). Only the names are taken from it, because it also quotes values.
+_INVALID_PARAMETER = re.compile(r"for parameter ([A-Za-z][A-Za-z0-9]*)")
+# The source of each request parameter the AWS stores send, named in the fix of a request that
+# botocore rejected before sending it.
+PARAMETER_SOURCES = {
+    "RoleArn": "spec.provider.aws.role",
+    "RoleSessionName": "the store's metadata.name, from which the role session name is built",
+    "WebIdentityToken": "the token mounted for spec.provider.aws.auth.jwt.serviceAccountRef",
+    "DurationSeconds": "the assumed role's session duration",
+    "Names": "remoteRef.key and remoteRef.version",
+    "Name": "remoteRef.key",
+    "SecretId": "remoteRef.key",
+    "SecretIdList": "remoteRef.key",
+    "VersionId": "remoteRef.version",
+    "VersionStage": "remoteRef.version",
+    "Path": "dataFrom[].find.path",
+    "Filters": "dataFrom[].find.path",
+    "ParameterFilters": "remoteRef.key",
+}
 _SESSION_NAME_UNSAFE = re.compile(r"[^\w+=,.@-]")
 _TOKEN_FIELD = "spec.provider.aws.auth.jwt.serviceAccountRef"
 _KEYS_FIELD = "spec.provider.aws.auth.secretRef"
@@ -467,11 +487,7 @@ class AwsClients:
                 **where,
             )
         if isinstance(error, ParamValidationError):
-            return RequestRejectedError(
-                f"{operation} request is invalid and was not sent ({type(error).__name__})",
-                fix="check remoteRef.key and remoteRef.version",
-                **where,
-            )
+            return self._invalid_parameters_error(error, context)
         return StoreError(f"{operation} failed ({type(error).__name__})", **where)
 
     def _file_error(self, error: OSError, context: ErrorContext) -> StoreError:
@@ -482,6 +498,26 @@ class AwsClients:
             fix="the agent retries; check that AWS_WEB_IDENTITY_TOKEN_FILE, AWS_CONFIG_FILE and "
             "AWS_SHARED_CREDENTIALS_FILE, when set, name readable files (IRSA mounts the token "
             "at the path in AWS_WEB_IDENTITY_TOKEN_FILE)",
+            store=self.store,
+            remote_key=context.remote_key,
+        )
+
+    def _invalid_parameters_error(
+        self, error: ParamValidationError, context: ErrorContext
+    ) -> RequestRejectedError:
+        """Name the parameters botocore rejected and the declaration fields they come from."""
+        report = str(getattr(error, "kwargs", {}).get("report", ""))
+        names = list(dict.fromkeys(_INVALID_PARAMETER.findall(report)))
+        sources = list(dict.fromkeys(PARAMETER_SOURCES.get(name, "") for name in names))
+        if names and all(sources):
+            fix = "check " + " and ".join(sources)
+        else:
+            fix = "check the store's settings, remoteRef.key and remoteRef.version"
+        listed = f": invalid {', '.join(names)}" if names else ""
+        return RequestRejectedError(
+            f"{context.operation} request is invalid and was not sent{listed} "
+            f"({type(error).__name__})",
+            fix=fix,
             store=self.store,
             remote_key=context.remote_key,
         )

@@ -24,6 +24,39 @@ class MissingReferenceError(StoreError):
     """A referenced Secret, ConfigMap or token is not mounted where the agent looks for it."""
 
 
+class InvalidReferenceError(StoreError):
+    """A referenced file was read, but its content cannot be sent as a credential."""
+
+
+def require_one_line(text: str, *, store: str, field: str, location: str) -> str:
+    """Return a credential read from a reference, or raise InvalidReferenceError when it holds a
+    line break or another control character.
+
+    Callers strip surrounding whitespace first, so one trailing newline (as `echo` or an editor
+    writes) is accepted. A line break inside would make the HTTP library reject the request
+    header. That failure looks like a network error and would be retried, so this check raises a
+    permanent error before any request. The message names `location`, never the content.
+    """
+    if not any(_is_control(character) for character in text):
+        return text
+    if "\n" in text or "\r" in text:
+        problem = f"{field}: {location} holds more than one line"
+    else:
+        problem = f"{field}: {location} contains a control character, such as a tab"
+    raise InvalidReferenceError(
+        problem,
+        store=store,
+        fix="the file must hold the credential on one line (one trailing newline is fine and "
+        "is stripped); write it without line breaks",
+    )
+
+
+def _is_control(character: str) -> bool:
+    """Return whether `character` is a C0 or C1 control character (Unicode category Cc)."""
+    code = ord(character)
+    return code < 0x20 or 0x7F <= code < 0xA0
+
+
 class ReferenceResolver(Protocol):
     """What a store needs to read the Kubernetes objects its declaration references.
 

@@ -69,7 +69,7 @@ from agent.errors import (
     StoreUnavailableError,
 )
 from agent.logs import log_event
-from agent.refs import MissingReferenceError
+from agent.refs import MissingReferenceError, require_one_line
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -619,13 +619,14 @@ class AwsClients:
             text = raw.decode("utf-8").strip()
         except UnicodeDecodeError:
             text = ""
+        location = self.refs.secret_location(selector)
         if not text:
             raise MissingReferenceError(
-                f"{field_path}: {self.refs.secret_location(selector)} is empty or not UTF-8 text",
+                f"{field_path}: {location} is empty or not UTF-8 text",
                 store=self.store,
                 fix=f"store the key as plain text in Secret {selector.name}, key {selector.key}",
             )
-        return text
+        return require_one_line(text, store=self.store, field=field_path, location=location)
 
     def _role_session_name(self) -> str:
         name = _SESSION_NAME_UNSAFE.sub("-", f"secrets-agent-{self.store}")
@@ -659,6 +660,8 @@ class AwsClients:
                     store=self.store,
                     fix=f"mount a projected token of service account {selector.name} there",
                 )
+            location = self.refs.token_location(selector)
+            require_one_line(token, store=self.store, field=_TOKEN_FIELD, location=location)
             params = {**self._role_params(role), "WebIdentityToken": token}
             context = ErrorContext(
                 service="sts", operation="AssumeRoleWithWebIdentity", noun="role"

@@ -30,7 +30,7 @@ from agent.errors import AccessDeniedError, StoreError
 from agent.logs import log_event
 from agent.metrics import Metrics
 from agent.models import VaultAuth, VaultProvider
-from agent.refs import Refs
+from agent.refs import Refs, require_one_line
 from agent.stores.vault_client import (
     CATrust,
     StatusRecorder,
@@ -478,11 +478,11 @@ class VaultConnection:
             if kubernetes.secret_ref is not None:
                 jwt = self._read_text(kubernetes.secret_ref, field=f"{field_prefix}.secretRef")
             else:
-                jwt = self.refs.read_token(
-                    kubernetes.service_account_ref,
-                    store=self.store,
-                    field=f"{field_prefix}.serviceAccountRef",
-                )
+                field = f"{field_prefix}.serviceAccountRef"
+                selector = kubernetes.service_account_ref
+                jwt = self.refs.read_token(selector, store=self.store, field=field)
+                location = self.refs.token_location(selector)
+                require_one_line(jwt, store=self.store, field=field, location=location)
             if not jwt:
                 raise StoreError(
                     f"{field_prefix}: the service account token file is empty",
@@ -606,15 +606,19 @@ class VaultConnection:
     # -- helpers -----------------------------------------------------------------------------
 
     def _read_text(self, selector: Any, *, field: str) -> str:
+        """Read a credential from a referenced key: UTF-8 text on one line, without the
+        surrounding whitespace."""
         content = self.refs.read_secret(selector, store=self.store, field=field)
         try:
-            return content.decode("utf-8").strip()
+            text = content.decode("utf-8").strip()
         except UnicodeDecodeError:
             raise StoreError(
                 f"{field}: the referenced file is not UTF-8 text",
                 store=self.store,
                 fix=f"check Secret {selector.name} (key {selector.key})",
             ) from None
+        location = self.refs.secret_location(selector)
+        return require_one_line(text, store=self.store, field=field, location=location)
 
     def _translate(self, error: Exception, *, operation: str) -> StoreError:
         translated = self.store_wide_error(error)

@@ -1,4 +1,4 @@
-"""AWS store errors caused by the user's input: request parameters.
+"""AWS store errors caused by the user's input: credential files and request parameters.
 
 Each error must name the field the bad value came from and the fix, be permanent when retrying
 cannot help, and be raised before any request is sent. Requests go through a recording endpoint
@@ -16,7 +16,7 @@ from aws_helpers import ScriptedEndpoint, aws_store
 
 from agent.errors import StoreError
 from agent.metrics import Metrics
-from agent.refs import Refs
+from agent.refs import InvalidReferenceError, Refs
 from agent.stores import RemoteKey
 from agent.stores.aws import AwsClientOptions
 from agent.stores.ssm import ParameterStore
@@ -64,6 +64,64 @@ def static_keys(refs_dir: Path, *, key_id: str, secret_key: str) -> dict:
 
 def fetch(store: ParameterStore) -> object:
     return store.fetch([RemoteKey(PARAMETER)])[RemoteKey(PARAMETER)]
+
+
+# --- credential files that hold more than one line -------------------------------------------
+
+
+def test_access_key_two_lines_rejected(endpoint, refs_dir):
+    auth = static_keys(refs_dir, key_id="AKIAFAKELINE1\nAKIAFAKELINE2", secret_key="fake-secret-1")
+
+    with pytest.raises(InvalidReferenceError) as caught:
+        fetch(ssm_store(refs_dir, auth=auth))
+
+    message = str(caught.value)
+    assert "store aws-ssm" in message
+    assert "spec.provider.aws.auth.secretRef.accessKeyIDSecretRef" in message
+    assert str(refs_dir / "aws-creds" / "access-key-id") in message
+    assert "more than one line" in message
+    assert "one trailing newline is fine" in message
+    assert "AKIAFAKELINE" not in message
+    assert "fake-secret-1" not in message
+    assert not caught.value.transient
+    assert endpoint.requests == []
+
+
+def test_secret_key_two_lines_rejected(endpoint, refs_dir):
+    auth = static_keys(refs_dir, key_id="AKIAFAKEFILEKEY00001", secret_key="fake-line1\nline2\n")
+
+    with pytest.raises(InvalidReferenceError) as caught:
+        fetch(ssm_store(refs_dir, auth=auth))
+
+    assert "secretRef.secretAccessKeySecretRef" in str(caught.value)
+    assert "fake-line1" not in str(caught.value)
+    assert endpoint.requests == []
+
+
+def test_keys_with_trailing_newline_accepted(endpoint, refs_dir):
+    auth = static_keys(refs_dir, key_id="AKIAFAKEFILEKEY00001\n", secret_key="fake-secret-1\n")
+
+    assert fetch(ssm_store(refs_dir, auth=auth)) == VALUE.encode()
+    assert endpoint.requests[0].access_key_id == "AKIAFAKEFILEKEY00001"
+
+
+def test_web_identity_token_two_lines_rejected(endpoint, refs_dir):
+    token = refs_dir / "serviceaccount" / "payment" / "token"
+    token.parent.mkdir(parents=True)
+    token.write_text("fake.jwt.part1\nfake.jwt.part2\n")
+    auth = {"jwt": {"serviceAccountRef": {"name": "payment"}}}
+    store = ssm_store(refs_dir, role=ROLE, auth=auth)
+
+    with pytest.raises(StoreError) as caught:
+        fetch(store)
+
+    message = str(caught.value)
+    assert "spec.provider.aws.auth.jwt.serviceAccountRef" in message
+    assert str(token) in message
+    assert "more than one line" in message
+    assert "fake.jwt" not in message
+    assert not caught.value.transient
+    assert endpoint.requests == []
 
 
 # --- requests botocore rejects before sending -------------------------------------------------

@@ -29,8 +29,8 @@ import requests
 from agent.errors import AccessDeniedError, StoreError
 from agent.logs import log_event
 from agent.metrics import Metrics
-from agent.models import VaultAuth, VaultProvider
-from agent.refs import Refs, require_one_line
+from agent.models import ServiceAccountSelector, VaultAuth, VaultProvider
+from agent.refs import MissingReferenceError, Refs, require_one_line
 from agent.stores.vault_client import (
     CATrust,
     StatusRecorder,
@@ -478,11 +478,7 @@ class VaultConnection:
             if kubernetes.secret_ref is not None:
                 jwt = self._read_text(kubernetes.secret_ref, field=f"{field_prefix}.secretRef")
             else:
-                field = f"{field_prefix}.serviceAccountRef"
-                selector = kubernetes.service_account_ref
-                jwt = self.refs.read_token(selector, store=self.store, field=field)
-                location = self.refs.token_location(selector)
-                require_one_line(jwt, store=self.store, field=field, location=location)
+                jwt = self._read_service_account_token(kubernetes.service_account_ref)
             if not jwt:
                 raise StoreError(
                     f"{field_prefix}: the service account token file is empty",
@@ -511,6 +507,29 @@ class VaultConnection:
             use_token=False,
             mount_point=_mount(app_role.path),
         )
+
+    def _read_service_account_token(self, selector: ServiceAccountSelector | None) -> str:
+        """Read the JWT for a Kubernetes login: the named service account's token, or the pod's
+        own token when the declaration names neither `serviceAccountRef` nor `secretRef`."""
+        field_prefix = "spec.provider.vault.auth.kubernetes"
+        if selector is not None:
+            field = f"{field_prefix}.serviceAccountRef"
+            token = self.refs.read_token(selector, store=self.store, field=field)
+        else:
+            # The user wrote neither field, so a message must not name one as the culprit.
+            field = field_prefix
+            try:
+                token = self.refs.read_token(None, store=self.store, field=field)
+            except MissingReferenceError as error:
+                raise MissingReferenceError(
+                    f"{error.message} (neither serviceAccountRef nor secretRef is set, so the "
+                    "pod's own service account token is used)",
+                    store=self.store,
+                    fix=f"{error.fix}, or add serviceAccountRef naming a service account whose "
+                    "token is mounted at <refs dir>/serviceaccount/<name>/token",
+                ) from None
+        location = self.refs.token_location(selector)
+        return require_one_line(token, store=self.store, field=field, location=location)
 
     def _login_error(self, error: Exception) -> StoreError:
         translated = self.store_wide_error(error)

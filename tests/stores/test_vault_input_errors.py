@@ -1,4 +1,4 @@
-"""Vault store errors caused by the user's input: credential files.
+"""Vault store errors caused by the user's input: credential files and auth fields.
 
 Each error must name what the user wrote (or did not write) and the fix, be permanent when
 retrying cannot help, and be raised before any request that would fail for the same reason.
@@ -19,7 +19,7 @@ from vault_helpers import (
 )
 
 from agent.metrics import Metrics
-from agent.refs import InvalidReferenceError
+from agent.refs import InvalidReferenceError, MissingReferenceError
 from agent.stores import RemoteKey
 
 ROOT_TOKEN = "root-token-fake"
@@ -113,4 +113,25 @@ def test_kubernetes_jwt_two_lines_rejected(vault, factory: StoreFactory) -> None
 
     assert "spec.provider.vault.auth.kubernetes.serviceAccountRef" in str(caught.value)
     assert str(path) in str(caught.value)
+    assert vault.count() == 0
+
+
+# -- Kubernetes auth without serviceAccountRef ------------------------------------------------
+
+
+def test_kubernetes_pod_token_missing_message(vault, factory: StoreFactory) -> None:
+    auth = {"kubernetes": {"role": "payment"}}
+    store = factory(vault_declaration(server=vault.url, auth=auth))
+
+    with pytest.raises(MissingReferenceError) as caught:
+        store.fetch([RemoteKey("secret/app")])
+
+    message = str(caught.value)
+    assert "spec.provider.vault.auth.kubernetes:" in message
+    assert "serviceAccountRef:" not in message
+    assert "neither serviceAccountRef nor secretRef is set" in message
+    assert "pod's own service account token" in message
+    assert str(factory.refs_dir / "pod-token") in message
+    assert "automountServiceAccountToken" in message
+    assert "add serviceAccountRef" in message
     assert vault.count() == 0

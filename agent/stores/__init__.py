@@ -10,6 +10,7 @@ A store is used from one thread at a time (the sync loop serialises calls to it)
 from __future__ import annotations
 
 import abc
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,12 @@ if TYPE_CHECKING:
     from agent.declarations import StoreDeclaration
     from agent.metrics import Metrics
     from agent.refs import ReferenceResolver
+
+# requests silences urllib3's warning about missing SOCKS support when it is imported. Stores of
+# different kinds open in parallel threads, and botocore's import, under warnings.catch_warnings,
+# can restore the filters in one thread after requests changed them in another. This filter is
+# set before any thread starts, so the restore keeps it.
+warnings.filterwarnings("ignore", message="SOCKS support in urllib3", module="urllib3")
 
 # A remote value: raw bytes (AWS parameters and secrets) or a decoded JSON object (Vault KV data).
 RemoteValue = bytes | Mapping[str, Any]

@@ -9,8 +9,9 @@ Where a remote key lives:
   `data/` segment is dropped, so `secret/data/order-service` and `secret/order-service` both read
   `order-service` on mount `secret`. A mount whose own path has a `/` needs `provider.path`.
 
-The KV version comes from `provider.version` only; mounts are never probed. A remote value is the
-secret's data map (a dict); `agent.snapshot` applies `property` and renders JSON.
+The KV version comes from `provider.version` only; mounts are never probed. When a KV v1 read gets
+Vault's 404 warning for a versioned (KV v2) mount, the error names the version mismatch. A remote
+value is the secret's data map (a dict); `agent.snapshot` applies `property` and renders JSON.
 
 `fetch` reads each distinct secret and version once (Vault has no batch read) and returns a
 per-key error for a missing, deleted or denied secret. `fetch_prefix` lists recursively and reads
@@ -305,7 +306,9 @@ class VaultStore(Store):
                     "list", lambda: kv.list_secrets(path=folder, mount_point=mount)
                 )
             )
-        except hvac.exceptions.InvalidPath:
+        except hvac.exceptions.InvalidPath as error:
+            if self.kv_version == "v1" and _reports_kv_v2_mount(error):
+                raise self._kv_v2_mount_error(mount, remote_key=prefix) from None
             return []
         except hvac.exceptions.Forbidden:
             policy_path = self._list_policy_path(mount, folder)
@@ -393,7 +396,9 @@ class VaultStore(Store):
 
     def _not_found(
         self, remote_key: RemoteKey, location: KVLocation, error: hvac.exceptions.InvalidPath
-    ) -> RemoteKeyNotFoundError:
+    ) -> StoreError:
+        if location.kv_version == "v1" and _reports_kv_v2_mount(error):
+            return self._kv_v2_mount_error(location.mount, remote_key=str(remote_key))
         where = f"on mount {location.mount} ({location.kv_label}){self._in_namespace()}"
         metadata = _deleted_version_metadata(error)
         if metadata is None:
@@ -429,6 +434,17 @@ class VaultStore(Store):
             "that was not deleted",
         )
 
+    def _kv_v2_mount_error(self, mount: str, *, remote_key: str) -> StoreError:
+        """Build the error for a KV v1 request that Vault rejected as only a KV v2 mount does."""
+        return StoreError(
+            f"mount {mount}{self._in_namespace()} is KV v2 (Vault rejected the KV v1 path as "
+            "invalid for a versioned K/V secrets engine), but the store has version: v1",
+            store=self.name,
+            remote_key=remote_key,
+            fix="set spec.provider.vault.version to v2 in the store, or remove it (v2 is the "
+            "default)",
+        )
+
     def _in_namespace(self) -> str:
         namespace = self.connection.namespace
         return f" in namespace {namespace}" if namespace else ""
@@ -440,6 +456,20 @@ class VaultStore(Store):
 
 def _segments(path: str) -> list[str]:
     return [part for part in path.split("/") if part]
+
+
+def _reports_kv_v2_mount(error: hvac.exceptions.InvalidPath) -> bool:
+    """Return whether a 404 carries Vault's warning for a KV v1 style path on a KV v2 mount.
+
+    Vault returns 404 with the warning "Invalid path for a versioned K/V secrets engine ..." and
+    no error for such a request, so the mismatch can be distinguished from a missing secret
+    without asking Vault about the mount.
+    """
+    body = error.json
+    warnings = body.get("warnings") if isinstance(body, dict) else None
+    if not isinstance(warnings, list):
+        return False
+    return any(isinstance(text, str) and "versioned K/V" in text for text in warnings)
 
 
 def _deleted_version_metadata(error: hvac.exceptions.InvalidPath) -> Mapping[str, Any] | None:

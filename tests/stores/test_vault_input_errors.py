@@ -1,4 +1,4 @@
-"""Vault store errors caused by the user's input: credential files and auth fields.
+"""Vault store errors caused by the user's input: credential files, auth fields, KV version.
 
 Each error must name what the user wrote (or did not write) and the fix, be permanent when
 retrying cannot help, and be raised before any request that would fail for the same reason.
@@ -18,6 +18,7 @@ from vault_helpers import (
     write_ref,
 )
 
+from agent.errors import RemoteKeyNotFoundError, StoreError
 from agent.metrics import Metrics
 from agent.refs import InvalidReferenceError, MissingReferenceError
 from agent.stores import RemoteKey
@@ -135,3 +136,47 @@ def test_kubernetes_pod_token_missing_message(vault, factory: StoreFactory) -> N
     assert "automountServiceAccountToken" in message
     assert "add serviceAccountRef" in message
     assert vault.count() == 0
+
+
+# -- KV version mismatch ---------------------------------------------------------------------
+
+
+def test_v1_store_on_v2_mount_named(vault, factory: StoreFactory) -> None:
+    vault.kv_put("secret", "app", SECRET)
+    write_ref(factory.refs_dir, "vault-token", "token", ROOT_TOKEN)
+    store = token_store(vault, factory, path="secret", version="v1")
+    key = RemoteKey("app")
+
+    error = store.fetch([key])[key]
+
+    assert isinstance(error, StoreError)
+    assert not isinstance(error, RemoteKeyNotFoundError)
+    message = str(error)
+    assert "mount secret is KV v2" in message
+    assert "the store has version: v1" in message
+    assert "set spec.provider.vault.version to v2" in message
+    assert not error.transient
+
+
+def test_v1_store_missing_key_still_not_found(vault, factory: StoreFactory) -> None:
+    vault.enable_kv("kv1", version=1)
+    write_ref(factory.refs_dir, "vault-token", "token", ROOT_TOKEN)
+    store = token_store(vault, factory, path="kv1", version="v1")
+    key = RemoteKey("missing")
+
+    error = store.fetch([key])[key]
+
+    assert isinstance(error, RemoteKeyNotFoundError)
+    assert "not found on mount kv1 (KV v1)" in str(error)
+
+
+def test_v1_store_prefix_on_v2_mount_named(vault, factory: StoreFactory) -> None:
+    vault.kv_put("secret", "app/db", SECRET)
+    write_ref(factory.refs_dir, "vault-token", "token", ROOT_TOKEN)
+    store = token_store(vault, factory, path="secret", version="v1")
+
+    with pytest.raises(StoreError) as caught:
+        store.fetch_prefix("app")
+
+    assert "mount secret is KV v2" in str(caught.value)
+    assert "set spec.provider.vault.version to v2" in str(caught.value)

@@ -652,6 +652,12 @@ class _Checker:
         self._errors_noted = len(self.errors)
 
     def add_document(self, origin: Origin, document: Any) -> None:
+        first_error = len(self.errors)
+        self._add_document(origin, document)
+        if isinstance(document, dict):
+            self._drop_nothing_to_fetch(document, first_error)
+
+    def _add_document(self, origin: Origin, document: Any) -> None:
         self._note_sources()
         self.source_order.setdefault(origin.source, len(self.source_order))
         self.documents[(origin.source, origin.document)] = document
@@ -661,13 +667,7 @@ class _Checker:
             return
         meta = self._validate(ObjectMeta, document, "metadata", subject)
         is_store = subject.kind in STORE_KINDS
-        if subject.kind == NOTIFY_TARGET_KIND:
-            spec_model: type[BaseModel] = NotifyTargetSpec
-        elif subject.kind in GENERATOR_KINDS:
-            spec_model = VaultDynamicSecretSpec
-        else:
-            spec_model = self.store_specs[subject.kind] if is_store else ExternalSecretSpec
-        spec = self._validate(spec_model, document, "spec", subject)
+        spec = self._validate(self._spec_model(subject.kind), document, "spec", subject)
         if meta is not None:
             self._check_own_annotations(subject, meta)
         if meta is None or spec is None:
@@ -719,9 +719,42 @@ class _Checker:
             self.errors.append(subject.error(problem, field="apiVersion", fix=fix))
             return None
         for unknown in sorted(str(key) for key in document if key not in _TOP_LEVEL_FIELDS):
-            fix = "remove it (a declaration has only apiVersion, kind, metadata and spec)"
-            self.errors.append(subject.error("field not supported", field=unknown, fix=fix))
+            self.errors.append(self._top_level_field_error(subject, unknown))
         return subject
+
+    def _spec_model(self, kind: str) -> type[BaseModel]:
+        """Return the model of `spec` for a supported kind."""
+        if kind == NOTIFY_TARGET_KIND:
+            return NotifyTargetSpec
+        if kind in GENERATOR_KINDS:
+            return VaultDynamicSecretSpec
+        if kind in STORE_KINDS:
+            return self.store_specs[kind]
+        return ExternalSecretSpec
+
+    def _top_level_field_error(self, subject: _Subject, name: str) -> DeclarationError:
+        """Report a top-level field other than apiVersion, kind, metadata, spec and status.
+
+        A field of `spec` or `metadata` written at the top level is wrongly indented, so the
+        fix asks to indent it instead of to remove it.
+        """
+        for part, model in (("spec", self._spec_model(subject.kind)), ("metadata", ObjectMeta)):
+            if name in _field_names(model, ()):
+                problem = f"{part} field written at the top level"
+                fix = f"indent it under {part}, as {part}.{name}"
+                return subject.error(problem, field=name, fix=fix)
+        fix = "remove it (a declaration has only apiVersion, kind, metadata and spec)"
+        return subject.error("field not supported", field=name, fix=fix)
+
+    def _drop_nothing_to_fetch(self, document: dict[Any, Any], first_error: int) -> None:
+        """Drop "spec: nothing to fetch" from this document's errors when its `data` or
+        `dataFrom` is at the top level, where the error about that field gives the fix."""
+        if "data" not in document and "dataFrom" not in document:
+            return
+        for index in range(len(self.errors) - 1, first_error - 1, -1):
+            error = self.errors[index]
+            if error.field == "spec" and error.problem == "nothing to fetch":
+                del self.errors[index]
 
     def _validate(
         self, model: type[BaseModel], document: dict[Any, Any], part: str, subject: _Subject

@@ -88,8 +88,47 @@ def _handle_late_signals() -> None:
         signal.signal(number, lambda signum, frame: None)
 
 
+# The settings the flags of `check`, `once` and `run` set. Each flag is named after its setting
+# (`--output-dir` sets `output_dir`), which `SECRETS_AGENT_OUTPUT_DIR` sets too.
+SETTING_FLAGS = (
+    "config",
+    "output_dir",
+    "refs_dir",
+    "listen",
+    "file_mode",
+    "file_uid",
+    "file_gid",
+    "nested_keys",
+    "timeout",
+    "lease_revoke_grace",
+    "lease_renewal_threshold",
+    "revoke_on_exit",
+    "log_level",
+    "log_format",
+    "notify_delay",
+    "notify_signal",
+    "exec_on_change",
+    "exec_signal",
+    "exec_stop_timeout",
+    "watch_config",
+)
+_VARIABLE_PREFIX = "SECRETS_AGENT_"
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """An argument parser that takes only whole flag names.
+
+    argparse would otherwise read `--conf` as `--config`, so a flag added later could change
+    what an existing command line means. Subcommand parsers are created with this class too.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="secrets-agent",
         description="Deliver secrets from AWS SSM, AWS Secrets Manager and Vault to files.",
     )
@@ -103,8 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_text, description=help_text)
         # Lets `main` report an unknown flag with this command's usage, not the top-level one.
         command.set_defaults(command_parser=command)
-        _add_settings_flags(command)
-        if name == "run":
+        _add_declaration_flags(command)
+        if name == "check":
+            continue
+        _add_writing_flags(command)
+        if name == "once":
+            _add_once_flags(command)
+        else:
+            _add_run_flags(command)
             command.usage = "secrets-agent run [options] [-- COMMAND [ARG ...]]"
             command.epilog = (
                 "exec mode: with -- COMMAND, the agent starts COMMAND after the first complete "
@@ -116,7 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+def _add_setting_flag(parser: argparse.ArgumentParser, flag: str, **options: object) -> None:
+    """Add a flag that sets the setting of the same name, naming its variable in the help."""
+    variable = _VARIABLE_PREFIX + flag.removeprefix("--").replace("-", "_").upper()
+    options["help"] = f"{options['help']} ({variable})"
+    parser.add_argument(flag, **options)  # type: ignore[arg-type]
+
+
+def _add_declaration_flags(parser: argparse.ArgumentParser) -> None:
+    """Add the flags of every command: where the declarations are, how they are read, logging."""
     flag = parser.add_argument
     flag(
         "--config",
@@ -124,86 +177,140 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="declaration file or directory; repeatable (SECRETS_AGENT_CONFIG, comma-separated)",
     )
-    flag(
-        "--output-dir",
-        metavar="DIR",
-        help="directory holding one subdirectory per target, default "
-        "/var/run/secrets-agent/secrets (SECRETS_AGENT_OUTPUT_DIR)",
-    )
-    flag(
-        "--refs-dir",
-        metavar="DIR",
-        help="where referenced Secrets are mounted as <name>/<key>, default "
-        "/var/run/secrets-agent/refs (SECRETS_AGENT_REFS_DIR)",
-    )
-    flag(
-        "--listen",
-        metavar="HOST:PORT",
-        help="address of /livez, /readyz and /metrics in run mode, default 0.0.0.0:8741 "
-        "(SECRETS_AGENT_LISTEN)",
-    )
-    flag("--file-mode", metavar="OCTAL", help="mode of written files, default 0400")
-    flag("--file-uid", type=int, metavar="UID", help="owner of written files")
-    flag("--file-gid", type=int, metavar="GID", help="group of written files")
-    flag(
+    _add_setting_flag(
+        parser,
         "--nested-keys",
         action="store_const",
         const=True,
-        help="allow secret keys with '/' (written as subdirectories)",
+        help="allow secret keys with '/', written as subdirectories; default off",
     )
-    flag(
-        "--timeout",
-        type=float,
-        metavar="SECONDS",
-        help="once mode: how long transient errors are retried, default 60",
+    _add_setting_flag(
+        parser,
+        "--log-level",
+        type=str.lower,
+        choices=["debug", "info", "warning", "error"],
+        help="minimum level of the log lines written: debug, info, warning or error; default info",
     )
-    flag(
+    _add_setting_flag(
+        parser,
+        "--log-format",
+        type=str.lower,
+        choices=["text", "json"],
+        help="log lines as key=value text or as one JSON object each, default text",
+    )
+
+
+def _add_writing_flags(parser: argparse.ArgumentParser) -> None:
+    """Add the flags of `once` and `run`: where files go, how they are written, leases."""
+    setting = _add_setting_flag
+    setting(
+        parser,
+        "--output-dir",
+        metavar="DIR",
+        help="directory holding one subdirectory per target, default "
+        "/var/run/secrets-agent/secrets",
+    )
+    setting(
+        parser,
+        "--refs-dir",
+        metavar="DIR",
+        help="where referenced Secrets are mounted as <name>/<key>, default "
+        "/var/run/secrets-agent/refs",
+    )
+    setting(parser, "--file-mode", metavar="OCTAL", help="mode of written files, default 0400")
+    setting(
+        parser,
+        "--file-uid",
+        type=int,
+        metavar="UID",
+        help="owner of written files, default the agent's user",
+    )
+    setting(
+        parser,
+        "--file-gid",
+        type=int,
+        metavar="GID",
+        help="group of written files, default the agent's group",
+    )
+    setting(
+        parser,
         "--lease-revoke-grace",
         type=float,
         metavar="SECONDS",
         help="keep replaced dynamic credentials valid this long after the new ones are written, "
         "then revoke them; default 60",
     )
-    flag(
+    setting(
+        parser,
         "--lease-renewal-threshold",
         type=float,
         metavar="FRACTION",
         help="fetch a non-renewable dynamic secret again after this fraction of its TTL "
         "(±0.05), default 0.9",
     )
-    flag(
+    setting(
+        parser,
         "--revoke-on-exit",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="at exit, revoke the dynamic secrets' leases and the Vault tokens that created "
         "them instead of handing them to the next agent; default off",
     )
-    flag("--log-level", type=str.lower, choices=["debug", "info", "warning", "error"])
-    flag("--log-format", type=str.lower, choices=["text", "json"])
-    flag(
+
+
+def _add_once_flags(parser: argparse.ArgumentParser) -> None:
+    _add_setting_flag(
+        parser,
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long transient errors are retried before giving up, default 60",
+    )
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """Add the flags of `run`: the HTTP endpoints, reloading, notify targets and exec mode."""
+    setting = _add_setting_flag
+    setting(
+        parser,
+        "--listen",
+        metavar="HOST:PORT",
+        help="address of /livez, /readyz and /metrics, default 0.0.0.0:8741",
+    )
+    setting(
+        parser,
         "--watch-config",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="run mode: reload the declarations when their files change; default on",
+        help="reload the declarations when their files change; default on",
     )
-    flag(
+    setting(
+        parser,
         "--notify-delay",
         type=float,
         metavar="SECONDS",
         help="changes within this many seconds reach a notify target together, default 2",
     )
-    flag(
+    setting(
+        parser,
         "--notify-signal",
         metavar="PROCESS[:SIGNAL]",
         help="signal the process with this name after a change, default signal SIGHUP",
     )
-    flag(
+    setting(
+        parser,
         "--exec-on-change",
         choices=["restart", "signal", "none"],
         help="exec mode: what a change does to COMMAND, default restart",
     )
-    flag("--exec-signal", metavar="SIGNAL", help="exec mode: signal sent on change, default SIGHUP")
-    flag(
+    setting(
+        parser,
+        "--exec-signal",
+        metavar="SIGNAL",
+        help="exec mode: signal sent on change, default SIGHUP",
+    )
+    setting(
+        parser,
         "--exec-stop-timeout",
         type=float,
         metavar="SECONDS",
@@ -261,28 +368,9 @@ def _agent_main(arguments: argparse.Namespace, command: list[str] | None) -> int
     try:
         from agent.settings import load_settings
 
-        settings = load_settings(
-            config=arguments.config,
-            output_dir=arguments.output_dir,
-            refs_dir=arguments.refs_dir,
-            listen=arguments.listen,
-            file_mode=arguments.file_mode,
-            file_uid=arguments.file_uid,
-            file_gid=arguments.file_gid,
-            nested_keys=arguments.nested_keys,
-            timeout=arguments.timeout,
-            lease_revoke_grace=arguments.lease_revoke_grace,
-            lease_renewal_threshold=arguments.lease_renewal_threshold,
-            revoke_on_exit=arguments.revoke_on_exit,
-            log_level=arguments.log_level,
-            log_format=arguments.log_format,
-            notify_delay=arguments.notify_delay,
-            notify_signal=arguments.notify_signal,
-            exec_on_change=arguments.exec_on_change,
-            exec_signal=arguments.exec_signal,
-            exec_stop_timeout=arguments.exec_stop_timeout,
-            watch_config=arguments.watch_config,
-        )
+        # A command has only the flags it uses; the others stay unset, as if not given.
+        flags = {name: getattr(arguments, name, None) for name in SETTING_FLAGS}
+        settings = load_settings(**flags)
     except SettingsError as error:
         print(f"secrets-agent: {error}", file=sys.stderr)
         return EXIT_INVALID

@@ -98,6 +98,13 @@ def installed_wheel() -> Iterator[Path]:
     workdir = Path(tempfile.mkdtemp(prefix="image-test-"))
     workdir.chmod(0o755)
     try:
+        # The files the Dockerfile copies, in a fresh directory: setuptools reuses a build/
+        # directory left in the source tree, which may still hold removed or excluded modules.
+        source = workdir / "src"
+        source.mkdir()
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(ROOT / name, source / name)
+        shutil.copytree(ROOT / "agent", source / "agent", ignore=shutil.ignore_patterns("*.pyc"))
         subprocess.run(
             [
                 sys.executable,
@@ -108,7 +115,7 @@ def installed_wheel() -> Iterator[Path]:
                 "--no-deps",
                 "--wheel-dir",
                 str(workdir / "dist"),
-                str(ROOT),
+                str(source),
             ],
             check=True,
             timeout=300,
@@ -173,3 +180,7 @@ def test_wheel_runs_as_non_root_user(installed_wheel: Path):
     venv_files = [path for path in (installed_wheel / "venv").rglob("*") if path.is_file()]
     assert all(path.stat().st_uid == 0 for path in venv_files[:50])
     assert not list((installed_wheel / "venv").rglob("*.cpython-311.opt-*.pyc"))
+    # The development stand-ins (Vault API emulator, demo) stay out of the image.
+    [package] = (installed_wheel / "venv").glob("lib/python3.*/site-packages/agent")
+    assert (package / "cli.py").is_file()
+    assert not (package / "testing").exists()

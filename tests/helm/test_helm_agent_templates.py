@@ -320,6 +320,18 @@ def test_alias_is_passed_as_chart(tmp_path: Path) -> None:
             '{{ include "secrets-agent.declarationsConfigMap" (dict "root" $ "name" "x") }}',
             'pass "documents" (a list) or "files" (a dict)',
         ),
+        (
+            '{{ include "secrets-agent.sidecar" (dict "root" $ "portt" 9000) }}',
+            'unknown key "portt" in the dict',
+        ),
+        (
+            '{{ include "secrets-agent.initContainer" (dict "root" $ "fileMode" 0440) }}',
+            "fileMode must be a quoted octal string such as \"0440\", got 288",
+        ),
+        (
+            '{{ include "secrets-agent.initContainer" (dict "root" $ "fileGid" "staff") }}',
+            'fileGid must be a numeric group id such as 1000, got "staff"',
+        ),
     ],
 )
 def test_helper_errors_name_the_fix(tmp_path: Path, call: str, message: str) -> None:

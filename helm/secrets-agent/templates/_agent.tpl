@@ -38,6 +38,22 @@ values and the call's keys (the call wins), with `imageRef` and `imagePullPolicy
 {{- $appVersion = $subchart.Chart.AppVersion -}}
 {{- end -}}
 {{- end -}}
+{{- $known := concat (keys $chartValues.agent) (list "root" "chart" "declarations" "refs") -}}
+{{- range $key, $_ := . -}}
+{{- if not (has $key $known) -}}
+{{- fail (printf "secrets-agent templates: unknown key %q in the dict; use root, chart, declarations, refs or a key of the agent values: %s" $key (keys $chartValues.agent | sortAlpha | join ", ")) -}}
+{{- end -}}
+{{- end -}}
+{{- with .fileMode -}}
+{{- if not (and (kindIs "string" .) (regexMatch "^0?[0-7]{3}$" .)) -}}
+{{- fail (printf "secrets-agent templates: fileMode must be a quoted octal string such as \"0440\", got %v; a Go template reads 0440 unquoted as the number 288" .) -}}
+{{- end -}}
+{{- end -}}
+{{- with .fileGid -}}
+{{- if not (regexMatch "^[0-9]+$" (toString .)) -}}
+{{- fail (printf "secrets-agent templates: fileGid must be a numeric group id such as 1000, got %q" (toString .)) -}}
+{{- end -}}
+{{- end -}}
 {{- $settings := mergeOverwrite (deepCopy $chartValues.agent) (deepCopy (omit . "root" "chart")) -}}
 {{- $image := $settings.image | default dict -}}
 {{- $topImage := $chartValues.image | default dict -}}

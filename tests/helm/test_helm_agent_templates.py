@@ -326,7 +326,7 @@ def test_alias_is_passed_as_chart(tmp_path: Path) -> None:
         ),
         (
             '{{ include "secrets-agent.initContainer" (dict "root" $ "fileMode" 0440) }}',
-            "fileMode must be a quoted octal string such as \"0440\", got 288",
+            'fileMode must be a quoted octal string such as "0440", got 288',
         ),
         (
             '{{ include "secrets-agent.initContainer" (dict "root" $ "fileGid" "staff") }}',

@@ -133,7 +133,11 @@ class StoreConnections:
         now = self._clock()
         for connection in list(self._open.values()):
             maintain = getattr(connection.store, "maintain", None)
-            if maintain is None or connection.maintain_at > now:
+            if maintain is None:
+                # Nothing to renew (AWS stores): never due, or the loop would spin on it.
+                connection.maintain_at = float("inf")
+                continue
+            if connection.maintain_at > now:
                 continue
             try:
                 delay = await connection.run(maintain)

@@ -6,7 +6,13 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent.controller.cache import ConnectionKey, ReadCache, RefreshPlanner, StoreConnection
+from agent.controller.cache import (
+    ConnectionKey,
+    ReadCache,
+    RefreshPlanner,
+    StoreConnection,
+    StoreConnections,
+)
 from agent.declarations import Origin, StoreDeclaration
 from agent.errors import RemoteKeyNotFoundError, StoreUnavailableError
 from agent.metrics import Metrics
@@ -122,3 +128,13 @@ def test_planner_stays_within_jitter() -> None:
     now[0] = 50.0  # the planned slot is now too early for a 100 s interval
     second = planner.next_refresh("store", 100)
     assert second == 140.0
+
+
+async def test_store_without_maintain_never_due() -> None:
+    connections = StoreConnections(lambda declaration, references: MemoryStore({}))
+    await connections.get(KEY, MemoryStore({}).declaration, lambda: None)  # type: ignore[arg-type]
+
+    # An AWS store has nothing to renew: a delay of 0 here made the maintenance loop spin.
+    assert await connections.maintain() is None
+    assert await connections.maintain() is None
+    await connections.close_all()

@@ -284,21 +284,19 @@ class Controller:
             self._untrack(key)
             return
         tracked = self.tracked.setdefault(key, _Tracked())
-        spec = body.get("spec") or {}
-        target = (key[0], str((spec.get("target") or {}).get("name") or key[1]))
-        tracked.target = target
-        store_ref = spec.get("secretStoreRef") or {}
+        # The shapes are checked here only as far as the wake-ups need them. A spec of the wrong
+        # shape still gets a fingerprint, so fixing it wakes the daemon, whose declaration
+        # loader reports the problem in the status.
+        spec = _mapping(body.get("spec"))
+        tracked.target = (key[0], str(_mapping(spec.get("target")).get("name") or key[1]))
+        store_ref = _mapping(spec.get("secretStoreRef"))
         kind = str(store_ref.get("kind") or "SecretStore")
         tracked.store = (
             kind,
             key[0] if kind == "SecretStore" else None,
             str(store_ref.get("name")),
         )
-        tracked.generators = frozenset(
-            str(((item.get("sourceRef") or {}).get("generatorRef") or {}).get("name"))
-            for item in spec.get("dataFrom") or []
-            if isinstance(item, Mapping) and (item.get("sourceRef") or {}).get("generatorRef")
-        )
+        tracked.generators = _generator_names(spec)
         fingerprint = (
             metadata.get("generation"),
             metadata.get("labels") or {},
@@ -516,6 +514,22 @@ async def _sleep(
         for waiter in waiters:
             waiter.cancel()
     return not wake.is_set() and not stopped and not closing.is_set()
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """Return `value` when it is a mapping, else an empty one (a field of the wrong shape)."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _generator_names(spec: Mapping[str, Any]) -> frozenset[str]:
+    """Return the names of the generators that the `dataFrom` entries of a spec name."""
+    names = set()
+    entries = spec.get("dataFrom")
+    for item in entries if isinstance(entries, list) else []:
+        generator = _mapping(_mapping(_mapping(item).get("sourceRef")).get("generatorRef"))
+        if generator.get("name"):
+            names.add(str(generator["name"]))
+    return frozenset(names)
 
 
 def _older(new: Mapping[str, Any], cached: Mapping[str, Any]) -> bool:

@@ -1,0 +1,77 @@
+"""Robustness of the controller: store wake-ups, odd object shapes, hung stores, names in logs."""
+
+from __future__ import annotations
+
+import logging
+
+import boto3
+import pytest
+
+from tests.controller.conftest import Cluster, eventually
+
+SSM = {"aws": {"service": "ParameterStore", "region": "us-east-1"}}
+# A retry this far away never comes within a test, so only a wake-up can reconcile again.
+FAR_BACKOFF_SECONDS = 600.0
+
+
+@pytest.fixture
+def ssm(aws: str):
+    client = boto3.client("ssm", region_name="us-east-1")
+
+    def put(name: str, value: str) -> None:
+        client.put_parameter(Name=name, Value=value, Type="SecureString", Overwrite=True)
+
+    return put
+
+
+@pytest.fixture
+def far_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every retry after a failure wait far longer than a test runs."""
+    monkeypatch.setattr(
+        "agent.controller.reconcile.backoff_delay", lambda failures: FAR_BACKOFF_SECONDS
+    )
+
+
+def es_spec(key: str, *, store: str = "aws-ssm") -> dict:
+    return {
+        "refreshInterval": "1h",
+        "secretStoreRef": {"name": store},
+        "data": [{"secretKey": "value", "remoteRef": {"key": key}}],
+    }
+
+
+def status_of(cluster: Cluster, name: str, namespace: str = "team-a") -> str | None:
+    return (cluster.ready(name, namespace) or {}).get("status")
+
+
+ODD_SPECS = {
+    "spec-list": [1, 2],
+    "target-str": {**es_spec("/app/db"), "target": "oops"},
+    "storeref-str": {**es_spec("/app/db"), "secretStoreRef": "aws-ssm"},
+    "sourceref-str": {"secretStoreRef": {"name": "aws-ssm"}, "dataFrom": [{"sourceRef": "gen"}]},
+    "generatorref-str": {"dataFrom": [{"sourceRef": {"generatorRef": "gen"}}]},
+    "data-str": {"secretStoreRef": {"name": "aws-ssm"}, "data": "oops", "dataFrom": "oops"},
+}
+
+
+async def test_odd_shapes_reported_then_fixed(
+    cluster: Cluster, ssm, caplog: pytest.LogCaptureFixture
+) -> None:
+    ssm("/app/db", "fake-db-password-1")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller()
+    caplog.set_level(logging.INFO)
+    for name, spec in ODD_SPECS.items():
+        await cluster.apply_external_secret(name, spec)
+    for name in ODD_SPECS:
+        await eventually(lambda name=name: status_of(cluster, name) == "False")
+        assert cluster.ready(name)["reason"] == "SecretSyncedError"
+    tracebacks = [record for record in caplog.records if record.exc_info]
+    assert tracebacks == []
+    # A merge patch keeps keys it does not name, so the odd ones are removed with null.
+    fixed = {**es_spec("/app/db"), "target": None, "dataFrom": None}
+    for name in ODD_SPECS:
+        await cluster.patch_external_secret(name, {"spec": fixed})
+    for name in ODD_SPECS:
+        await eventually(lambda name=name: status_of(cluster, name) == "True")
+        assert cluster.secret_data(name) == {"value": b"fake-db-password-1"}

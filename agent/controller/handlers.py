@@ -434,24 +434,36 @@ class Controller:
         metadata = body.get("metadata") or {}
         namespace = metadata.get("namespace") if kind == "SecretStore" else None
         key = (kind, namespace, str(metadata.get("name")))
-        previous = self.stores.stores.get(key)
+        previous = self._store_state(key)
         if event.get("type") == "DELETED":
             self.stores.remove(key)
-            changed = True
         else:
             self.stores.update(body)
-            current = self.stores.stores.get(key)
-            changed = previous is not None and (current is None or current[1] != previous[1])
             plural = "secretstores" if key[0] == "SecretStore" else "clustersecretstores"
             path = resource_path(plural, name=key[2], namespace=key[1], status=True)
             await self._write_validity(body, problems=self.stores.invalid.get(key), path=path)
-        if changed:
-            closed = await self.connections.close_store(*key)
-            self.metrics.store_connections.set(len(self.connections))
+        current = self._store_state(key)
+        if current == previous:
+            return
+        # Created, fixed, broken, changed or deleted: the ExternalSecrets of this store would
+        # otherwise wait for their refresh or backoff (up to 5 min) to notice.
+        closed = await self.connections.close_store(*key)
+        self.metrics.store_connections.set(len(self.connections))
+        if previous is not None:
+            # A store seen for the first time (each one at startup) is not worth a line.
             log_event(logger, logging.INFO, "store_changed", store=key[2], closed=closed)
-            for tracked in self.tracked.values():
-                if tracked.store == key:
-                    tracked.wake_for("store")
+        for tracked in self.tracked.values():
+            if tracked.store == key:
+                tracked.wake_for("store")
+
+    def _store_state(self, key: tuple[str, str | None, str]) -> tuple[str, str] | None:
+        """Return what an ExternalSecret's reconcile depends on in a store: its spec digest, or
+        its problems when it is invalid; None when the store is unknown."""
+        known = self.stores.stores.get(key)
+        if known is not None:
+            return ("valid", known[1])
+        problems = self.stores.invalid.get(key)
+        return None if problems is None else ("invalid", problems)
 
     async def _on_generator(self, event: Mapping[str, Any], body: Any, **_: Any) -> None:
         body = plain(body)

@@ -44,6 +44,34 @@ def status_of(cluster: Cluster, name: str, namespace: str = "team-a") -> str | N
     return (cluster.ready(name, namespace) or {}).get("status")
 
 
+async def test_store_created_wakes_external_secret(cluster: Cluster, ssm, far_backoff) -> None:
+    ssm("/app/db", "fake-db-password-1")
+    await cluster.start_controller()
+    await cluster.apply_external_secret("app", es_spec("/app/db"))
+    await eventually(lambda: status_of(cluster, "app") == "False")
+    await cluster.apply_store("aws-ssm", SSM)
+    await eventually(lambda: cluster.secret_data("app") == {"value": b"fake-db-password-1"})
+    assert status_of(cluster, "app") == "True"
+
+
+async def test_store_fixed_wakes_external_secret(cluster: Cluster, ssm, far_backoff) -> None:
+    ssm("/app/db", "fake-db-password-1")
+    await cluster.apply_store("aws-ssm", {"aws": {"service": "ParamStore", "region": "us-east-1"}})
+    await cluster.start_controller()
+    await cluster.apply_external_secret("app", es_spec("/app/db"))
+    condition = await eventually(
+        lambda: status_of(cluster, "app") == "False" and cluster.ready("app")
+    )
+    assert "invalid" in condition["message"]
+    path = "/apis/secrets-agent.io/v1alpha1/namespaces/team-a/secretstores/aws-ssm"
+    patch = {"spec": {"provider": {"aws": {"service": "ParameterStore"}}}}
+    await cluster.call(
+        "PATCH", path, patch, headers={"Content-Type": "application/merge-patch+json"}
+    )
+    await eventually(lambda: cluster.secret_data("app") == {"value": b"fake-db-password-1"})
+    assert status_of(cluster, "app") == "True"
+
+
 ODD_SPECS = {
     "spec-list": [1, 2],
     "target-str": {**es_spec("/app/db"), "target": "oops"},

@@ -4,7 +4,9 @@
 an AWS session or a Vault token is created once and reused by every ExternalSecret of that store,
 never once per reconcile. Each connection has one worker thread, because a store is used from one
 thread at a time; `maintain()` renews Vault tokens on schedule, and a changed or deleted store is
-closed (a Vault token it created is revoked).
+closed (a Vault token it created is revoked). Worker threads are daemon threads, and `close_all`
+waits at most `CLOSE_ALL_TIMEOUT_SECONDS` for them, so a store that never responds cannot keep
+the controller from stopping.
 
 `ReadCache` makes ExternalSecrets that read the same remote key share one backend read. Requests
 that arrive within `window` seconds of each other are merged into one `Store.fetch` call, which
@@ -22,16 +24,18 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import concurrent.futures
 import logging
+import queue
 import random
+import threading
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Coroutine, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from agent.declarations import StoreDeclaration
-from agent.errors import AgentError, StoreError
+from agent.errors import AgentError, StoreError, StoreUnavailableError
 from agent.logs import log_event
 from agent.refs import ReferenceResolver
 from agent.stores import RemoteKey, RemoteValue, Store
@@ -40,6 +44,9 @@ logger = logging.getLogger("agent.controller.cache")
 
 REFRESH_JITTER = 0.10
 MAINTAIN_RETRY_SECONDS = 10.0
+# How long stopping the controller waits for stores to close and revoke the Vault tokens they
+# created. A store still busy with a request after that is abandoned.
+CLOSE_ALL_TIMEOUT_SECONDS = 1.0
 
 _Result = TypeVar("_Result")
 Opener = Callable[[StoreDeclaration, ReferenceResolver], Store]
@@ -61,18 +68,76 @@ class ConnectionKey:
     references_namespace: str | None
 
 
+class ExecutorClosedError(RuntimeError):
+    """A job was submitted to an executor after its shutdown."""
+
+
+class DaemonThreadExecutor(concurrent.futures.Executor):
+    """An executor with one daemon worker thread, which never delays the process's exit.
+
+    `ThreadPoolExecutor` joins its threads at interpreter exit even after `shutdown(wait=False)`,
+    so one store request that never returns would keep the process alive.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(  # type: ignore[override]
+        self, function: Callable[..., _Result], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[_Result]:
+        if self._closed:
+            raise ExecutorClosedError("the executor is shut down")
+        future: concurrent.futures.Future[_Result] = concurrent.futures.Future()
+        self._jobs.put(_Job(future, function, args, kwargs))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop taking jobs; the thread ends after the jobs already queued."""
+        self._closed = True
+        self._jobs.put(None)
+        if wait:
+            self._thread.join()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if not job.future.set_running_or_notify_cancel():
+                continue
+            try:
+                job.future.set_result(job.function(*job.args, **job.kwargs))
+            except BaseException as error:
+                job.future.set_exception(error)
+
+
+@dataclass
+class _Job:
+    future: concurrent.futures.Future[Any]
+    function: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
 class StoreConnection:
     """One open store, its worker thread and its maintenance schedule."""
 
     def __init__(self, key: ConnectionKey, store: Store) -> None:
         self.key = key
         self.store = store
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"store-{key.name}")
+        self.executor = DaemonThreadExecutor(f"store-{key.name}")
         self.maintain_at = 0.0
 
     async def run(self, function: Callable[..., _Result], *args: Any) -> _Result:
+        """Run `function` on the worker thread; raise StoreUnavailableError once it is closed."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, function, *args)
+        try:
+            return await loop.run_in_executor(self.executor, function, *args)
+        except ExecutorClosedError:
+            # The store changed or was deleted meanwhile; its ExternalSecrets are woken anyway.
+            raise StoreUnavailableError(
+                "the store's connection was closed because the store changed", store=self.key.name
+            ) from None
 
 
 class StoreConnections:
@@ -155,10 +220,28 @@ class StoreConnections:
         due = [c.maintain_at for c in self._open.values() if c.maintain_at != float("inf")]
         return None if not due else max(0.0, min(due) - self._clock())
 
-    async def close_all(self) -> None:
-        while self._open:
-            _, connection = self._open.popitem()
-            await self._close(connection)
+    async def close_all(self, *, timeout: float = CLOSE_ALL_TIMEOUT_SECONDS) -> None:
+        """Close every connection at once; abandon those still busy after `timeout` seconds."""
+        connections = list(self._open.values())
+        self._open.clear()
+        if not connections:
+            return
+        closing = {
+            asyncio.ensure_future(self._close(connection)): connection for connection in connections
+        }
+        _, pending = await asyncio.wait(closing, timeout=timeout)
+        for task in pending:
+            task.cancel()
+            connection = closing[task]
+            # Its worker is a daemon thread, left to finish (or hang) on its own.
+            connection.executor.shutdown(wait=False)
+            log_event(
+                logger,
+                logging.WARNING,
+                "store_close_abandoned",
+                store=connection.store.name,
+                timeout_s=timeout,
+            )
 
     async def _close_replaced(self, key: ConnectionKey) -> None:
         """Close connections of the same store opened from an older spec."""
@@ -218,6 +301,9 @@ class ReadCache:
         self._batches: dict[ConnectionKey, _Batch] = {}
         self._in_flight: dict[tuple[ConnectionKey, RemoteKey], asyncio.Future[Any]] = {}
         self._prefix_in_flight: dict[tuple[ConnectionKey, str], asyncio.Future[Any]] = {}
+        # Batches waiting for their window, and reads in flight, which `close` cancels.
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
 
     async def fetch(
         self, connection: StoreConnection, keys: Sequence[RemoteKey]
@@ -244,7 +330,7 @@ class ReadCache:
             return entry.value
         future = self._prefix_in_flight.get(cache_key)
         if future is None:
-            future = asyncio.ensure_future(self._read_prefix(connection, path))
+            future = self._start(self._read_prefix(connection, path))
             self._prefix_in_flight[cache_key] = future
             future.add_done_callback(lambda _: self._prefix_in_flight.pop(cache_key, None))
         return await asyncio.shield(future)
@@ -263,6 +349,21 @@ class ReadCache:
             for key in [k for k, entry in table.items() if entry.expires_at <= now]:
                 del table[key]
 
+    def close(self) -> None:
+        """Cancel the reads in flight, so that stopping never waits for a store's response."""
+        for timer in self._timers:
+            timer.cancel()
+        for task in self._tasks:
+            task.cancel()
+        self._timers.clear()
+        self._batches.clear()
+
+    def _start(self, coroutine: Coroutine[Any, Any, _Result]) -> asyncio.Future[_Result]:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
     def _request(self, connection: StoreConnection, key: RemoteKey) -> asyncio.Future[Any]:
         in_flight = self._in_flight.get((connection.key, key))
         if in_flight is not None:
@@ -270,9 +371,13 @@ class ReadCache:
         batch = self._batches.get(connection.key)
         if batch is None:
             batch = self._batches[connection.key] = _Batch()
-            asyncio.get_running_loop().call_later(
-                self.window, lambda: asyncio.ensure_future(self._flush(connection))
-            )
+
+            def flush() -> None:
+                self._timers.discard(timer)
+                self._start(self._flush(connection))
+
+            timer = asyncio.get_running_loop().call_later(self.window, flush)
+            self._timers.add(timer)
         future = batch.futures.get(key)
         if future is None:
             future = asyncio.get_running_loop().create_future()

@@ -244,6 +244,7 @@ class Controller:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.dynamic.close()
+        self.reads.close()
         await self.connections.close_all()
         await self.client.close()
         await self.health.stop()
@@ -337,18 +338,53 @@ class Controller:
                         continue
             tracked.wake.clear()
             tracked.reasons.clear()
-            outcome = await self._reconcile(key, body, tracked)
+            outcome = await self._reconcile_until_stopped(key, body, tracked, stopped)
+            if outcome is None:
+                break
             if outcome.result == "error":
                 tracked.failures += 1
             else:
                 tracked.failures = 0
                 tracked.once_done = tracked.once_done or outcome.delay is None
             deadline = None if outcome.delay is None else loop.time() + outcome.delay
-        reason = stopped.reason
-        deleted = reason is not None and bool(reason & kopf.DaemonStoppingReason.RESOURCE_DELETED)
+        deleted = _deleted(stopped)
         await self.dynamic.removed(key[0], key[1], deleted=deleted)
         if deleted:
             await self._forget_deleted(key, body)
+
+    async def _reconcile_until_stopped(
+        self, key: tuple[str, str], body: Any, tracked: _Tracked, stopped: Any
+    ) -> Outcome | None:
+        """Reconcile, but give up (returning None) when the operator stops or pauses meanwhile.
+
+        A store request that never returns would otherwise hold the daemon, and the operator's
+        stop, for kopf's whole cancellation backoff. The store's worker thread is abandoned.
+        A deleted ExternalSecret's reconcile is left to finish: kopf cancels it after the
+        backoff.
+        """
+        reconcile = asyncio.ensure_future(self._reconcile(key, body, tracked))
+        stopping = asyncio.ensure_future(stopped.wait())
+        try:
+            await asyncio.wait((reconcile, stopping), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            reconcile.cancel()
+            raise
+        finally:
+            stopping.cancel()
+        if reconcile.done() or _deleted(stopped):
+            return await reconcile
+        reconcile.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reconcile
+        log_event(
+            logger,
+            logging.INFO,
+            "reconcile_abandoned",
+            namespace=key[0],
+            external_secret=key[1],
+            reason="controller_stopping",
+        )
+        return None
 
     async def _reconcile(self, key: tuple[str, str], body: Any, tracked: _Tracked) -> Outcome:
         try:
@@ -439,18 +475,23 @@ class Controller:
             self.stores.remove(key)
         else:
             self.stores.update(body)
+        current = self._store_state(key)
+        if current != previous:
+            await self._store_changed(key, reopen=previous is not None and previous[0] == "valid")
+        if event.get("type") != "DELETED":
             plural = "secretstores" if key[0] == "SecretStore" else "clustersecretstores"
             path = resource_path(plural, name=key[2], namespace=key[1], status=True)
             await self._write_validity(body, problems=self.stores.invalid.get(key), path=path)
-        current = self._store_state(key)
-        if current == previous:
-            return
-        # Created, fixed, broken, changed or deleted: the ExternalSecrets of this store would
-        # otherwise wait for their refresh or backoff (up to 5 min) to notice.
-        closed = await self.connections.close_store(*key)
-        self.metrics.store_connections.set(len(self.connections))
-        if previous is not None:
-            # A store seen for the first time (each one at startup) is not worth a line.
+
+    async def _store_changed(self, key: tuple[str, str | None, str], *, reopen: bool) -> None:
+        """Wake the ExternalSecrets of a store that was created, fixed, broken, changed or
+        deleted, which would otherwise wait for their refresh or backoff (up to 5 min).
+
+        `reopen` closes the store's connections first. Only a store that was valid has any.
+        """
+        if reopen:
+            closed = await self.connections.close_store(*key)
+            self.metrics.store_connections.set(len(self.connections))
             log_event(logger, logging.INFO, "store_changed", store=key[2], closed=closed)
         for tracked in self.tracked.values():
             if tracked.store == key:
@@ -526,6 +567,12 @@ async def _sleep(
         for waiter in waiters:
             waiter.cancel()
     return not wake.is_set() and not stopped and not closing.is_set()
+
+
+def _deleted(stopped: Any) -> bool:
+    """Tell whether kopf stopped a daemon because its ExternalSecret was deleted."""
+    reason = stopped.reason
+    return reason is not None and bool(reason & kopf.DaemonStoppingReason.RESOURCE_DELETED)
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import boto3
 import pytest
@@ -103,3 +112,72 @@ async def test_odd_shapes_reported_then_fixed(
     for name in ODD_SPECS:
         await eventually(lambda name=name: status_of(cluster, name) == "True")
         assert cluster.secret_data(name) == {"value": b"fake-db-password-1"}
+
+
+@pytest.fixture
+def silent_server() -> Iterator[socket.socket]:
+    """A TCP server on a loopback port that accepts connections and never answers."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    yield silent
+    silent.close()
+
+
+def kubeconfig(path: Path, server: str) -> Path:
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "emulator", "cluster": {"server": server}}],
+                "users": [{"name": "emulator", "user": {"token": "fake-kube-token"}}],
+                "contexts": [
+                    {"name": "emulator", "context": {"cluster": "emulator", "user": "emulator"}}
+                ],
+                "current-context": "emulator",
+            }
+        )
+    )
+    return path
+
+
+def controller_command(*flags: str) -> list[str]:
+    return [sys.executable, "-m", "agent.cli", "controller", "--listen", "127.0.0.1:0", *flags]
+
+
+async def test_stop_abandons_hung_store(
+    cluster: Cluster, aws: str, silent_server: socket.socket, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig(tmp_path / "kubeconfig", cluster.url)))
+    host, port = silent_server.getsockname()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.apply_external_secret("app", es_spec("/app/db"))
+    process = subprocess.Popen(
+        controller_command("--standalone"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        # The controller's first request to the store arrives, and is never answered.
+        silent_server.settimeout(30)
+        try:
+            accepted, _ = await asyncio.to_thread(silent_server.accept)
+        except TimeoutError:
+            process.kill()
+            print(process.stdout.read().decode())
+            raise
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = await asyncio.to_thread(process.wait, 30)
+        stopped_after = time.monotonic() - started
+        accepted.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    output = process.stdout.read().decode()
+    assert code == 0, output
+    # The store's read timeout is 15 s and kopf's cancellation backoff 10 s: without abandoning
+    # the request, stopping takes at least 10 s.
+    assert stopped_after < 5, output
+    assert "reconcile_abandoned" in output

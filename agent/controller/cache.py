@@ -8,6 +8,10 @@ closed (a Vault token it created is revoked). Worker threads are daemon threads,
 waits at most `CLOSE_ALL_TIMEOUT_SECONDS` for them, so a store that never responds cannot keep
 the controller from stopping.
 
+Stores opened here are named `namespace/name` (a SecretStore) or `ClusterSecretStore/name` in
+logs, messages and the `store` label of metrics, because SecretStores of different namespaces
+may share a name.
+
 `ReadCache` makes ExternalSecrets that read the same remote key share one backend read. Requests
 that arrive within `window` seconds of each other are merged into one `Store.fetch` call, which
 batches them (10 SSM names per GetParameters), and results are kept for `ttl` seconds, keyed by
@@ -31,7 +35,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Coroutine, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from agent.declarations import StoreDeclaration
@@ -119,6 +123,18 @@ class _Job:
     kwargs: dict[str, Any]
 
 
+def qualified_name(name: str, namespace: str | None) -> str:
+    """Return a SecretStore's name with its namespace; a ClusterSecretStore's name is unique."""
+    return name if namespace is None else f"{namespace}/{name}"
+
+
+def store_label(kind: str, namespace: str | None, name: str) -> str:
+    """Return the name a store has in logs and metrics, as its opened `Store.name` shows it."""
+    if kind == "SecretStore":
+        return qualified_name(name, namespace)
+    return f"{kind}/{name}"
+
+
 class StoreConnection:
     """One open store, its worker thread and its maintenance schedule."""
 
@@ -136,7 +152,8 @@ class StoreConnection:
         except ExecutorClosedError:
             # The store changed or was deleted meanwhile; its ExternalSecrets are woken anyway.
             raise StoreUnavailableError(
-                "the store's connection was closed because the store changed", store=self.key.name
+                "the store's connection was closed because the store changed",
+                store=store_label(self.key.kind, self.key.namespace, self.key.name),
             ) from None
 
 
@@ -168,7 +185,8 @@ class StoreConnections:
         future: asyncio.Future[StoreConnection] = asyncio.get_running_loop().create_future()
         self._opening[key] = future
         try:
-            store = self._opener(declaration, references())
+            named = replace(declaration, name=qualified_name(declaration.name, key.namespace))
+            store = self._opener(named, references())
             connection = StoreConnection(key, store)
             await self._close_replaced(key)
             self._open[key] = connection
@@ -400,8 +418,10 @@ class ReadCache:
                 raise
             return
         expires_at = self.clock() + self.ttl
+        store_name = connection.store.name
         for key, future in batch.futures.items():
-            value = values.get(key, StoreError("no answer for this key", store=connection.key.name))
+            missing = StoreError("no value returned for this key", store=store_name)
+            value = values.get(key, missing)
             self._values[(connection.key, key)] = _Entry(value, expires_at)
             self._in_flight.pop((connection.key, key), None)
             if not future.done():

@@ -38,7 +38,13 @@ from typing import Any
 import kopf
 
 from agent.controller import FINALIZER, GROUP, MANAGED_LABEL, VERSION
-from agent.controller.cache import ReadCache, RefreshPlanner, StoreConnections
+from agent.controller.cache import (
+    ReadCache,
+    RefreshPlanner,
+    StoreConnections,
+    qualified_name,
+    store_label,
+)
 from agent.controller.dynamic import GENERATOR_PLURAL, DynamicSecrets
 from agent.controller.health import HealthEndpoints
 from agent.controller.kube import KubeApiError, KubeClient, resource_path
@@ -492,7 +498,7 @@ class Controller:
         if reopen:
             closed = await self.connections.close_store(*key)
             self.metrics.store_connections.set(len(self.connections))
-            log_event(logger, logging.INFO, "store_changed", store=key[2], closed=closed)
+            log_event(logger, logging.INFO, "store_changed", store=store_label(*key), closed=closed)
         for tracked in self.tracked.values():
             if tracked.store == key:
                 tracked.wake_for("store")
@@ -547,8 +553,13 @@ class Controller:
         try:
             await self.client.patch(path, {"status": {"conditions": [condition]}})
         except KubeApiError as error:
-            name = (body.get("metadata") or {}).get("name")
-            log_event(logger, logging.WARNING, "store_status_failed", store=name, error=str(error))
+            metadata = body.get("metadata") or {}
+            kind, name = str(body.get("kind")), str(metadata.get("name"))
+            namespace = metadata.get("namespace")
+            label = store_label(kind, namespace, name)
+            if kind not in ("SecretStore", "ClusterSecretStore"):  # a VaultDynamicSecret
+                label = f"{kind}/{qualified_name(name, namespace)}"
+            log_event(logger, logging.WARNING, "store_status_failed", store=label, error=str(error))
 
 
 async def _sleep(

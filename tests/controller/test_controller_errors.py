@@ -113,7 +113,9 @@ async def test_invalid_declarations_reported(cluster: Cluster, ssm) -> None:
     assert "rewrite" in condition["message"]
     assert cluster.secret("typo") is None
     assert_no_values(cluster)
-    requests = controller.metrics.backend_requests.labels("aws-ssm", "GetParameters", "success")
+    requests = controller.metrics.backend_requests.labels(
+        "team-a/aws-ssm", "GetParameters", "success"
+    )
     # Only the valid ExternalSecret was fetched; the invalid ones were rejected before.
     assert requests._value.get() == 1
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from prometheus_client import generate_latest
 
 from tests.controller.conftest import Cluster, eventually
 
@@ -116,7 +117,7 @@ async def test_odd_shapes_reported_then_fixed(
 
 @pytest.fixture
 def silent_server() -> Iterator[socket.socket]:
-    """A TCP server on a loopback port that accepts connections and never answers."""
+    """A TCP server on a loopback port that accepts connections and never responds."""
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)
@@ -181,3 +182,26 @@ async def test_stop_abandons_hung_store(
     # the request, stopping takes at least 10 s.
     assert stopped_after < 5, output
     assert "reconcile_abandoned" in output
+
+
+async def test_store_names_carry_namespace(
+    cluster: Cluster, ssm, caplog: pytest.LogCaptureFixture
+) -> None:
+    ssm("/app/db", "fake-db-password-1")
+    caplog.set_level(logging.INFO)
+    for namespace in ("team-a", "team-b"):
+        await cluster.apply_store("aws-ssm", SSM, namespace=namespace)
+        await cluster.apply_external_secret("app", es_spec("/app/db"), namespace=namespace)
+    controller = await cluster.start_controller()
+    for namespace in ("team-a", "team-b"):
+        await eventually(lambda namespace=namespace: cluster.secret("app", namespace))
+    metrics = generate_latest(controller.metrics.registry).decode()
+    for namespace in ("team-a", "team-b"):
+        assert f'result="success",store="{namespace}/aws-ssm"}}' in metrics
+    assert 'store="aws-ssm"' not in metrics
+    opened = sorted(
+        record.event_fields["store"]
+        for record in caplog.records
+        if record.getMessage() == "store_opened"
+    )
+    assert opened == ["team-a/aws-ssm", "team-b/aws-ssm"]

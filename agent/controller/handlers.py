@@ -50,7 +50,7 @@ from agent.controller.health import HealthEndpoints
 from agent.controller.kube import KubeApiError, KubeClient, resource_path
 from agent.controller.metrics import ControllerMetrics
 from agent.controller.reconcile import Outcome, Reconciler, StoreIndex, plain
-from agent.controller.refs import ApiRefs
+from agent.controller.refs import ApiRefs, foreign_namespace_references
 from agent.controller.secrets import drifted
 from agent.controller.settings import ControllerSettings
 from agent.errors import StoreError
@@ -481,6 +481,8 @@ class Controller:
             self.stores.remove(key)
         else:
             self.stores.update(body)
+            if kind == "SecretStore":
+                self._reject_foreign_references(key, body)
         current = self._store_state(key)
         if current != previous:
             await self._store_changed(key, reopen=previous is not None and previous[0] == "valid")
@@ -488,6 +490,18 @@ class Controller:
             plural = "secretstores" if key[0] == "SecretStore" else "clustersecretstores"
             path = resource_path(plural, name=key[2], namespace=key[1], status=True)
             await self._write_validity(body, problems=self.stores.invalid.get(key), path=path)
+
+    def _reject_foreign_references(
+        self, key: tuple[str, str | None, str], body: Mapping[str, Any]
+    ) -> None:
+        """Record a SecretStore as invalid when a reference names another namespace."""
+        assert key[1] is not None
+        problems = foreign_namespace_references(body.get("spec"), key[1])
+        if not problems:
+            return
+        self.stores.stores.pop(key, None)
+        earlier = self.stores.invalid.get(key)
+        self.stores.invalid[key] = " | ".join([earlier, *problems] if earlier else problems)
 
     async def _store_changed(self, key: tuple[str, str | None, str], *, reopen: bool) -> None:
         """Wake the ExternalSecrets of a store that was created, fixed, broken, changed or

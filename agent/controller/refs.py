@@ -183,3 +183,38 @@ def _key_content(body: dict[str, Any], key: str, *, encoded: bool) -> bytes | No
     if key in binary:
         return base64.b64decode(binary[key])
     return None
+
+
+def foreign_namespace_references(spec: Any, namespace: str) -> list[str]:
+    """Return a problem for each reference in a SecretStore's spec that names another namespace.
+
+    Such a store cannot work, because reading the reference always fails, so it is reported
+    invalid at once instead of at each reconcile. Reference fields are those named `*SecretRef`,
+    `serviceAccountRef` and `caProvider`; a Vault provider's own `namespace` is not one.
+    """
+    problems: list[str] = []
+
+    def visit(value: Any, path: str) -> None:
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                visit(item, f"{path}[{index}]")
+            return
+        if not isinstance(value, dict):
+            return
+        for key, item in value.items():
+            field = f"{path}.{key}"
+            named = item.get("namespace") if isinstance(item, dict) else None
+            if _is_reference(str(key)) and named and named != namespace:
+                problems.append(
+                    f"{field}.namespace: {named} is not the SecretStore's namespace {namespace}, "
+                    "and a SecretStore reads references only in its own namespace; remove the "
+                    "namespace, or use a ClusterSecretStore"
+                )
+            visit(item, field)
+
+    visit(spec, "spec")
+    return problems
+
+
+def _is_reference(field: str) -> bool:
+    return field.endswith("SecretRef") or field in ("serviceAccountRef", "caProvider")

@@ -205,3 +205,33 @@ async def test_store_names_carry_namespace(
         if record.getMessage() == "store_opened"
     )
     assert opened == ["team-a/aws-ssm", "team-b/aws-ssm"]
+
+
+def store_ready(cluster: Cluster, name: str, namespace: str = "team-a") -> dict:
+    body = cluster.emulator.body("secrets-agent.io/v1alpha1/secretstores", namespace, name) or {}
+    conditions = (body.get("status") or {}).get("conditions") or [{}]
+    return conditions[0]
+
+
+async def test_store_invalid_when_unusable(cluster: Cluster, vault) -> None:
+    foreign = {"name": "vault-token", "key": "token", "namespace": "team-b"}
+    provider = {"vault": {"server": vault.url, "auth": {"tokenSecretRef": foreign}}}
+    await cluster.apply_store("foreign-ref", provider)
+    await cluster.apply_store(
+        "bad-region", {"aws": {"service": "ParameterStore", "region": "eu west 1"}}
+    )
+    await cluster.start_controller()
+    await cluster.apply_external_secret("app", es_spec("app", store="foreign-ref"))
+
+    condition = await eventually(lambda: store_ready(cluster, "foreign-ref").get("status"))
+    assert condition == "False"
+    message = store_ready(cluster, "foreign-ref")["message"]
+    assert "spec.provider.vault.auth.tokenSecretRef.namespace" in message
+    assert "team-b" in message
+    assert store_ready(cluster, "foreign-ref")["reason"] == "InvalidProviderConfig"
+    await eventually(lambda: status_of(cluster, "app") == "False")
+    assert "tokenSecretRef.namespace" in cluster.ready("app")["message"]
+
+    await eventually(lambda: store_ready(cluster, "bad-region").get("status"))
+    assert store_ready(cluster, "bad-region")["status"] == "False"
+    assert "spec.provider.aws.region" in store_ready(cluster, "bad-region")["message"]

@@ -514,6 +514,7 @@ class Reconciler:
         owner = _owner(body)
         for attempt in (1, 2):
             existing = await self._current_secret(declaration.namespace, declaration.target)
+            _check_retained(declaration, body, owner=owner, data=data, existing=existing)
             try:
                 if not data and declaration.spec.target.deletion_policy == "Delete":
                     return await self._delete_secret(declaration, owner, existing)
@@ -782,6 +783,48 @@ def _without_missing(
     data_from = [spec.data_from[index] for index in kept]
     reduced = spec.model_copy(update={"data": data, "data_from": data_from})
     return dataclasses.replace(declaration, spec=reduced), kept
+
+
+def _check_retained(
+    declaration: ExternalSecretDeclaration,
+    body: Mapping[str, Any],
+    *,
+    owner: Owner,
+    data: Mapping[str, bytes],
+    existing: Mapping[str, Any] | None,
+) -> None:
+    """Under deletionPolicy Retain, raise ReconcileError when secret keys this ExternalSecret
+    wrote with the same spec are missing from the snapshot now.
+
+    That happens when a `find`, or an `extract` of a path, matches fewer remote keys than
+    before, or when an extracted JSON value lost a field. A missing `data` remote key fails the
+    snapshot itself. The spec counts as the same when the status says the current generation
+    was synced, so a spec change that drops keys is applied.
+    """
+    if declaration.spec.target.deletion_policy != "Retain" or existing is None:
+        return
+    previous = managed_keys(existing).get(owner.name)
+    if not previous or not _generation_synced(body):
+        return
+    missing = sorted(set(previous) - set(data))
+    if not missing:
+        return
+    shown = ", ".join(repr(key) for key in missing[:10])
+    if len(missing) > 10:
+        shown += f" and {len(missing) - 10} more"
+    raise ReconcileError(
+        f"secret key(s) {shown} of Secret {declaration.target} are no longer found in the store "
+        "(a dataFrom find or extract matched fewer remote keys), and deletionPolicy Retain keeps "
+        "the Secret's data unchanged; restore the remote keys, or set spec.target.deletionPolicy "
+        "to Merge to drop them"
+    )
+
+
+def _generation_synced(body: Mapping[str, Any]) -> bool:
+    """Tell whether the status records that the ExternalSecret's current generation synced."""
+    synced = str((body.get("status") or {}).get("syncedResourceVersion") or "")
+    generation = (body.get("metadata") or {}).get("generation")
+    return generation is not None and synced.partition("-")[0] == str(generation)
 
 
 def _reads_own_namespace(store: StoreDeclaration) -> bool:

@@ -1,0 +1,141 @@
+"""Write policies of the controller, against the Kubernetes API emulator, moto and Vault.
+
+Covers deletionPolicy Retain for `find` and `extract` of a path, and owner references under
+creationPolicy Orphan and None. Then a changed `spec.target.name`, two Merge ExternalSecrets
+writing one secret key, and Kubernetes' Secret size limit. Then a deleted VaultDynamicSecret,
+and the messages for secret keys that cannot be Kubernetes Secret keys.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.controller.conftest import API, Cluster, eventually
+
+SSM = {"aws": {"service": "ParameterStore", "region": "us-east-1"}}
+ES = f"{API}/namespaces/team-a/externalsecrets"
+SECRETS = "/api/v1/namespaces/team-a/secrets"
+MANAGED_KEYS = "secrets-agent.io/managed-keys"
+MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
+
+
+@pytest.fixture
+def ssm(aws: str):
+    client = boto3.client("ssm", region_name="us-east-1")
+
+    class Parameters:
+        def put(self, name: str, value: str) -> None:
+            client.put_parameter(Name=name, Value=value, Type="SecureString", Overwrite=True)
+
+        def delete(self, name: str) -> None:
+            client.delete_parameter(Name=name)
+
+    return Parameters()
+
+
+def spec(*keys: tuple[str, str], interval: str = "1h", **target: Any) -> dict[str, Any]:
+    return {
+        "refreshInterval": interval,
+        "secretStoreRef": {"name": "aws-ssm"},
+        "target": target,
+        "data": [{"secretKey": k, "remoteRef": {"key": r}} for k, r in keys],
+    }
+
+
+def imported(*entries: dict[str, Any], interval: str = "1s", **target: Any) -> dict[str, Any]:
+    return {
+        "refreshInterval": interval,
+        "secretStoreRef": {"name": "aws-ssm"},
+        "target": target,
+        "dataFrom": list(entries),
+    }
+
+
+def failed(cluster: Cluster, name: str) -> dict[str, Any] | None:
+    condition = cluster.ready(name) or {}
+    return condition if condition.get("status") == "False" else None
+
+
+def synced(cluster: Cluster, name: str) -> dict[str, Any] | None:
+    condition = cluster.ready(name) or {}
+    return condition if condition.get("status") == "True" else None
+
+
+def owners_of(cluster: Cluster, secret: str) -> list[str]:
+    metadata = (cluster.secret(secret) or {}).get("metadata") or {}
+    return [reference["name"] for reference in metadata.get("ownerReferences") or []]
+
+
+def managed(cluster: Cluster, secret: str) -> dict[str, list[str]]:
+    annotations = ((cluster.secret(secret) or {}).get("metadata") or {}).get("annotations") or {}
+    return json.loads(annotations.get(MANAGED_KEYS) or "{}")
+
+
+async def test_retain_find_keeps_data(cluster: Cluster, ssm) -> None:
+    for name in ("a", "b"):
+        ssm.put(f"/find/{name}", f"fake-find-{name}")
+        ssm.put(f"/path/{name}", f"fake-path-{name}")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller(cache_seconds=0.1)
+    await cluster.apply_external_secret("found", imported({"find": {"path": "/find"}}))
+    await cluster.apply_external_secret("extracted", imported({"extract": {"key": "/path"}}))
+    full = {
+        "found": {"a": b"fake-find-a", "b": b"fake-find-b"},
+        "extracted": {"a": b"fake-path-a", "b": b"fake-path-b"},
+    }
+    for name, data in full.items():
+        await eventually(lambda name=name, data=data: cluster.secret_data(name) == data)
+        await eventually(lambda name=name: synced(cluster, name))
+
+    ssm.delete("/find/a")
+    ssm.delete("/path/a")
+    for name in full:
+        ready = await eventually(lambda name=name: failed(cluster, name))
+        assert ready["reason"] == "SecretSyncedError"
+        assert "'a'" in ready["message"]
+        assert "deletionPolicy Retain" in ready["message"]
+        assert "fake-" not in ready["message"]
+        assert cluster.secret_data(name) == full[name]
+
+    # Every remote key gone: the Secret still keeps its data. An extract whose path lists
+    # nothing fails as a missing remote key.
+    ssm.delete("/find/b")
+    ssm.delete("/path/b")
+    for name, named in (("found", "'b'"), ("extracted", "/path")):
+        await eventually(
+            lambda name=name, named=named: named in (failed(cluster, name) or {}).get("message", "")
+        )
+        assert cluster.secret_data(name) == full[name]
+
+
+async def test_retain_applies_spec_change(cluster: Cluster, ssm) -> None:
+    for name in ("a", "b"):
+        ssm.put(f"/find/{name}", f"fake-find-{name}")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller(cache_seconds=0.1)
+    await cluster.apply_external_secret("found", imported({"find": {"path": "/find"}}))
+    await eventually(lambda: len(cluster.secret_data("found") or {}) == 2)
+    await eventually(lambda: synced(cluster, "found"))
+
+    # A spec change that imports fewer keys is applied, not reported as missing keys.
+    narrowed = {"find": {"path": "/find", "name": {"regexp": "b$"}}}
+    await cluster.patch_external_secret("found", {"spec": imported(narrowed)})
+    await eventually(lambda: cluster.secret_data("found") == {"b": b"fake-find-b"})
+    await eventually(lambda: synced(cluster, "found"))
+
+
+async def test_merge_deletion_drops_found_keys(cluster: Cluster, ssm) -> None:
+    for name in ("a", "b"):
+        ssm.put(f"/find/{name}", f"fake-find-{name}")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller(cache_seconds=0.1)
+    entry = {"find": {"path": "/find"}}
+    await cluster.apply_external_secret("found", imported(entry, deletionPolicy="Merge"))
+    await eventually(lambda: len(cluster.secret_data("found") or {}) == 2)
+    ssm.delete("/find/a")
+    await eventually(lambda: cluster.secret_data("found") == {"b": b"fake-find-b"})
+    await eventually(lambda: synced(cluster, "found"))

@@ -160,7 +160,7 @@ def plan_write(
     """
     policy = declaration.spec.target.creation_policy
     if policy == "None":
-        return None
+        return _release_owner_reference(owner, existing)
     if existing is None:
         if policy == "Merge":
             raise SecretConflictError(
@@ -345,6 +345,11 @@ def _desired(
             if reference.get("uid") != owner.uid
         ]
         desired_metadata["ownerReferences"] = [*foreign, _owner_reference(owner)]
+    elif _owned_by(existing, owner):
+        # Orphan, Merge and None must outlive the ExternalSecret, so an owner reference left
+        # from an earlier creationPolicy Owner goes; Kubernetes would otherwise delete the
+        # Secret with the ExternalSecret.
+        desired_metadata["ownerReferences"] = _foreign_references(existing, owner)
     template = declaration.spec.target.template
     if template is not None and template.metadata.finalizers:
         finalizers = list(metadata.get("finalizers") or [])
@@ -357,6 +362,31 @@ def _desired(
         # Merge leaves an immutable Secret immutable; the others follow the declaration.
         desired["immutable"] = declaration.spec.target.immutable or policy == "Merge"
     return desired
+
+
+def _owned_by(secret: Mapping[str, Any] | None, owner: Owner) -> bool:
+    references = ((secret or {}).get("metadata") or {}).get("ownerReferences") or []
+    return any(reference.get("uid") == owner.uid for reference in references)
+
+
+def _foreign_references(secret: Mapping[str, Any], owner: Owner) -> list[dict[str, Any]]:
+    references = (secret.get("metadata") or {}).get("ownerReferences") or []
+    return [reference for reference in references if reference.get("uid") != owner.uid]
+
+
+def _release_owner_reference(
+    owner: Owner, existing: Mapping[str, Any] | None
+) -> SecretWrite | None:
+    """Under creationPolicy None, remove an owner reference left from creationPolicy Owner, so
+    that deleting the ExternalSecret does not delete the Secret."""
+    if not _owned_by(existing, owner):
+        return None
+    assert existing is not None
+    metadata = {
+        "resourceVersion": existing["metadata"]["resourceVersion"],
+        "ownerReferences": _foreign_references(existing, owner),
+    }
+    return SecretWrite("patch", {"metadata": metadata})
 
 
 def _merge_patch(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:

@@ -139,3 +139,37 @@ async def test_merge_deletion_drops_found_keys(cluster: Cluster, ssm) -> None:
     ssm.delete("/find/a")
     await eventually(lambda: cluster.secret_data("found") == {"b": b"fake-find-b"})
     await eventually(lambda: synced(cluster, "found"))
+
+
+async def test_orphan_switch_drops_owner_reference(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller()
+    keeper = await cluster.call(
+        "POST", "/api/v1/namespaces/team-a/configmaps", {"metadata": {"name": "keeper"}}
+    )
+    uid = keeper["metadata"]["uid"]
+    foreign = {"apiVersion": "v1", "kind": "ConfigMap", "name": "keeper", "uid": uid}
+    await cluster.apply_external_secret("orphan", spec(("a", "/app/a")))
+    await cluster.apply_external_secret("none", spec(("a", "/app/a")))
+    await eventually(lambda: owners_of(cluster, "orphan") == ["orphan"])
+    await eventually(lambda: owners_of(cluster, "none") == ["none"])
+    # Someone else's owner reference stays.
+    reference = cluster.secret("orphan")["metadata"]["ownerReferences"][0]
+    patch = {"metadata": {"ownerReferences": [foreign, reference]}}
+    await cluster.call("PATCH", f"{SECRETS}/orphan", patch, headers=MERGE_PATCH)
+
+    for name, policy in (("orphan", "Orphan"), ("none", "None")):
+        changed = {"spec": {"target": {"creationPolicy": policy}}}
+        await cluster.patch_external_secret(name, changed)
+    await eventually(lambda: owners_of(cluster, "orphan") == ["keeper"])
+    await eventually(lambda: owners_of(cluster, "none") == [])
+
+    for name in ("orphan", "none"):
+        await cluster.call("DELETE", f"{ES}/{name}")
+        await eventually(lambda name=name: cluster.external_secret(name) is None)
+    # Give the emulator's garbage collector a chance to run: nothing collects these Secrets.
+    await cluster.apply_external_secret("probe", spec(("a", "/app/a")))
+    await eventually(lambda: cluster.secret_data("probe"))
+    assert cluster.secret_data("orphan") == {"a": b"fake-a"}
+    assert cluster.secret_data("none") == {"a": b"fake-a"}

@@ -224,10 +224,17 @@ class LeaseManager:
         refs: ReferenceResolver | None = None,
         metrics: LeaseMetrics | None = None,
         state: LeaseStateStore | None = None,
+        keep_without_generator: bool = False,
     ) -> None:
         """Without `refs`, `metrics` or `state`, `settings` must be the agent's `Settings`: the
         manager reads references from `refs_dir`, registers its metrics on the syncer's
-        registry and keeps the state file in the writer's output directory."""
+        registry and keeps the state file in the writer's output directory.
+
+        With `keep_without_generator` (the controller), a lease whose entry still names a
+        generator that is no longer declared is kept instead of released: it is renewed with
+        the client that issued it, never replaced, and ends at its TTL unless the generator
+        comes back.
+        """
         self.syncer = syncer
         self.grace = settings.lease_revoke_grace
         self.threshold = settings.lease_renewal_threshold
@@ -240,6 +247,7 @@ class LeaseManager:
         self.metrics = metrics if metrics is not None else LeaseMetrics(syncer.metrics.registry)
         self.state = state if state is not None else LeaseStateFile(syncer.writer.output_dir)
         self._backend_metrics = syncer.metrics
+        self.keep_without_generator = keep_without_generator
         self._lock = threading.RLock()
         self._current: dict[LeaseKey, HeldLease] = {}
         self._superseded: list[HeldLease] = []
@@ -611,6 +619,8 @@ class LeaseManager:
         rotated at once.
         """
         generator = self._generator_for(held.key)
+        if generator is None and self._kept_without_generator(held):
+            return self._advance_without_generator(held)
         if generator is None:
             self._release(held, reason="undeclared")
             return math.inf
@@ -627,6 +637,30 @@ class LeaseManager:
         if current is None:
             return math.inf
         return self._next_action(current)[1]
+
+    def _kept_without_generator(self, held: HeldLease) -> bool:
+        """Tell whether `held` is kept although its generator is not declared: its entry still
+        names that generator by name (see `keep_without_generator`)."""
+        if not self.keep_without_generator:
+            return False
+        state = self.syncer.states.get(held.target)
+        if state is None:
+            return False
+        entries = state.declaration.spec.data_from
+        if held.entry >= len(entries) or entries[held.entry].source_ref is None:
+            return False
+        return entries[held.entry].source_ref.generator_ref.name == held.generator
+
+    def _advance_without_generator(self, held: HeldLease) -> float:
+        """Renew `held` when due, with the client that issued it; return when to look again.
+
+        New credentials need the generator, so a lease that would be replaced is left to end.
+        """
+        action, due, _reason = self._next_action(held)
+        if action == "renew" and due <= self.clock():
+            self._renew(held)
+            action, due, _reason = self._next_action(held)
+        return due if action == "renew" else math.inf
 
     def _renew_fraction(self) -> float:
         return RENEW_FRACTION + FRACTION_JITTER * (2 * self.rng() - 1)
@@ -706,6 +740,10 @@ class LeaseManager:
         """Fetch new credentials for the entry of `held`; on failure retry with backoff."""
         now = self.clock()
         generator = self._generator_for(held.key)
+        if generator is None and self._kept_without_generator(held):
+            # Replaced once the generator is declared again (the pending rotation is due then).
+            held.pending, held.retry_at = reason, now
+            return
         if generator is None:
             self._release(held, reason="undeclared")
             return

@@ -63,6 +63,10 @@ GENERATOR_PLURAL = "vaultdynamicsecrets"
 # The loop looks at its managers at least this often, so that a step of the clock is noticed.
 MAX_IDLE_SECONDS = 60.0
 _RECORDS = TypeAdapter(list[LeaseRecord])
+_KEPT_MEANWHILE = (
+    "meanwhile the Secret keeps its data, and a lease it holds is renewed but not replaced, so "
+    "the credentials end at the lease's max TTL"
+)
 
 GeneratorKey = tuple[str, str]  # (namespace, name)
 Resolver = Callable[[str], ReferenceResolver]
@@ -214,6 +218,7 @@ class _Namespace:
             refs=owner.resolver(namespace),
             metrics=owner.lease_metrics,
             state=_AnnotationState(namespace, owner.records_saved),
+            keep_without_generator=True,
         )
 
     # Called by the manager on its syncer, from a worker thread.
@@ -256,6 +261,9 @@ class DynamicSecrets:
         # The records annotation of each owner as this process last wrote or read it, in the
         # form `significant` returns.
         self.saved: dict[str, str] = {}
+        # ExternalSecrets (as (namespace, name)) whose last reconcile found a generator missing
+        # or invalid, by that generator; they are woken when it becomes valid.
+        self._waiting: dict[GeneratorKey, set[tuple[str, str]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
 
@@ -337,6 +345,8 @@ class DynamicSecrets:
         space = self._namespaces.get(namespace)
         target = lease_target(namespace, name)
         self.saved.pop(target, None)
+        for waiting in self._waiting.values():
+            waiting.discard((namespace, name))
         if space is None or target not in space.states:
             return
         if not deleted:
@@ -348,7 +358,12 @@ class DynamicSecrets:
     # -- generators ----------------------------------------------------------------------------
 
     def generator_changed(self, key: GeneratorKey) -> None:
-        """Pass a created, changed or deleted generator to its namespace's manager."""
+        """Pass a created, changed or deleted generator to its namespace's manager, and wake
+        the ExternalSecrets that waited for it when it is valid now."""
+        if key in self.index.generators:
+            for owner in sorted(self._waiting.pop(key, ())):
+                # The reason "store" also wakes an ExternalSecret with refreshInterval 0.
+                self._wake_owner(owner, "store")
         space = self._namespaces.get(key[0])
         if space is None:
             return
@@ -369,6 +384,9 @@ class DynamicSecrets:
         """Find every generator the declaration names; return the failure of each that is
         missing or invalid, by `dataFrom` index."""
         assert declaration.namespace is not None
+        owner = (declaration.namespace, declaration.name)
+        for waiting in self._waiting.values():
+            waiting.discard(owner)
         failures: dict[int, StoreError] = {}
         for index, item in enumerate(declaration.spec.data_from):
             if item.source_ref is None:
@@ -378,20 +396,24 @@ class DynamicSecrets:
             description = f"VaultDynamicSecret {declaration.namespace}/{name}"
             if key not in self.index.generators and key not in self.index.invalid:
                 await self._read_generator(key, description)
+            if key in self.index.generators:
+                self.generator_changed(key)
+                continue
+            self._waiting.setdefault(key, set()).add(owner)
             if key in self.index.invalid:
                 failures[index] = StoreError(
                     f"{description} is invalid: {self.index.invalid[key]}",
                     store=f"VaultDynamicSecret/{name}",
-                    fix="fix the generator",
+                    fix=f"fix the generator; {_KEPT_MEANWHILE}",
                 )
-            elif key not in self.index.generators:
+            else:
                 failures[index] = StoreError(
                     f"{description} not found",
                     store=f"VaultDynamicSecret/{name}",
-                    fix="create it in the ExternalSecret's namespace, or fix generatorRef.name",
+                    fix="create it in the ExternalSecret's namespace, or fix generatorRef.name; "
+                    f"{_KEPT_MEANWHILE}",
                 )
-            else:
-                self.generator_changed(key)
+        self._waiting = {key: owners for key, owners in self._waiting.items() if owners}
         return failures
 
     async def _read_generator(self, key: GeneratorKey, description: str) -> None:

@@ -8,6 +8,7 @@ and the messages for secret keys that cannot be Kubernetes Secret keys.
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -15,6 +16,15 @@ import boto3
 import pytest
 
 from tests.controller.conftest import API, Cluster, eventually
+from tests.controller.test_controller_leases import (
+    GRACE,
+    advance,
+    apply_generator,
+    generated,
+    leases_of,
+    setup_vault,
+    start,
+)
 
 SSM = {"aws": {"service": "ParameterStore", "region": "us-east-1"}}
 ES = f"{API}/namespaces/team-a/externalsecrets"
@@ -35,6 +45,17 @@ def ssm(aws: str):
             client.delete_parameter(Name=name)
 
     return Parameters()
+
+
+@pytest.fixture
+async def orders(cluster: Cluster, vault: Any) -> Cluster:
+    """A cluster with the AppRole secret ID of the Vault emulator's orders role in team-a."""
+    secret = {
+        "metadata": {"name": "vault-approle"},
+        "data": {"secret-id": base64.b64encode(b"fake-secret-id-orders").decode()},
+    }
+    await cluster.call("POST", SECRETS, secret)
+    return cluster
 
 
 def spec(*keys: tuple[str, str], interval: str = "1h", **target: Any) -> dict[str, Any]:
@@ -173,3 +194,37 @@ async def test_orphan_switch_drops_owner_reference(cluster: Cluster, ssm) -> Non
     await eventually(lambda: cluster.secret_data("probe"))
     assert cluster.secret_data("orphan") == {"a": b"fake-a"}
     assert cluster.secret_data("none") == {"a": b"fake-a"}
+
+
+async def test_deleted_generator_keeps_lease(orders: Cluster, vault: Any) -> None:
+    setup_vault(vault)
+    await apply_generator(orders, vault)
+    controller = await start(orders, vault)
+    await orders.apply_external_secret("orders-db", generated())
+    data = await eventually(lambda: orders.secret_data("orders-db"))
+    [lease] = vault.live_leases()
+    await eventually(lambda: synced(orders, "orders-db"))
+
+    generator = f"{API}/namespaces/team-a/vaultdynamicsecrets/orders-db"
+    await orders.call("DELETE", generator)
+    ready = await eventually(lambda: failed(orders, "orders-db"))
+    assert "VaultDynamicSecret team-a/orders-db not found" in ready["message"]
+    await advance(controller, vault, GRACE + 1)
+    # Renewed with the client that issued it (about 2/3 into its TTL), and never revoked.
+    await advance(controller, vault, 400)
+    await eventually(lambda: vault.count(method="PUT", path_prefix="sys/leases/renew") >= 1)
+    assert vault.live_leases() == [lease]
+    assert orders.secret_data("orders-db") == data
+    assert [record["lease_id"] for record in leases_of(orders, "orders-db", "orders-db")] == [lease]
+
+    # Recreated: the ExternalSecret is reconciled at once and keeps the same credentials.
+    await apply_generator(orders, vault)
+    await eventually(lambda: synced(orders, "orders-db"), timeout=5)
+    assert orders.secret_data("orders-db") == data
+    assert vault.live_leases() == [lease]
+
+    # Deleting the ExternalSecret still revokes the lease after the grace.
+    await orders.call("DELETE", f"{ES}/orders-db")
+    await eventually(lambda: orders.external_secret("orders-db") is None)
+    await advance(controller, vault, GRACE + 1)
+    await eventually(lambda: vault.live_leases() == [])

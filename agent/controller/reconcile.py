@@ -42,6 +42,8 @@ from agent.controller.secrets import (
     check_secret_key,
     decoded_data,
     managed_keys,
+    owned_by,
+    owns_whole_secret,
     plan_lease_records,
     plan_removal,
     plan_write,
@@ -186,6 +188,7 @@ class Reconciler:
             records = await self._lease_records(declaration, fetched.leases)
             action = await self._write(declaration, body, fetched.data, records)
             await self._committed(declaration, fetched.leases, records)
+            await self._release_previous_targets(declaration, _owner(body))
         except ReconcileError as error:
             outcome = await self._failed(body, error, failures=failures)
         else:
@@ -545,6 +548,79 @@ class Reconciler:
             self._remember(written)
             return "created" if write.action == "create" else "updated"
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _release_previous_targets(
+        self, declaration: ExternalSecretDeclaration, owner: Owner
+    ) -> None:
+        """Take the ExternalSecret out of Secrets it wrote under an earlier spec.target.name.
+
+        They are found in the cache of managed Secrets by their managed-keys annotation. A
+        failure is logged, and the next reconcile tries again.
+        """
+        assert declaration.namespace is not None
+        previous = [
+            name
+            for (namespace, name), secret in list(self.secrets.items())
+            if namespace == declaration.namespace
+            and name != declaration.target
+            and owner.name in managed_keys(secret)
+        ]
+        for name in previous:
+            try:
+                await self._release_target(declaration.namespace, name, owner)
+            except KubeApiError as error:
+                log_event(
+                    logger,
+                    logging.WARNING,
+                    "previous_target_not_released",
+                    namespace=declaration.namespace,
+                    external_secret=declaration.name,
+                    secret=name,
+                    error=str(error),
+                )
+
+    async def _release_target(self, namespace: str, name: str, owner: Owner) -> None:
+        """Release one earlier target Secret: delete it when it is this ExternalSecret's own
+        (its owner reference, no other ExternalSecret's keys), else remove the ExternalSecret's
+        entries and markers. Its keys go too, except from an Orphan Secret, which keeps its
+        data."""
+        path = secrets_path(namespace, name)
+        existing = self.secrets.get((namespace, name))
+        for _attempt in range(3):
+            if existing is None or owner.name not in managed_keys(existing):
+                return
+            ours = owned_by(existing, owner)
+            try:
+                if ours and set(managed_keys(existing)) == {owner.name}:
+                    await self.client.delete(
+                        path, resource_version=existing["metadata"]["resourceVersion"]
+                    )
+                    self.secrets.pop((namespace, name), None)
+                    action = "deleted"
+                else:
+                    keep_data = owns_whole_secret(existing) and not ours
+                    patch = plan_removal(None, owner=owner, existing=existing, keep_data=keep_data)
+                    if patch is None:
+                        return
+                    self._remember(await self.client.patch(path, patch))
+                    action = "released"
+            except KubeApiError as error:
+                if not (error.conflict or error.not_found):
+                    raise
+                # The cached Secret was stale: read it again.
+                self.secrets.pop((namespace, name), None)
+                existing = await self.client.get(path)
+                continue
+            log_event(
+                logger,
+                logging.INFO,
+                "previous_target_released",
+                namespace=namespace,
+                external_secret=owner.name,
+                secret=name,
+                action=action,
+            )
+            return
 
     async def _replace_secret(
         self,

@@ -230,9 +230,20 @@ def plan_lease_records(
 
 
 def plan_removal(
-    declaration: ExternalSecretDeclaration, *, owner: Owner, existing: Mapping[str, Any]
+    declaration: ExternalSecretDeclaration | None,
+    *,
+    owner: Owner,
+    existing: Mapping[str, Any],
+    keep_data: bool = False,
 ) -> dict[str, Any] | None:
-    """Return the patch that removes an ExternalSecret's keys from a merged Secret, or None."""
+    """Return the patch that takes an ExternalSecret out of a Secret it wrote, or None.
+
+    The patch removes the ExternalSecret's entry from the managed-keys, leases and
+    template-metadata annotations, its template labels and annotations, and its owner reference.
+    Its secret keys are removed too, unless `keep_data` (an Orphan Secret keeps its data) or
+    another ExternalSecret also lists them. When no other ExternalSecret is left, the managed
+    labels and annotations go as well, so the controller stops watching the Secret.
+    """
     written = managed_keys(existing)
     keys = written.pop(owner.name, None)
     if keys is None:
@@ -240,7 +251,6 @@ def plan_removal(
     data = decoded_data(existing)
     remaining = {key for names in written.values() for key in names}
     patch: dict[str, Any] = {
-        "data": {key: None for key in keys if key not in remaining},
         "metadata": {
             "resourceVersion": existing["metadata"]["resourceVersion"],
             "annotations": {
@@ -252,6 +262,8 @@ def plan_removal(
             },
         },
     }
+    if not keep_data:
+        patch["data"] = {key: None for key in keys if key not in remaining}
     stale_labels, stale_annotations, record = _template_record(
         existing, owner=owner.name, declaration=None
     )
@@ -260,8 +272,16 @@ def plan_removal(
     patch["metadata"]["annotations"][TEMPLATE_METADATA_ANNOTATION] = record
     if not written:
         patch["metadata"]["labels"][MANAGED_LABEL] = None
+        patch["metadata"]["labels"][MANAGED_BY_LABEL] = None
         patch["metadata"]["annotations"][RELOADER_MATCH_ANNOTATION] = None
+    if _owned_by(existing, owner):
+        patch["metadata"]["ownerReferences"] = _foreign_references(existing, owner)
     return patch
+
+
+def owned_by(secret: Mapping[str, Any], owner: Owner) -> bool:
+    """Tell whether the Secret has an owner reference to this ExternalSecret."""
+    return _owned_by(secret, owner)
 
 
 # --- building the desired Secret -----------------------------------------------------------------

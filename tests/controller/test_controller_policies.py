@@ -196,6 +196,44 @@ async def test_orphan_switch_drops_owner_reference(cluster: Cluster, ssm) -> Non
     assert cluster.secret_data("none") == {"a": b"fake-a"}
 
 
+async def test_renamed_target_releases_old(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a")
+    shared = {
+        "metadata": {"name": "shared"},
+        "data": {"foreign": base64.b64encode(b"fake-foreign").decode()},
+    }
+    await cluster.call("POST", SECRETS, shared)
+    await cluster.call("POST", SECRETS, {"metadata": {"name": "merged-two"}, "data": {}})
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller()
+    await cluster.apply_external_secret("owned", spec(("a", "/app/a"), name="owned-one"))
+    orphan = spec(("a", "/app/a"), name="orphan-one", creationPolicy="Orphan")
+    await cluster.apply_external_secret("orphan", orphan)
+    merged = spec(("a", "/app/a"), name="shared", creationPolicy="Merge")
+    await cluster.apply_external_secret("merged", merged)
+    await eventually(lambda: cluster.secret_data("owned-one"))
+    await eventually(lambda: cluster.secret_data("orphan-one"))
+    await eventually(lambda: len(cluster.secret_data("shared") or {}) == 2)
+
+    for name in ("owned", "orphan", "merged"):
+        await cluster.patch_external_secret(name, {"spec": {"target": {"name": f"{name}-two"}}})
+    await eventually(lambda: cluster.secret_data("merged-two") == {"a": b"fake-a"})
+
+    # Owner: the old Secret was ours, so it is deleted.
+    await eventually(lambda: cluster.secret("owned-one") is None)
+    assert cluster.secret_data("owned-two") == {"a": b"fake-a"}
+    # Orphan: the old Secret keeps its data and loses the managed markers.
+    await eventually(lambda: managed(cluster, "orphan-one") == {})
+    assert cluster.secret_data("orphan-one") == {"a": b"fake-a"}
+    labels = cluster.secret("orphan-one")["metadata"].get("labels") or {}
+    assert "secrets-agent.io/managed" not in labels
+    # Merge: the old Secret loses the ExternalSecret's keys and its managed-keys entry.
+    await eventually(lambda: cluster.secret_data("shared") == {"foreign": b"fake-foreign"})
+    assert managed(cluster, "shared") == {}
+    for name in ("owned", "orphan", "merged"):
+        await eventually(lambda name=name: synced(cluster, name))
+
+
 async def test_deleted_generator_keeps_lease(orders: Cluster, vault: Any) -> None:
     setup_vault(vault)
     await apply_generator(orders, vault)

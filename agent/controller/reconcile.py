@@ -42,6 +42,7 @@ from agent.controller.secrets import (
     check_secret_key,
     decoded_data,
     managed_keys,
+    merge_conflicts,
     owned_by,
     owns_whole_secret,
     plan_lease_records,
@@ -186,9 +187,11 @@ class Reconciler:
             declaration = self.declaration(body)
             fetched = await self._fetch(declaration, namespace)
             records = await self._lease_records(declaration, fetched.leases)
-            action = await self._write(declaration, body, fetched.data, records)
+            action, problem = await self._write(declaration, body, fetched.data, records)
             await self._committed(declaration, fetched.leases, records)
             await self._release_previous_targets(declaration, _owner(body))
+            if problem:
+                raise ReconcileError(problem)
         except ReconcileError as error:
             outcome = await self._failed(body, error, failures=failures)
         else:
@@ -502,9 +505,14 @@ class Reconciler:
         body: Mapping[str, Any],
         data: Mapping[str, bytes],
         leases: list[dict[str, Any]] | None = None,
-    ) -> str:
-        """Write the Secret; return "created", "updated", "deleted", "unchanged", or "absent"
-        (deletionPolicy Delete found nothing to fetch and no Secret to delete)."""
+    ) -> tuple[str, str]:
+        """Write the Secret; return the action and a problem to report after the write.
+
+        The action is "created", "updated", "deleted", "unchanged", or "absent" (deletionPolicy
+        Delete found nothing to fetch and no Secret to delete). The problem is empty, or names
+        the secret keys that another ExternalSecret merged into the Secret first. Those keys are
+        left out, and the rest is written.
+        """
         invalid = [key for key in sorted(data) if check_secret_key(key) is not None]
         if invalid:
             shown = ", ".join(repr(key) for key in invalid[:5])
@@ -518,14 +526,17 @@ class Reconciler:
         for attempt in (1, 2):
             existing = await self._current_secret(declaration.namespace, declaration.target)
             _check_retained(declaration, body, owner=owner, data=data, existing=existing)
+            conflicts = merge_conflicts(declaration, owner=owner, data=data, existing=existing)
+            writable = {key: value for key, value in data.items() if key not in conflicts}
+            problem = _conflict_problem(declaration, conflicts)
             try:
                 if not data and declaration.spec.target.deletion_policy == "Delete":
-                    return await self._delete_secret(declaration, owner, existing)
+                    return await self._delete_secret(declaration, owner, existing), ""
                 write = plan_write(
-                    declaration, owner=owner, data=data, existing=existing, leases=leases
+                    declaration, owner=owner, data=writable, existing=existing, leases=leases
                 )
                 if write is None:
-                    return "unchanged"
+                    return "unchanged", problem
                 if write.action == "create":
                     written = await self.client.create(
                         secrets_path(declaration.namespace), write.body
@@ -546,7 +557,7 @@ class Reconciler:
                     f"writing Secret {declaration.target} failed: {error}"
                 ) from None
             self._remember(written)
-            return "created" if write.action == "create" else "updated"
+            return ("created" if write.action == "create" else "updated"), problem
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _release_previous_targets(
@@ -901,6 +912,21 @@ def _generation_synced(body: Mapping[str, Any]) -> bool:
     synced = str((body.get("status") or {}).get("syncedResourceVersion") or "")
     generation = (body.get("metadata") or {}).get("generation")
     return generation is not None and synced.partition("-")[0] == str(generation)
+
+
+def _conflict_problem(declaration: ExternalSecretDeclaration, conflicts: Mapping[str, str]) -> str:
+    """Describe secret keys left out because other ExternalSecrets merged them first."""
+    if not conflicts:
+        return ""
+    by_writer: dict[str, list[str]] = {}
+    for key, writer in sorted(conflicts.items()):
+        by_writer.setdefault(writer, []).append(repr(key))
+    parts = [f"{', '.join(keys)} (written by ExternalSecret {w})" for w, keys in by_writer.items()]
+    return (
+        f"secret key(s) {'; '.join(parts)} of Secret {declaration.target} were merged into it "
+        "by another ExternalSecret first, so this one leaves them out and writes the rest; give "
+        "each key one writer (rename it with secretKey or a dataFrom rewrite)"
+    )
 
 
 def _reads_own_namespace(store: StoreDeclaration) -> bool:

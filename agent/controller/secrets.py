@@ -279,6 +279,30 @@ def plan_removal(
     return patch
 
 
+def merge_conflicts(
+    declaration: ExternalSecretDeclaration,
+    *,
+    owner: Owner,
+    data: Mapping[str, bytes],
+    existing: Mapping[str, Any] | None,
+) -> dict[str, str]:
+    """Return the secret keys of `data` that another ExternalSecret already merged into the
+    target Secret, each with that ExternalSecret's name (creationPolicy Merge only).
+
+    The managed-keys annotation decides: the ExternalSecret that wrote a key first keeps it.
+    """
+    if existing is None or declaration.spec.target.creation_policy != "Merge":
+        return {}
+    conflicts: dict[str, str] = {}
+    for name, keys in sorted(managed_keys(existing).items()):
+        if name == owner.name:
+            continue
+        for key in keys:
+            if key in data:
+                conflicts.setdefault(key, name)
+    return conflicts
+
+
 def owned_by(secret: Mapping[str, Any], owner: Owner) -> bool:
     """Tell whether the Secret has an owner reference to this ExternalSecret."""
     return _owned_by(secret, owner)

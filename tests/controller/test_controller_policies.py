@@ -234,6 +234,34 @@ async def test_renamed_target_releases_old(cluster: Cluster, ssm) -> None:
         await eventually(lambda name=name: synced(cluster, name))
 
 
+async def test_merge_clash_reported(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a")
+    ssm.put("/app/b", "fake-b")
+    ssm.put("/app/c", "fake-c")
+    shared = {"metadata": {"name": "shared"}, "data": {}}
+    await cluster.call("POST", SECRETS, shared)
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller()
+    first = spec(("key", "/app/a"), name="shared", creationPolicy="Merge")
+    await cluster.apply_external_secret("first", first)
+    await eventually(lambda: cluster.secret_data("shared") == {"key": b"fake-a"})
+    second = spec(("key", "/app/b"), ("own", "/app/c"), name="shared", creationPolicy="Merge")
+    await cluster.apply_external_secret("second", second)
+
+    ready = await eventually(lambda: failed(cluster, "second"))
+    assert "'key'" in ready["message"]
+    assert "ExternalSecret first" in ready["message"]
+    await eventually(lambda: cluster.secret_data("shared") == {"key": b"fake-a", "own": b"fake-c"})
+    assert managed(cluster, "shared") == {"first": ["key"], "second": ["own"]}
+    assert synced(cluster, "first")
+
+    # Once the first writer is gone, the second one takes the key over.
+    await cluster.call("DELETE", f"{ES}/first")
+    await cluster.patch_external_secret("second", {"metadata": {"annotations": {"sync": "1"}}})
+    await eventually(lambda: cluster.secret_data("shared") == {"key": b"fake-b", "own": b"fake-c"})
+    await eventually(lambda: synced(cluster, "second"))
+
+
 async def test_deleted_generator_keeps_lease(orders: Cluster, vault: Any) -> None:
     setup_vault(vault)
     await apply_generator(orders, vault)

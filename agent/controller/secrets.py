@@ -51,11 +51,18 @@ from agent.declarations import ExternalSecretDeclaration
 # Kubernetes accepts these names as Secret keys (validation of Secret and ConfigMap keys).
 SECRET_KEY_PATTERN = re.compile(r"[-._a-zA-Z0-9]+")
 MAX_SECRET_KEY_LENGTH = 253
+# The API server rejects a Secret whose data (keys and decoded values) exceeds 1 MiB
+# (MaxSecretSize in Kubernetes' core validation).
+MAX_SECRET_BYTES = 1024 * 1024
 DEFAULT_TYPE = "Opaque"
 
 
 class SecretConflictError(Exception):
     """The target Secret cannot be written as declared; the message says why and what to do."""
+
+
+class SecretTooLargeError(SecretConflictError):
+    """The Secret would exceed Kubernetes' size limit; the message names the largest keys."""
 
 
 def check_secret_key(key: str) -> str | None:
@@ -172,6 +179,7 @@ def plan_write(
             body["metadata"]["annotations"][LEASES_ANNOTATION] = lease_annotation(
                 None, owner=owner.name, records=leases
             )
+        _check_size(declaration, body)
         return SecretWrite("create", body)
     if policy == "Owner":
         _check_ownership(declaration, owner, existing)
@@ -182,6 +190,7 @@ def plan_write(
             LEASES_ANNOTATION,
             lease_annotation(existing, owner=owner.name, records=leases),
         )
+    _check_size(declaration, desired)
     if _needs_replacement(existing, desired):
         if policy == "Merge":
             raise SecretConflictError(_replacement_problem(declaration, existing, desired))
@@ -431,6 +440,39 @@ def _release_owner_reference(
         "ownerReferences": _foreign_references(existing, owner),
     }
     return SecretWrite("patch", {"metadata": metadata})
+
+
+def _check_size(declaration: ExternalSecretDeclaration, desired: Mapping[str, Any]) -> None:
+    """Raise SecretTooLargeError when the Secret would exceed Kubernetes' size limit.
+
+    The API server rejects a Secret whose data (keys plus decoded values) is above 1 MiB. This
+    counts the data that way and adds the annotations, so it is an estimate that errs on the
+    large side, because the API server checks annotations against a separate limit.
+    """
+    sizes = {
+        key: len(key) + _decoded_length(value) for key, value in (desired.get("data") or {}).items()
+    }
+    annotations = (desired.get("metadata") or {}).get("annotations") or {}
+    metadata_size = sum(len(key) + len(value or "") for key, value in annotations.items())
+    total = sum(sizes.values()) + metadata_size
+    if total <= MAX_SECRET_BYTES:
+        return
+    largest = sorted(sizes.items(), key=lambda item: (-item[1], item[0]))[:3]
+    shown = ", ".join(f"{key!r} ({_kib(size)})" for key, size in largest)
+    raise SecretTooLargeError(
+        f"Secret {declaration.target} would hold about {_kib(total)} (an estimate: data plus "
+        f"annotations), above Kubernetes' limit of {_kib(MAX_SECRET_BYTES)} for a Secret; the "
+        f"largest secret keys are {shown}. Split the ExternalSecret into several with their own "
+        "spec.target.name, or leave the large values out"
+    )
+
+
+def _decoded_length(encoded: str) -> int:
+    return len(encoded) * 3 // 4 - (len(encoded) - len(encoded.rstrip("=")))
+
+
+def _kib(size: int) -> str:
+    return f"{size / 1024:.0f} KiB"
 
 
 def _merge_patch(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:

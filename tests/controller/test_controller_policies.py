@@ -262,6 +262,32 @@ async def test_merge_clash_reported(cluster: Cluster, ssm) -> None:
     await eventually(lambda: synced(cluster, "second"))
 
 
+async def test_oversized_secret_reported(cluster: Cluster, vault: Any) -> None:
+    vault.kv_put("secret", "huge", {"blob": "x" * (1536 * 1024), "small": "fake-small"})
+    token_secret = {
+        "metadata": {"name": "vault-token"},
+        "data": {"token": base64.b64encode(b"root-token-fake").decode()},
+    }
+    await cluster.call("POST", SECRETS, token_secret)
+    provider = {
+        "vault": {
+            "server": vault.url,
+            "path": "secret",
+            "auth": {"tokenSecretRef": {"name": "vault-token", "key": "token"}},
+        }
+    }
+    await cluster.apply_store("vault", provider)
+    await cluster.start_controller()
+    body = {"secretStoreRef": {"name": "vault"}, "dataFrom": [{"extract": {"key": "huge"}}]}
+    await cluster.apply_external_secret("huge", body)
+    ready = await eventually(lambda: failed(cluster, "huge"))
+    assert "1024 KiB" in ready["message"]
+    assert "'blob' (1536 KiB)" in ready["message"]
+    assert "Split the ExternalSecret" in ready["message"]
+    assert "413" not in ready["message"]
+    assert cluster.secret("huge") is None
+
+
 async def test_deleted_generator_keeps_lease(orders: Cluster, vault: Any) -> None:
     setup_vault(vault)
     await apply_generator(orders, vault)

@@ -82,6 +82,11 @@ DELETED = "SecretDeleted"
 _SECRET_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _MAX_SECRET_NAME = 253
 NAMESPACE_LABELS_SECONDS = 30.0
+# The declaration checks speak of the agent's --nested-keys for a secret key with '/'. The
+# controller has no such flag, and no Kubernetes Secret key can contain '/'.
+_AGENT_NESTED_KEYS_PROBLEM = " and nested keys are off"
+_AGENT_NESTED_KEYS_FIX = ", or turn on nested keys (--nested-keys)"
+_SECRET_KEY_SLASH_FIX = "; a Kubernetes Secret key cannot contain '/'"
 
 EventPoster = Callable[[Mapping[str, Any], str, str, str], None]
 ResolverFactory = Callable[[str | None, str], ReferenceResolver]
@@ -321,6 +326,15 @@ class Reconciler:
                     "be a Kubernetes Secret key; rename it",
                     retry=False,
                 )
+        template = spec.target.template
+        for key in template.data if template is not None else {}:
+            reason = check_secret_key(key)
+            if reason is not None:
+                raise ReconcileError(
+                    f"spec.target.template.data: {key!r} {reason}, so it cannot be a Kubernetes "
+                    "Secret key; rename the entry",
+                    retry=False,
+                )
         return declaration
 
     # --- fetching ------------------------------------------------------------------------------
@@ -518,7 +532,8 @@ class Reconciler:
             shown = ", ".join(repr(key) for key in invalid[:5])
             raise ReconcileError(
                 f"secret key(s) {shown} cannot be Kubernetes Secret keys (letters, digits, '-', "
-                "'_' and '.' only); add a dataFrom rewrite that renames them"
+                "'_' and '.' only, at most 253 characters); add a dataFrom rewrite that renames "
+                "them"
             )
         assert declaration.namespace is not None
         path = secrets_path(declaration.namespace, declaration.target)
@@ -820,8 +835,10 @@ def declaration_problems(error: DeclarationErrors) -> str:
     """Render declaration errors for a status message: field, problem and fix of each."""
     parts = []
     for item in error.errors:
-        text = f"{item.field}: {item.problem}" if item.field else item.problem
-        parts.append(f"{text}; {item.fix}" if item.fix else text)
+        problem = item.problem.replace(_AGENT_NESTED_KEYS_PROBLEM, "")
+        text = f"{item.field}: {problem}" if item.field else problem
+        fix = item.fix.replace(_AGENT_NESTED_KEYS_FIX, _SECRET_KEY_SLASH_FIX)
+        parts.append(f"{text}; {fix}" if fix else text)
     return " | ".join(parts)
 
 

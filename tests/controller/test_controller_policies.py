@@ -320,3 +320,23 @@ async def test_deleted_generator_keeps_lease(orders: Cluster, vault: Any) -> Non
     await eventually(lambda: orders.external_secret("orders-db") is None)
     await advance(controller, vault, GRACE + 1)
     await eventually(lambda: vault.live_leases() == [])
+
+
+async def test_key_messages_fit_controller(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller()
+    await cluster.apply_external_secret("slash", spec(("a/b", "/app/a")))
+    templated = spec(("v", "/app/a"), template={"data": {"my file.conf": "x={{ v }}"}})
+    await cluster.apply_external_secret("templated", templated)
+
+    ready = await eventually(lambda: failed(cluster, "slash"))
+    assert "--nested-keys" not in ready["message"]
+    assert "nested keys are off" not in ready["message"]
+    assert "cannot contain '/'" in ready["message"]
+
+    ready = await eventually(lambda: failed(cluster, "templated"))
+    assert "spec.target.template.data" in ready["message"]
+    assert "'my file.conf'" in ready["message"]
+    assert "rewrite" not in ready["message"]
+    assert cluster.secret("templated") is None

@@ -67,6 +67,8 @@ PEERING_LIFETIME_SECONDS = 60
 # pauses both, and kopf logs it.
 MAX_PRIORITY = 2**31 - 1
 MAINTAIN_IDLE_SECONDS = 30.0
+# How often a missing peering object is looked for again.
+PEERING_CHECK_SECONDS = 30.0
 # Wake-up reasons: a rotated lease needs a full reconcile, changed lease records only a patch of
 # the records annotation.
 LEASE_ROTATED = "lease_rotated"
@@ -136,8 +138,14 @@ class Controller:
         # Set at cleanup; a daemon that kopf spawned while stopping waits on this too.
         self._closing: asyncio.Event | None = None
         self._lease_loop: asyncio.Task[None] | None = None
+        self._peering_check: asyncio.Task[None] | None = None
+        # Problems /healthz reports in its body without failing: the process cannot fix them.
+        self.warnings: dict[str, str] = {}
         self.health = HealthEndpoints(
-            settings.listen_address, registry=self.metrics.registry, healthy=lambda: self._started
+            settings.listen_address,
+            registry=self.metrics.registry,
+            healthy=lambda: self._started,
+            warnings=lambda: list(self.warnings.values()),
         )
         self.dynamic = DynamicSecrets(
             client=self.client,
@@ -230,6 +238,8 @@ class Controller:
         await self.health.start()
         self._maintainer = asyncio.create_task(self._maintain_stores(), name="store maintenance")
         self._lease_loop = asyncio.create_task(self.dynamic.run(), name="lease loop")
+        if not self.settings.standalone:
+            self._peering_check = asyncio.create_task(self._check_peering(), name="peering check")
         self._started = True
         log_event(
             logger,
@@ -244,7 +254,7 @@ class Controller:
         self._started = False
         if self._closing is not None:
             self._closing.set()
-        for task in (self._maintainer, self._lease_loop):
+        for task in (self._maintainer, self._lease_loop, self._peering_check):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -273,6 +283,59 @@ class Controller:
             external_secret_namespace=namespace,
             own_token=self._own_token,
         )
+
+    async def _check_peering(self) -> None:
+        """Warn while a peering object that leader election needs is missing.
+
+        kopf pauses every handler until the object exists, and logs that only at debug level.
+        """
+        name = self.settings.peering
+        if self.settings.namespaces:
+            where = [
+                (
+                    f"KopfPeering {namespace}/{name}",
+                    f"/apis/kopf.dev/v1/namespaces/{namespace}/kopfpeerings/{name}",
+                )
+                for namespace in self.settings.namespaces
+            ]
+        else:
+            where = [
+                (f"ClusterKopfPeering {name}", f"/apis/kopf.dev/v1/clusterkopfpeerings/{name}")
+            ]
+        missing: set[str] = set()
+        while True:
+            for label, path in where:
+                try:
+                    found = await self.client.get(path) is not None
+                except KubeApiError as error:
+                    log_event(
+                        logger,
+                        logging.WARNING,
+                        "peering_check_failed",
+                        peering=label,
+                        error=str(error),
+                    )
+                    continue
+                if not found and label not in missing:
+                    missing.add(label)
+                    self.warnings[label] = (
+                        f"{label} not found, so leader election keeps every handler paused; "
+                        "create it (the Helm chart does) or run with --standalone"
+                    )
+                    log_event(
+                        logger,
+                        logging.WARNING,
+                        "peering_missing",
+                        peering=label,
+                        fix="create it (the Helm chart does) or run with --standalone",
+                    )
+                elif found and label in missing:
+                    missing.discard(label)
+                    self.warnings.pop(label, None)
+                    log_event(logger, logging.INFO, "peering_found", peering=label)
+            if not missing:
+                return
+            await asyncio.sleep(PEERING_CHECK_SECONDS)
 
     async def _maintain_stores(self) -> None:
         """Renew store credentials (Vault tokens) on their schedule; drop expired cache entries."""

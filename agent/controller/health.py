@@ -1,7 +1,8 @@
 """HTTP endpoints of the controller: `/healthz` and `/metrics`, served on the controller's loop.
 
 `/healthz` returns 200 while the event loop runs and the operator has started, 503 before; it is
-served by the same loop as the reconciles, so a blocked loop fails the probe.
+served by the same loop as the reconciles, so a blocked loop fails the probe. Its body lists
+warnings that a restart would not fix (a missing peering object), one per line.
 """
 
 from __future__ import annotations
@@ -16,11 +17,17 @@ class HealthEndpoints:
     """Serves the endpoints on `address` until `stop` is awaited."""
 
     def __init__(
-        self, address: tuple[str, int], *, registry: CollectorRegistry, healthy: Callable[[], bool]
+        self,
+        address: tuple[str, int],
+        *,
+        registry: CollectorRegistry,
+        healthy: Callable[[], bool],
+        warnings: Callable[[], list[str]] = list,
     ) -> None:
         self.address = address
         self.registry = registry
         self.healthy = healthy
+        self.warnings = warnings
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -43,7 +50,8 @@ class HealthEndpoints:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         if self.healthy():
-            return web.Response(text="ok\n")
+            lines = ["ok", *(f"warning: {warning}" for warning in self.warnings())]
+            return web.Response(text="\n".join(lines) + "\n")
         return web.Response(status=503, text="starting\n")
 
     async def _metrics(self, request: web.Request) -> web.Response:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import boto3
 import pytest
 from prometheus_client import generate_latest
@@ -235,3 +236,39 @@ async def test_store_invalid_when_unusable(cluster: Cluster, vault) -> None:
     await eventually(lambda: store_ready(cluster, "bad-region").get("status"))
     assert store_ready(cluster, "bad-region")["status"] == "False"
     assert "spec.provider.aws.region" in store_ready(cluster, "bad-region")["message"]
+
+
+async def healthz(controller) -> tuple[int, str]:
+    url = f"http://127.0.0.1:{controller.health.port}/healthz"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status, await response.text()
+
+
+async def test_missing_peering_reported(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("agent.controller.handlers.PEERING_CHECK_SECONDS", 0.2)
+    caplog.set_level(logging.INFO)
+    controller = await cluster.start_controller(standalone=False)
+
+    def events(name: str) -> list[logging.LogRecord]:
+        return [record for record in caplog.records if record.getMessage() == name]
+
+    await eventually(lambda: events("peering_missing"))
+    assert (
+        events("peering_missing")[0].event_fields["peering"] == "ClusterKopfPeering secrets-agent"
+    )
+    status, body = await healthz(controller)
+    assert status == 200
+    assert "warning: ClusterKopfPeering secrets-agent not found" in body
+    assert "--standalone" in body
+
+    peering = {
+        "apiVersion": "kopf.dev/v1",
+        "kind": "ClusterKopfPeering",
+        "metadata": {"name": "secrets-agent"},
+    }
+    await cluster.call("POST", "/apis/kopf.dev/v1/clusterkopfpeerings", peering)
+    await eventually(lambda: events("peering_found"))
+    status, body = await healthz(controller)
+    assert body == "ok\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from pathlib import Path
 
@@ -125,6 +126,12 @@ def _controller(arguments: argparse.Namespace) -> int:
         print(f"secrets-agent: {error}", file=sys.stderr)
         return EXIT_INVALID
     configure_logging(level=settings.log_level, log_format=settings.log_format)
+    if settings.log_level != "debug":
+        # kopf logs "Handler ... succeeded." at info for every event of every object, which
+        # would be most of the log; its warnings and errors stay.
+        logging.getLogger("kopf.objects").setLevel(
+            max(logging.WARNING, logging.getLevelName(settings.log_level.upper()))
+        )
     try:
         from agent.controller.handlers import Controller
     except ImportError as error:

@@ -272,3 +272,37 @@ async def test_missing_peering_reported(
     await eventually(lambda: events("peering_found"))
     status, body = await healthz(controller)
     assert body == "ok\n"
+
+
+async def run_controller_until(
+    cluster: Cluster, condition, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *flags: str
+) -> tuple[int | None, str]:
+    """Run `secrets-agent controller` until `condition()` holds, stop it; return code and log."""
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig(tmp_path / "kubeconfig", cluster.url)))
+    process = subprocess.Popen(
+        controller_command(*flags), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        await eventually(lambda: condition() or process.poll() is not None, timeout=20)
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(process.wait, 20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return code, process.stdout.read().decode()
+
+
+async def test_kopf_handler_chatter_hidden(
+    cluster: Cluster, ssm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ssm("/app/db", "fake-db-password-1")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.apply_external_secret("app", es_spec("/app/db"))
+    code, output = await run_controller_until(
+        cluster, lambda: status_of(cluster, "app") == "True", tmp_path, monkeypatch, "--standalone"
+    )
+    assert code == 0, output
+    assert "event=reconcile_done" in output
+    assert "Handler 'Controller." not in output
+    assert "fake-db-password-1" not in output

@@ -309,9 +309,12 @@ async def test_deleted_generator_keeps_lease(orders: Cluster, vault: Any) -> Non
     assert orders.secret_data("orders-db") == data
     assert [record["lease_id"] for record in leases_of(orders, "orders-db", "orders-db")] == [lease]
 
-    # Recreated: the ExternalSecret is reconciled at once and keeps the same credentials.
+    # Recreated: the ExternalSecret is reconciled at once and keeps the same credentials. After
+    # three failures its backoff is at least 4 s, so a sync within 3 s comes from the wake-up.
+    tracked = controller.tracked[("team-a", "orders-db")]
+    await eventually(lambda: tracked.failures >= 3)
     await apply_generator(orders, vault)
-    await eventually(lambda: synced(orders, "orders-db"), timeout=5)
+    await eventually(lambda: synced(orders, "orders-db"), timeout=3)
     assert orders.secret_data("orders-db") == data
     assert vault.live_leases() == [lease]
 

@@ -568,8 +568,16 @@ class Reconciler:
                     # The cached Secret was stale: read it from the API and plan again.
                     self.secrets.pop((declaration.namespace, declaration.target), None)
                     continue
+                fix = ""
+                if error.status == 413:
+                    # The size estimate passed, but the request (values in base64) was larger
+                    # than the API server or a proxy in front of it accepts.
+                    fix = (
+                        "; the request was too large, so split the ExternalSecret into several "
+                        "with their own spec.target.name"
+                    )
                 raise ReconcileError(
-                    f"writing Secret {declaration.target} failed: {error}"
+                    f"writing Secret {declaration.target} failed: {error}{fix}"
                 ) from None
             self._remember(written)
             return ("created" if write.action == "create" else "updated"), problem

@@ -624,19 +624,26 @@ class Reconciler:
             if existing is None or owner.name not in managed_keys(existing):
                 return
             ours = owned_by(existing, owner)
+            alone = set(managed_keys(existing)) == {owner.name}
             try:
-                if ours and set(managed_keys(existing)) == {owner.name}:
+                if ours and alone:
                     await self.client.delete(
                         path, resource_version=existing["metadata"]["resourceVersion"]
                     )
                     self.secrets.pop((namespace, name), None)
                     action = "deleted"
                 else:
-                    keep_data = owns_whole_secret(existing) and not ours
+                    # An Orphan Secret is one the controller created for this ExternalSecret
+                    # alone, without an owner reference; in any other, its keys were merged.
+                    keep_data = owns_whole_secret(existing) and alone and not ours
                     patch = plan_removal(None, owner=owner, existing=existing, keep_data=keep_data)
                     if patch is None:
                         return
-                    self._remember(await self.client.patch(path, patch))
+                    written = await self.client.patch(path, patch)
+                    if managed_keys(written):
+                        self._remember(written)
+                    else:  # no longer managed, so the watch drops it as well
+                        self.secrets.pop((namespace, name), None)
                     action = "released"
             except KubeApiError as error:
                 if not (error.conflict or error.not_found):

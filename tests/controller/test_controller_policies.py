@@ -234,6 +234,27 @@ async def test_renamed_target_releases_old(cluster: Cluster, ssm) -> None:
         await eventually(lambda name=name: synced(cluster, name))
 
 
+async def test_retargeted_merge_leaves_host(cluster: Cluster, ssm) -> None:
+    ssm.put("/app/a", "fake-a")
+    ssm.put("/app/b", "fake-b")
+    await cluster.call("POST", SECRETS, {"metadata": {"name": "elsewhere"}, "data": {}})
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller()
+    await cluster.apply_external_secret("host", spec(("a", "/app/a")))
+    await eventually(lambda: cluster.secret_data("host"))
+    guest = spec(("b", "/app/b"), name="host", creationPolicy="Merge")
+    await cluster.apply_external_secret("guest", guest)
+    await eventually(lambda: cluster.secret_data("host") == {"a": b"fake-a", "b": b"fake-b"})
+
+    # The guest merged into a Secret that another ExternalSecret owns: moving it elsewhere
+    # takes its key out, although the Secret was created by the controller.
+    await cluster.patch_external_secret("guest", {"spec": {"target": {"name": "elsewhere"}}})
+    await eventually(lambda: cluster.secret_data("elsewhere") == {"b": b"fake-b"})
+    await eventually(lambda: cluster.secret_data("host") == {"a": b"fake-a"})
+    assert managed(cluster, "host") == {"host": ["a"]}
+    assert owners_of(cluster, "host") == ["host"]
+
+
 async def test_merge_clash_reported(cluster: Cluster, ssm) -> None:
     ssm.put("/app/a", "fake-a")
     ssm.put("/app/b", "fake-b")

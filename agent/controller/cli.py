@@ -133,7 +133,7 @@ def _controller(arguments: argparse.Namespace) -> int:
             max(logging.WARNING, logging.getLevelName(settings.log_level.upper()))
         )
     try:
-        from agent.controller.handlers import Controller
+        from agent.controller.handlers import Controller, StartupError
     except ImportError as error:
         print(
             f"secrets-agent: the controller needs kopf ({error.name} is missing); install "
@@ -143,6 +143,9 @@ def _controller(arguments: argparse.Namespace) -> int:
         return EXIT_INVALID
     try:
         asyncio.run(Controller(settings).run())
+    except StartupError as error:
+        print(f"secrets-agent: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except OSError as error:
         print(f"secrets-agent: controller failed: {error}", file=sys.stderr)
         return EXIT_FAILED

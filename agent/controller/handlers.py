@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import kopf
+import yaml
 
 from agent.controller import FINALIZER, GROUP, MANAGED_LABEL, VERSION
 from agent.controller.cache import (
@@ -96,6 +97,10 @@ class _Tracked:
     def wake_for(self, reason: str) -> None:
         self.reasons.add(reason)
         self.wake.set()
+
+
+class StartupError(Exception):
+    """The controller cannot start; the message says why and what to change."""
 
 
 class Controller:
@@ -173,19 +178,44 @@ class Controller:
     async def run(
         self, *, stop_flag: asyncio.Event | None = None, ready_flag: asyncio.Event | None = None
     ) -> None:
-        """Run until `stop_flag` is set (or the process is signalled, through kopf)."""
+        """Run until `stop_flag` is set (or the process is signalled, through kopf).
+
+        Raises StartupError before kopf starts when there are no Kubernetes credentials or the
+        listen address cannot be bound, because kopf would retry those forever.
+        """
+        await self._check_login()
+        try:
+            await self.health.start()
+        except OSError as error:
+            raise StartupError(
+                f"cannot listen on {self.settings.listen} for /healthz and /metrics: "
+                f"{error.strerror or error}; choose another address with --listen"
+            ) from None
         namespaces = list(self.settings.namespaces)
-        await kopf.operator(
-            registry=self.registry,
-            settings=self.kopf_settings,
-            clusterwide=not namespaces,
-            namespaces=namespaces,
-            standalone=self.settings.standalone,
-            priority=self.priority,
-            peering_name=None if self.settings.standalone else self.settings.peering,
-            stop_flag=stop_flag,
-            ready_flag=ready_flag,
-        )
+        try:
+            await kopf.operator(
+                registry=self.registry,
+                settings=self.kopf_settings,
+                clusterwide=not namespaces,
+                namespaces=namespaces,
+                standalone=self.settings.standalone,
+                priority=self.priority,
+                peering_name=None if self.settings.standalone else self.settings.peering,
+                stop_flag=stop_flag,
+                ready_flag=ready_flag,
+            )
+        finally:
+            await self.health.stop()
+
+    async def _check_login(self) -> None:
+        try:
+            await self._login()
+        # kopf's kubeconfig reader raises these for a missing, unreadable or malformed file.
+        except (kopf.LoginError, OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as error:
+            raise StartupError(
+                f"no Kubernetes credentials: {error}; run in a pod with a service account "
+                "token, or set KUBECONFIG to a readable kubeconfig file"
+            ) from None
 
     # --- setup ---------------------------------------------------------------------------------
 
@@ -235,7 +265,6 @@ class Controller:
     async def _on_startup(self, **_: Any) -> None:
         self._loop = asyncio.get_running_loop()
         self._closing = asyncio.Event()
-        await self.health.start()
         self._maintainer = asyncio.create_task(self._maintain_stores(), name="store maintenance")
         self._lease_loop = asyncio.create_task(self.dynamic.run(), name="lease loop")
         if not self.settings.standalone:
@@ -263,7 +292,6 @@ class Controller:
         self.reads.close()
         await self.connections.close_all()
         await self.client.close()
-        await self.health.stop()
         log_event(logger, logging.INFO, "controller_stopped")
 
     def check_leases(self) -> None:

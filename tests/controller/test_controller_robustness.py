@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -306,3 +307,35 @@ async def test_kopf_handler_chatter_hidden(
     assert "event=reconcile_done" in output
     assert "Handler 'Controller." not in output
     assert "fake-db-password-1" not in output
+
+
+def run_controller_to_exit(*flags: str, kubeconfig_path: Path) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "KUBECONFIG": str(kubeconfig_path)}
+    return subprocess.run(
+        controller_command(*flags), env=environment, capture_output=True, text=True, timeout=30
+    )
+
+
+async def test_listen_port_in_use_exits(cluster: Cluster, tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    path = kubeconfig(tmp_path / "kubeconfig", cluster.url)
+    try:
+        command = ["--standalone", "--listen", f"127.0.0.1:{port}"]
+        # The emulator is served by this test's loop, so the controller runs in a thread.
+        result = await asyncio.to_thread(run_controller_to_exit, *command, kubeconfig_path=path)
+    finally:
+        taken.close()
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_credentials_exit(tmp_path: Path) -> None:
+    result = run_controller_to_exit("--standalone", kubeconfig_path=tmp_path / "absent")
+    assert result.returncode == 1
+    assert "no Kubernetes credentials" in result.stderr
+    assert "KUBECONFIG" in result.stderr
+    assert "Traceback" not in result.stderr

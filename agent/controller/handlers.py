@@ -100,7 +100,7 @@ class _Tracked:
 
 
 class StartupError(Exception):
-    """The controller cannot start; the message says why and what to change."""
+    """The controller cannot start; the message states why and what to change."""
 
 
 class Controller:
@@ -144,7 +144,7 @@ class Controller:
         self._closing: asyncio.Event | None = None
         self._lease_loop: asyncio.Task[None] | None = None
         self._peering_check: asyncio.Task[None] | None = None
-        # Problems /healthz reports in its body without failing: the process cannot fix them.
+        # Problems /healthz lists in its body without failing, since a restart cannot fix them.
         self.warnings: dict[str, str] = {}
         self.health = HealthEndpoints(
             settings.listen_address,
@@ -317,30 +317,21 @@ class Controller:
 
         kopf pauses every handler until the object exists, and logs that only at debug level.
         """
-        name = self.settings.peering
-        if self.settings.namespaces:
-            where = [
-                (
-                    f"KopfPeering {namespace}/{name}",
-                    f"/apis/kopf.dev/v1/namespaces/{namespace}/kopfpeerings/{name}",
-                )
-                for namespace in self.settings.namespaces
-            ]
-        else:
-            where = [
-                (f"ClusterKopfPeering {name}", f"/apis/kopf.dev/v1/clusterkopfpeerings/{name}")
-            ]
         missing: set[str] = set()
         while True:
-            for label, path in where:
+            # True while some object could not be looked up, so the check goes on.
+            unknown = False
+            for label, path in self._peering_objects():
                 try:
                     found = await self.client.get(path) is not None
                 except KubeApiError as error:
+                    unknown = True
                     log_event(
                         logger,
                         logging.WARNING,
                         "peering_check_failed",
                         peering=label,
+                        retry_in_s=PEERING_CHECK_SECONDS,
                         error=str(error),
                     )
                     continue
@@ -361,9 +352,22 @@ class Controller:
                     missing.discard(label)
                     self.warnings.pop(label, None)
                     log_event(logger, logging.INFO, "peering_found", peering=label)
-            if not missing:
+            if not missing and not unknown:
                 return
             await asyncio.sleep(PEERING_CHECK_SECONDS)
+
+    def _peering_objects(self) -> list[tuple[str, str]]:
+        """Return the name and API path of each peering object kopf needs."""
+        name = self.settings.peering
+        if not self.settings.namespaces:
+            return [(f"ClusterKopfPeering {name}", f"/apis/kopf.dev/v1/clusterkopfpeerings/{name}")]
+        return [
+            (
+                f"KopfPeering {namespace}/{name}",
+                f"/apis/kopf.dev/v1/namespaces/{namespace}/kopfpeerings/{name}",
+            )
+            for namespace in self.settings.namespaces
+        ]
 
     async def _maintain_stores(self) -> None:
         """Renew store credentials (Vault tokens) on their schedule; drop expired cache entries."""

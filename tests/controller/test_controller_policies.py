@@ -274,7 +274,7 @@ async def test_merge_clash_reported(cluster: Cluster, ssm) -> None:
     assert "ExternalSecret first" in ready["message"]
     await eventually(lambda: cluster.secret_data("shared") == {"key": b"fake-a", "own": b"fake-c"})
     assert managed(cluster, "shared") == {"first": ["key"], "second": ["own"]}
-    assert synced(cluster, "first")
+    await eventually(lambda: synced(cluster, "first"))
 
     # Once the first writer is gone, the second one takes the key over.
     await cluster.call("DELETE", f"{ES}/first")
@@ -342,7 +342,7 @@ async def test_deleted_generator_keeps_lease(orders: Cluster, vault: Any) -> Non
     # Recreated: the ExternalSecret is reconciled at once and keeps the same credentials. After
     # three failures its backoff is at least 4 s, so a sync within 3 s comes from the wake-up.
     tracked = controller.tracked[("team-a", "orders-db")]
-    await eventually(lambda: tracked.failures >= 3)
+    await eventually(lambda: tracked.failures >= 3, timeout=30)
     await apply_generator(orders, vault)
     await eventually(lambda: synced(orders, "orders-db"), timeout=3)
     assert orders.secret_data("orders-db") == data

@@ -562,6 +562,10 @@ def report(outcomes: list[Outcome], args: argparse.Namespace) -> None:
         lambda o: sum(difference(o.refreshed.requests, o.synced.requests).values()),
     )
     row("Secret watch events in the interval", lambda o: o.refreshed.watched - o.synced.watched)
+    row(
+        "controller CPU / wall, interval",
+        lambda o: (o.refreshed.controller_cpu - o.synced.controller_cpu) / o.interval_seconds,
+    )
     row("VmRSS after the interval (MiB)", lambda o: o.refreshed.rss_mib)
     row("VmHWM after the interval (MiB)", lambda o: o.refreshed.hwm_mib)
     print(

@@ -736,7 +736,7 @@ class _Checker:
         """Report a top-level field other than apiVersion, kind, metadata, spec and status.
 
         A field of `spec` or `metadata` written at the top level is wrongly indented, so the
-        fix asks to indent it instead of to remove it.
+        fix is to indent it, not to remove it.
         """
         for part, model in (("spec", self._spec_model(subject.kind)), ("metadata", ObjectMeta)):
             if name in _field_names(model, ()):

@@ -804,7 +804,7 @@ class Syncer:
     def _note_ready(self) -> bool:
         """Return readiness and remember the first time every target is complete.
 
-        The caller holds `self.lock`.
+        Call it with `self.lock` acquired.
         """
         if not self._was_ready:
             self._was_ready = all(state.complete for state in self.states.values())

@@ -368,7 +368,7 @@ class ReadCache:
                 del table[key]
 
     def close(self) -> None:
-        """Cancel the reads in flight, so that stopping never waits for a store's response."""
+        """Cancel the reads in flight, so that stopping does not wait for a store's response."""
         for timer in self._timers:
             timer.cancel()
         for task in self._tasks:

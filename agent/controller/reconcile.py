@@ -917,7 +917,7 @@ def _check_retained(
 
     That happens when a `find`, or an `extract` of a path, matches fewer remote keys than
     before, or when an extracted JSON value lost a field. A missing `data` remote key fails the
-    snapshot itself. The spec counts as the same when the status says the current generation
+    snapshot itself. The spec counts as the same when the status shows the current generation
     was synced, so a spec change that drops keys is applied.
     """
     if declaration.spec.target.deletion_policy != "Retain" or existing is None:

@@ -169,8 +169,8 @@ def test_failing_added_target_stays_ready(agent: Agent, config_dir: Path) -> Non
 
     assert wait_for(failing)
     ready, body = agent.syncer.readiness()
-    # The application already runs with target a; a mistake in the new target shows in the
-    # body and the logs but does not take the pod out of its Service.
+    # The application already runs with target a. A mistake in the new target shows in the
+    # body and the logs, but does not take the pod out of its Service.
     assert ready
     assert body["targets"]["a"]["status"] == "ok"
     assert "/app/b/missing" in body["targets"]["b"]["error"]

@@ -192,7 +192,7 @@ def load_manifest(
     checks of one document apply (fields, target name, `spec.data` secret keys), and a
     ClusterSecretStore may carry `spec.conditions`. Raises DeclarationErrors.
     """
-    checker = _Checker(allow_nested=False)
+    checker = _Checker(allow_nested=False, kubernetes=True)
     checker.store_specs["ClusterSecretStore"] = ClusterStoreSpec
     origin = Origin(source, 1)
     try:
@@ -615,8 +615,10 @@ class _Checker:
     Both append every problem to `errors`.
     """
 
-    def __init__(self, *, allow_nested: bool) -> None:
+    def __init__(self, *, allow_nested: bool, kubernetes: bool = False) -> None:
         self.allow_nested = allow_nested
+        # Objects read by the controller: their secret keys become Kubernetes Secret keys.
+        self.kubernetes = kubernetes
         self.result = Declarations()
         self.errors: list[DeclarationError] = []
         # Stores whose documents are invalid: a reference to one is not reported as unknown too.
@@ -1065,6 +1067,11 @@ class _Checker:
     def _secret_key_problem(
         self, key: str, files: dict[str, int], directories: dict[str, int]
     ) -> tuple[str | None, str]:
+        if self.kubernetes and "/" in key:
+            return (
+                f"secret key {_shown(key)} is invalid: a Kubernetes Secret key cannot contain '/'",
+                "use a plain name such as db-password",
+            )
         reason = check_secret_key(key, allow_nested=self.allow_nested)
         if reason is not None:
             fix = "use a plain file name such as db-password"

@@ -82,11 +82,6 @@ DELETED = "SecretDeleted"
 _SECRET_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _MAX_SECRET_NAME = 253
 NAMESPACE_LABELS_SECONDS = 30.0
-# The declaration checks speak of the agent's --nested-keys for a secret key with '/'. The
-# controller has no such flag, and no Kubernetes Secret key can contain '/'.
-_AGENT_NESTED_KEYS_PROBLEM = " and nested keys are off"
-_AGENT_NESTED_KEYS_FIX = ", or turn on nested keys (--nested-keys)"
-_SECRET_KEY_SLASH_FIX = "; a Kubernetes Secret key cannot contain '/'"
 
 EventPoster = Callable[[Mapping[str, Any], str, str, str], None]
 ResolverFactory = Callable[[str | None, str], ReferenceResolver]
@@ -850,10 +845,8 @@ def declaration_problems(error: DeclarationErrors) -> str:
     """Render declaration errors for a status message: field, problem and fix of each."""
     parts = []
     for item in error.errors:
-        problem = item.problem.replace(_AGENT_NESTED_KEYS_PROBLEM, "")
-        text = f"{item.field}: {problem}" if item.field else problem
-        fix = item.fix.replace(_AGENT_NESTED_KEYS_FIX, _SECRET_KEY_SLASH_FIX)
-        parts.append(f"{text}; {fix}" if fix else text)
+        text = f"{item.field}: {item.problem}" if item.field else item.problem
+        parts.append(f"{text}; {item.fix}" if item.fix else text)
     return " | ".join(parts)
 
 

@@ -539,8 +539,8 @@ class Syncer:
         return outcome
 
     def _remove_replaced(self, deadline: float) -> None:
-        """Remove replaced generations before the process ends, waiting for their grace period
-        if it ends before `deadline`, so that old values do not stay on the volume."""
+        """Remove the generations `once` replaced, waiting for their grace period if it ends
+        before `deadline`, so that old values do not stay on the volume after it exits."""
         delay = self.writer.remove_superseded()
         if delay is None or self.clock() + delay > deadline:
             return
@@ -592,8 +592,7 @@ class Syncer:
 
     def run_forever(self) -> None:
         """Keep every target in sync until `request_stop` is called; returns within a moment of
-        it unless a round is in progress, or a generation replaced less than the writer's grace
-        period ago must still be removed."""
+        it unless a round is in progress."""
         self.adopt()
         while not self._stopping.is_set():
             # Cleared before the work, so a wake-up requested during the work is not lost.
@@ -607,8 +606,10 @@ class Syncer:
             self._remove_superseded(changed=bool(due))
             self._run_tasks()
             self._wake.wait(self._seconds_until_next())
-        # A generation replaced within the last grace period would otherwise stay on the volume.
-        self._remove_replaced(self.clock() + self.writer.old_generation_grace_seconds)
+        # Generations whose grace has passed go now. One replaced less than the grace period ago
+        # stays until the next start: waiting for it would use up the stop budget (STOP_SECONDS
+        # in agent.cli) that closing the stores, and revoking their Vault tokens, needs.
+        self.writer.remove_superseded()
 
     def request_stop(self) -> None:
         """Make `run_forever` return after the current step; safe from any thread."""

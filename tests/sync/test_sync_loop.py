@@ -269,6 +269,34 @@ def test_run_forever_stops_promptly(vault, tmp_path: Path):
     syncer.stores.close()
 
 
+def test_run_forever_stops_promptly_after_switch(vault, tmp_path: Path):
+    vault.kv_put("secret", "app", {"v": "fake-v-1"})
+    refs = tmp_path / "refs" / "vault-token"
+    refs.mkdir(parents=True)
+    (refs / "token").write_text(vault.root_token)
+    syncer = make_syncer(
+        tmp_path,
+        [VAULT_STORE.format(url=vault.url), external_secret("app", "vault-kv", ["app"], "1s")],
+    )
+    loop = threading.Thread(target=syncer.run_forever)
+    loop.start()
+    value = tmp_path / "out" / "app" / "app"
+    deadline = time.monotonic() + 10
+    while not value.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    vault.kv_put("secret", "app", {"v": "fake-v-2"})
+    while b"fake-v-2" not in value.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert b"fake-v-2" in value.read_bytes()
+
+    # The generation just replaced is in its grace period: stopping must not wait for it, or
+    # the stop budget for closing the stores would be gone.
+    syncer.request_stop()
+    loop.join(timeout=0.5)
+    assert not loop.is_alive()
+    syncer.stores.close()
+
+
 def test_listeners_receive_changed_key_names(aws, tmp_path: Path):
     ssm = boto3.client("ssm", endpoint_url=aws, region_name="us-east-1")
     for key in ("/c/a", "/c/b"):

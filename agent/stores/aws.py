@@ -68,6 +68,7 @@ from agent.errors import (
     StoreError,
     StoreUnavailableError,
 )
+from agent.field_rules import aws_region
 from agent.logs import log_event
 from agent.refs import MissingReferenceError, require_one_line
 
@@ -282,6 +283,18 @@ class AwsClients:
                     fix="set spec.provider.aws.region in the store, or AWS_REGION in the "
                     "agent's environment",
                 )
+            if not self.provider.region:
+                # The store's own region was checked when it was loaded; the environment's was not.
+                variable = "AWS_REGION" if os.environ.get("AWS_REGION") else "AWS_DEFAULT_REGION"
+                try:
+                    aws_region(region)
+                except ValueError as error:
+                    raise StoreError(
+                        f"{variable} {region!r} is {error}",
+                        store=self.store,
+                        fix=f"correct {variable} in the agent's environment, or set "
+                        "spec.provider.aws.region in the store",
+                    ) from None
             self._region = region
         return self._region
 

@@ -290,6 +290,21 @@ def test_fetch_without_region_names_fix(aws, open_store, monkeypatch):
     )
 
 
+@pytest.mark.parametrize("variable", ["AWS_REGION", "AWS_DEFAULT_REGION"])
+def test_fetch_malformed_environment_region(aws, open_store, monkeypatch, variable):
+    monkeypatch.delenv("AWS_REGION")
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.setenv(variable, "eu-west1")
+
+    with pytest.raises(StoreError) as raised:
+        open_store().fetch([RemoteKey("/app/key")])
+
+    message = str(raised.value)
+    assert f"{variable} 'eu-west1' is not an AWS region name" in message
+    assert f"correct {variable} in the agent's environment" in message
+    assert not raised.value.transient
+
+
 # --- fetch_prefix ------------------------------------------------------------------------------
 
 

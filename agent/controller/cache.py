@@ -99,8 +99,16 @@ class DaemonThreadExecutor(concurrent.futures.Executor):
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop taking jobs; the thread ends after the jobs already queued."""
+        """Stop taking jobs; the thread ends after the jobs already queued, or after the one
+        running when `cancel_futures` cancels the queued ones."""
         self._closed = True
+        while cancel_futures:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.future.cancel()
         self._jobs.put(None)
         if wait:
             self._thread.join()

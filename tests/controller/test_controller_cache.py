@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 from agent.controller.cache import (
     ConnectionKey,
+    DaemonThreadExecutor,
     ReadCache,
     RefreshPlanner,
     StoreConnection,
@@ -138,3 +140,22 @@ async def test_store_without_maintain_never_due() -> None:
     assert await connections.maintain() is None
     assert await connections.maintain() is None
     await connections.close_all()
+
+
+def test_daemon_executor_cancels_queued_jobs() -> None:
+    executor = DaemonThreadExecutor("test-executor")
+    started, release = threading.Event(), threading.Event()
+
+    def block() -> bool:
+        started.set()
+        return release.wait(10)
+
+    running = executor.submit(block)
+    assert started.wait(5)
+    queued = executor.submit(lambda: "fake-result")
+
+    executor.shutdown(wait=False, cancel_futures=True)
+
+    assert queued.cancelled()
+    release.set()
+    assert running.result(timeout=5) is True

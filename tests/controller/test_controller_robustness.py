@@ -161,7 +161,7 @@ async def test_stop_abandons_hung_store(
         controller_command("--standalone"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
-        # The controller's first request to the store arrives, and is never answered.
+        # The controller's first request to the store arrives, and gets no response.
         silent_server.settimeout(30)
         try:
             accepted, _ = await asyncio.to_thread(silent_server.accept)

@@ -132,6 +132,8 @@ class HeldLease:
     # For a superseded lease: the lease that replaced it and when it is revoked.
     successor: HeldLease | None = field(default=None, repr=False)
     revoke_at: float | None = None
+    # Why it waits for revocation: "superseded" (replaced) or "released" (no longer served).
+    revoke_reason: str = "superseded"
     # A renewal ("renew") or rotation (its reason) to retry at `retry_at`.
     pending: str | None = None
     retry_at: float | None = None
@@ -774,6 +776,7 @@ class LeaseManager:
         self._dirty = True
         if held.kind in _REVOCABLE and held.client is not None:
             held.successor, held.revoke_at = None, self.clock() + self.grace
+            held.revoke_reason = "released"
             held.pending = held.retry_at = None
             self._superseded.append(held)
         log_event(
@@ -800,7 +803,7 @@ class LeaseManager:
             if old.revoke_at is None or old.revoke_at > now:
                 deadlines.append(end if old.revoke_at is None else old.revoke_at)
                 continue
-            if self._revoke(old, reason="superseded"):
+            if self._revoke(old, reason=old.revoke_reason):
                 self._superseded.remove(old)
                 self._dirty = True
             elif old.revoke_at is not None:
@@ -815,7 +818,7 @@ class LeaseManager:
                 kind=held.kind, lease_id=held.lease_id, token_value=_token_value(held)
             )
         except StoreError as error:
-            retry = error.transient and reason == "superseded"
+            retry = error.transient and reason != "exit"
             if retry:
                 held.failures += 1
                 held.revoke_at = self.clock() + self._retry_delay(held.failures)

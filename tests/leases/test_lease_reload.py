@@ -3,12 +3,15 @@ removed entry means revocation after the grace."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pytest
 from lease_helpers import (
     CREDS_PATH,
     GENERATOR,
     GENERATOR_ONLY,
+    REVOKE_PATH,
     make_agent,
     metric_value,
     setup_vault,
@@ -58,7 +61,9 @@ def test_changed_generator_rotates(vault, tmp_path: Path) -> None:
     assert vault.database_credentials_valid(second["username"], second["password"])
 
 
-def test_removed_target_lease_revoked(vault, tmp_path: Path) -> None:
+def test_removed_target_lease_revoked(
+    vault, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     setup_vault(vault, ttl=3600, max_ttl=36000)
     config = write_declarations(tmp_path, vault, GENERATOR, GENERATOR_ONLY, OTHER_TARGET)
     agent = make_agent(tmp_path, vault, config, lease_revoke_grace=60)
@@ -71,8 +76,28 @@ def test_removed_target_lease_revoked(vault, tmp_path: Path) -> None:
     agent.syncer.replace_declarations(load_declarations([config]))
     agent.run_for(59)
     assert vault.database_credentials_valid(removed["username"], removed["password"])
-    agent.run_for(2)
+    with caplog.at_level(logging.INFO, logger="agent"):
+        agent.run_for(2)
 
     assert not vault.database_credentials_valid(removed["username"], removed["password"])
     assert vault.database_credentials_valid(kept["username"], kept["password"])
     assert vault.count(path_prefix=CREDS_PATH) == 2
+    revoked = [r.event_fields for r in caplog.records if r.getMessage() == "lease_revoked"]
+    assert [fields["reason"] for fields in revoked] == ["released"]
+
+
+def test_removed_target_revocation_retried(vault, tmp_path: Path) -> None:
+    setup_vault(vault, ttl=3600, max_ttl=36000)
+    config = write_declarations(tmp_path, vault, GENERATOR, GENERATOR_ONLY, OTHER_TARGET)
+    agent = make_agent(tmp_path, vault, config, lease_revoke_grace=60)
+    agent.turn()
+    removed = agent.files("other")
+
+    write_declarations(tmp_path, vault, GENERATOR, GENERATOR_ONLY)
+    agent.syncer.replace_declarations(load_declarations([config]))
+    vault.fail_next(1, status=503, path_prefix=REVOKE_PATH)
+    agent.run_for(61)
+    assert vault.database_credentials_valid(removed["username"], removed["password"])
+
+    agent.run_for(60)  # the retry after a transient failure
+    assert not vault.database_credentials_valid(removed["username"], removed["password"])

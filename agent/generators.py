@@ -124,6 +124,8 @@ class GeneratorDeclaration:
     name: str
     spec: VaultDynamicSecretSpec
     origin: Origin
+    # The Kubernetes namespace of a generator the controller read; None in the agent.
+    namespace: str | None = None
 
     @property
     def ref(self) -> tuple[str, str]:
@@ -131,8 +133,11 @@ class GeneratorDeclaration:
 
     @property
     def display_name(self) -> str:
-        """The name used in messages, logs and metric labels: `VaultDynamicSecret/<name>`."""
-        return f"{self.kind}/{self.name}"
+        """The name used in messages, logs and metric labels: `VaultDynamicSecret/<name>`, or
+        `VaultDynamicSecret/<namespace>/<name>` in the controller."""
+        if self.namespace is None:
+            return f"{self.kind}/{self.name}"
+        return f"{self.kind}/{self.namespace}/{self.name}"
 
     @cached_property
     def fingerprint(self) -> str:

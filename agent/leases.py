@@ -526,7 +526,7 @@ class LeaseManager:
             logging.INFO,
             "lease_rotated",
             target=new.target,
-            generator=f"VaultDynamicSecret/{new.generator}",
+            generator=new.client.name if new.client else f"VaultDynamicSecret/{new.generator}",
             path=new.path,
             reason=reason,
             old_lease=replaced.label,

@@ -134,7 +134,7 @@ class GeneratorIndex:
             return key
         assert isinstance(declaration, GeneratorDeclaration)
         self.invalid.pop(key, None)
-        self.generators[key] = declaration
+        self.generators[key] = dataclasses.replace(declaration, namespace=key[0])
         return key
 
     def remove(self, key: GeneratorKey) -> None:
@@ -403,13 +403,13 @@ class DynamicSecrets:
             if key in self.index.invalid:
                 failures[index] = StoreError(
                     f"{description} is invalid: {self.index.invalid[key]}",
-                    store=f"VaultDynamicSecret/{name}",
+                    store=f"VaultDynamicSecret/{declaration.namespace}/{name}",
                     fix=f"fix the generator; {_KEPT_MEANWHILE}",
                 )
             else:
                 failures[index] = StoreError(
                     f"{description} not found",
-                    store=f"VaultDynamicSecret/{name}",
+                    store=f"VaultDynamicSecret/{declaration.namespace}/{name}",
                     fix="create it in the ExternalSecret's namespace, or fix generatorRef.name; "
                     f"{_KEPT_MEANWHILE}",
                 )
@@ -422,7 +422,8 @@ class DynamicSecrets:
             body = await self.client.get(path)
         except KubeApiError as error:
             raise StoreError(
-                f"reading {description} failed: {error}", store=f"VaultDynamicSecret/{key[1]}"
+                f"reading {description} failed: {error}",
+                store=f"VaultDynamicSecret/{key[0]}/{key[1]}",
             ) from None
         if body is not None:
             self.index.update(body)

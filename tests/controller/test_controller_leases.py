@@ -143,6 +143,12 @@ async def test_many_reconciles_one_credential(orders: Cluster, vault: Any) -> No
     assert vault.count(path_prefix=LOGIN) == 1
     ready = orders.ready("orders-db")
     assert ready["status"] == "True"
+    # Generators of one name in two namespaces count apart.
+    issued = controller.metrics.registry.get_sample_value(
+        "secrets_agent_backend_requests_total",
+        {"store": "VaultDynamicSecret/team-a/orders-db", "operation": "issue", "result": "success"},
+    )
+    assert issued == 1
 
 
 async def test_store_logs_in_once(orders: Cluster, vault: Any) -> None:

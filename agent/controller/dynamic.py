@@ -9,8 +9,8 @@ the agent's own lease rules (see agent.leases and docs/leases.md). What it adds 
   manager, so a generator logs in with references of its own namespace only, as a SecretStore.
 - The lease owner is the ExternalSecret (`namespace/name`), not the target Secret, so two
   ExternalSecrets naming one generator get separate credentials, as in External Secrets Operator.
-- Managers run their blocking Vault requests in worker threads; everything they call back
-  (`reschedule_task`, `sync_soon`, the state store) is handed to the event loop.
+- Managers run their blocking Vault requests in one daemon thread per namespace; everything they
+  call back (`reschedule_task`, `sync_soon`, the state store) is handed to the event loop.
 - Lease records are saved in the annotation `secrets-agent.io/leases` of the managed Secret,
   keyed by ExternalSecret name. They contain lease ids, times and secret key names, never a
   value or a token. The reconcile writes them together with the data they describe. After a
@@ -41,11 +41,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
 from agent.controller import LEASES_ANNOTATION
+from agent.controller.cache import DaemonThreadExecutor, ExecutorClosedError
 from agent.controller.kube import KubeApiError, KubeClient, resource_path
 from agent.declarations import ExternalSecretDeclaration, load_manifest
 from agent.errors import DeclarationErrors, StoreError
@@ -62,6 +63,8 @@ logger = logging.getLogger("agent.controller.leases")
 GENERATOR_PLURAL = "vaultdynamicsecrets"
 # The loop looks at its managers at least this often, so that a step of the clock is noticed.
 MAX_IDLE_SECONDS = 60.0
+# How long stopping waits for the managers to let go; a hung Vault request is abandoned.
+CLOSE_TIMEOUT_SECONDS = 1.0
 _RECORDS = TypeAdapter(list[LeaseRecord])
 _KEPT_MEANWHILE = (
     "meanwhile the Secret keeps its data, and a lease it holds is renewed but not replaced, so "
@@ -69,6 +72,7 @@ _KEPT_MEANWHILE = (
 )
 
 GeneratorKey = tuple[str, str]  # (namespace, name)
+_Result = TypeVar("_Result")
 Resolver = Callable[[str], ReferenceResolver]
 Waker = Callable[[tuple[str, str], str], None]
 
@@ -210,6 +214,9 @@ class _Namespace:
         self.due = 0.0
         # Owners whose saved records were offered to the manager since it last held them.
         self.offered: set[str] = set()
+        # One daemon thread per namespace: the manager's lock lets one call run at a time
+        # anyway, and a Vault request that never returns cannot delay the process's exit.
+        self.executor = DaemonThreadExecutor(f"leases-{namespace}")
         self.manager = LeaseManager(
             self,  # type: ignore[arg-type]  # the part of a Syncer that a manager reads
             settings=owner.settings,
@@ -220,6 +227,18 @@ class _Namespace:
             state=_AnnotationState(namespace, owner.records_saved),
             keep_without_generator=True,
         )
+
+    async def run(self, function: Callable[..., _Result], *args: Any, **kwargs: Any) -> _Result:
+        """Run a manager call on this namespace's worker thread."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.executor, partial(function, *args, **kwargs))
+        except ExecutorClosedError:
+            raise StoreError(
+                "the controller is stopping",
+                store="VaultDynamicSecret",
+                fix="none needed; the next leader serves this ExternalSecret",
+            ) from None
 
     # Called by the manager on its syncer, from a worker thread.
 
@@ -292,8 +311,8 @@ class DynamicSecrets:
             self.saved[target] = significant(encode_records(records))
             if records:
                 space.writer.contents = {**space.writer.contents, target: dict(data)}
-                await self._run(space.manager.adopt_records, records)
-        values = await self._run(partial(space.manager.values_for, declaration, target=target))
+                await space.run(space.manager.adopt_records, records)
+        values = await space.run(space.manager.values_for, declaration, target=target)
         space.writer.contents = {k: v for k, v in space.writer.contents.items() if k != target}
         values.update(missing)
         return values
@@ -317,7 +336,7 @@ class DynamicSecrets:
         if space is None:
             return []
         target = lease_target(declaration.namespace, declaration.name)
-        records = await self._run(space.manager.records_for, target, tuple(leases))
+        records = await space.run(space.manager.records_for, target, tuple(leases))
         return encode_records(records)
 
     def written(
@@ -337,7 +356,7 @@ class DynamicSecrets:
         space = self._namespaces.get(declaration.namespace)
         if space is not None and leases:
             target = lease_target(declaration.namespace, declaration.name)
-            await self._run(space.manager.committed, target, tuple(leases))
+            await space.run(space.manager.committed, target, tuple(leases))
 
     async def removed(self, namespace: str, name: str, *, deleted: bool) -> None:
         """Stop serving an ExternalSecret: revoke its leases after the grace when it was
@@ -350,7 +369,7 @@ class DynamicSecrets:
         if space is None or target not in space.states:
             return
         if not deleted:
-            await self._run(space.manager.forget, target)
+            await space.run(space.manager.forget, target)
         space.states = {k: v for k, v in space.states.items() if k != target}
         space.offered.discard(target)
         space._schedule(0.0)
@@ -452,11 +471,40 @@ class DynamicSecrets:
         """Make the loop look at every manager's schedule now; call it on the event loop."""
         self._wake.set()
 
-    async def close(self) -> None:
-        """Let go of every manager, keeping leases and tokens for the next controller."""
-        for space in list(self._namespaces.values()):
-            await self._run(space.manager.close, revoke=False)
+    async def close(self, *, timeout: float = CLOSE_TIMEOUT_SECONDS) -> None:
+        """Let go of every manager, keeping leases and tokens for the next controller.
+
+        A manager still busy after `timeout` seconds is abandoned; its leases stay valid too.
+        """
+        spaces = list(self._namespaces.values())
         self._namespaces.clear()
+        if not spaces:
+            return
+        closing = {
+            asyncio.ensure_future(space.run(space.manager.close, revoke=False)): space
+            for space in spaces
+        }
+        done, pending = await asyncio.wait(closing, timeout=timeout)
+        for task in done:
+            if task.exception() is not None:
+                log_event(
+                    logger,
+                    logging.WARNING,
+                    "lease_close_failed",
+                    namespace=closing[task].namespace,
+                    error=str(task.exception()),
+                )
+        for task in pending:
+            task.cancel()
+            log_event(
+                logger,
+                logging.WARNING,
+                "lease_close_abandoned",
+                namespace=closing[task].namespace,
+                timeout_s=timeout,
+            )
+        for space in spaces:
+            space.executor.shutdown(wait=False, cancel_futures=True)
 
     async def _tick(self, space: _Namespace) -> None:
         space.due = math.inf  # a reschedule during the tick lowers it again
@@ -464,7 +512,7 @@ class DynamicSecrets:
         # errs early, never late, should the clock move meanwhile.
         started = self.clock()
         try:
-            delay = await self._run(space.manager.tick)
+            delay = await space.run(space.manager.tick)
         except Exception as error:  # one namespace's defect must not stop the others
             log_event(
                 logger,
@@ -547,7 +595,3 @@ class DynamicSecrets:
                 continue
             kept.append(record)
         return kept
-
-    async def _run(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, partial(function, *args, **kwargs))

@@ -449,6 +449,10 @@ class Controller:
                 tracked.once_done = tracked.once_done or outcome.delay is None
             deadline = None if outcome.delay is None else loop.time() + outcome.delay
         deleted = _deleted(stopped)
+        if not deleted and _exiting(stopped):
+            # The cleanup lets go of every manager at once, within its time budget; waiting
+            # here for this one could wait for a Vault request that never returns.
+            return
         await self.dynamic.removed(key[0], key[1], deleted=deleted)
         if deleted:
             await self._forget_deleted(key, body)
@@ -693,6 +697,12 @@ def _deleted(stopped: Any) -> bool:
     """Tell whether kopf stopped a daemon because its ExternalSecret was deleted."""
     reason = stopped.reason
     return reason is not None and bool(reason & kopf.DaemonStoppingReason.RESOURCE_DELETED)
+
+
+def _exiting(stopped: Any) -> bool:
+    """Tell whether kopf stopped a daemon because the operator exits."""
+    reason = stopped.reason
+    return reason is not None and bool(reason & kopf.DaemonStoppingReason.OPERATOR_EXITING)
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:

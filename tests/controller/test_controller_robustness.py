@@ -186,6 +186,63 @@ async def test_stop_abandons_hung_store(
     assert "reconcile_abandoned" in output
 
 
+async def test_stop_abandons_hung_generator(
+    cluster: Cluster, silent_server: socket.socket, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig(tmp_path / "kubeconfig", cluster.url)))
+    host, port = silent_server.getsockname()
+    token = {"metadata": {"name": "vault-token"}, "data": {"token": "ZmFrZS12YXVsdC10b2tlbg=="}}
+    await cluster.call("POST", "/api/v1/namespaces/team-a/secrets", token)
+    generator = {
+        "apiVersion": "secrets-agent.io/v1alpha1",
+        "kind": "VaultDynamicSecret",
+        "metadata": {"name": "orders-db"},
+        "spec": {
+            "path": "/database/creds/orders",
+            "provider": {
+                "server": f"http://{host}:{port}",
+                "auth": {"tokenSecretRef": {"name": "vault-token", "key": "token"}},
+            },
+        },
+    }
+    await cluster.call(
+        "POST", "/apis/secrets-agent.io/v1alpha1/namespaces/team-a/vaultdynamicsecrets", generator
+    )
+    spec = {
+        "refreshInterval": "1h",
+        "dataFrom": [
+            {"sourceRef": {"generatorRef": {"kind": "VaultDynamicSecret", "name": "orders-db"}}}
+        ],
+    }
+    await cluster.apply_external_secret("orders-db", spec)
+    process = subprocess.Popen(
+        controller_command("--standalone"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        # The generator's first request to Vault arrives, and gets no response.
+        silent_server.settimeout(30)
+        try:
+            accepted, _ = await asyncio.to_thread(silent_server.accept)
+        except TimeoutError:
+            process.kill()
+            print(process.stdout.read().decode())
+            raise
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = await asyncio.to_thread(process.wait, 60)
+        stopped_after = time.monotonic() - started
+        accepted.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    output = process.stdout.read().decode()
+    assert code == 0, output
+    # Vault's read timeout is 30 s: without abandoning the request, stopping waits for it.
+    assert stopped_after < 5, output
+    assert "lease_close_abandoned" in output
+
+
 async def test_store_names_carry_namespace(
     cluster: Cluster, ssm, caplog: pytest.LogCaptureFixture
 ) -> None:

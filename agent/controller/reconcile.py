@@ -195,7 +195,7 @@ class Reconciler:
         except ReconcileError as error:
             outcome = await self._failed(body, error, failures=failures)
         else:
-            outcome = await self._succeeded(body, declaration, fetched, action)
+            outcome = await self._succeeded(body, declaration, fetched, action, failures=failures)
         self.metrics.reconcile_total.labels(outcome.result).inc()
         self.metrics.reconcile_duration.observe(time.perf_counter() - started)
         log_event(
@@ -736,6 +736,8 @@ class Reconciler:
         declaration: ExternalSecretDeclaration,
         fetched: _Fetched,
         action: str,
+        *,
+        failures: int,
     ) -> Outcome:
         target = declaration.target
         if action in ("deleted", "absent"):
@@ -748,9 +750,10 @@ class Reconciler:
         try:
             await self._write_status(body, ready=ready, reason=reason, message=message, synced=True)
         except KubeApiError as error:
-            # The Secret is written; the status is retried after a backoff.
+            # The Secret is written; the status is retried after a backoff that grows with
+            # each failure, as a store's does.
             problem = ReconcileError(f"writing the status failed: {error}")
-            return Outcome("error", backoff_delay(1), str(problem))
+            return Outcome("error", backoff_delay(failures + 1), str(problem))
         if action in ("created", "updated", "deleted"):
             event_reason = action.capitalize()
             self.post_event(body, "Normal", event_reason, f"Secret {target} {action}")

@@ -25,6 +25,8 @@ behaviour the controller depends on:
 - namespace objects (`/api/v1/namespaces[/NAME]`), which kmock's URL parser cannot read;
 - the TokenRequest subresource: `POST .../serviceaccounts/NAME/token` returns an unsigned
   JWT-shaped token for an existing service account (see `agent.testing.jwt`);
+- injected failures: `fail_writes` makes the next writes of one method (to objects or to one
+  subresource) answer with an error status, as an API server that is overloaded or restarting;
 - traffic counts for benchmarks: the requests, objects and response bytes that lists and watches
   sent, per resource and label selector, in `traffic` and at `GET /_emulator/traffic` (a path
   the API server does not have).
@@ -176,6 +178,8 @@ class KubernetesApiEmulator(KubernetesEmulator):
     # resource -> the newest resourceVersion dropped from its history; a watch from an older
     # version gets 410.
     _history_floor: dict[Any, int] = attrs.field(factory=dict, init=False)
+    # (method, subresource) -> [status, writes left to fail]; see `fail_writes`.
+    _failures: dict[tuple[str, str | None], list[int]] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -201,6 +205,20 @@ class KubernetesApiEmulator(KubernetesEmulator):
         if key not in self._objects or self._objects[key].deleted:
             return None
         return copy.deepcopy(self._objects[key].raw)
+
+    def fail_writes(
+        self, method: str, *, subresource: str | None = None, times: int = 1, status: int = 503
+    ) -> None:
+        """Answer the next `times` writes with `method` (to an object, or to its `subresource`)
+        with `status` and a Kubernetes Status body, changing nothing."""
+        self._failures[(method.upper(), subresource)] = [status, times]
+
+    def _injected_failure(self, method: str, subresource: str | None) -> int | None:
+        failure = self._failures.get((method, subresource))
+        if failure is None or failure[1] <= 0:
+            return None
+        failure[1] -= 1
+        return failure[0]
 
     # --- routing -------------------------------------------------------------------------------
 
@@ -308,6 +326,16 @@ class KubernetesApiEmulator(KubernetesEmulator):
         write = self._write_for(request)
         if write is None:
             return await super()._handle(request)
+        failed = self._injected_failure(method, request.subresource)
+        if failed is not None:
+            status = {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "status": "Failure",
+                "message": "injected failure",
+                "code": failed,
+            }
+            return aiohttp.web.json_response(status, status=failed)
         async with self._lock:
             status, body = await write(request)
         return aiohttp.web.json_response(body, status=status)

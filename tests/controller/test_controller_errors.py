@@ -201,3 +201,26 @@ async def test_store_references_read_through_api(cluster: Cluster, ssm) -> None:
     await cluster.start_controller()
     await cluster.apply_external_secret("app", es_spec("/app/a"))
     await eventually(lambda: cluster.secret_data("app") == {"value": b"fake-db-password-1"})
+
+
+async def test_status_write_failures_back_off(cluster: Cluster, ssm, monkeypatch) -> None:
+    failures_seen: list[int] = []
+
+    def backoff(failures: int) -> float:
+        failures_seen.append(failures)
+        return 0.05
+
+    monkeypatch.setattr("agent.controller.reconcile.backoff_delay", backoff)
+    ssm("/app/db", "fake-db-password-1")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.start_controller()
+    store = "secrets-agent.io/v1alpha1/secretstores"
+    await eventually(
+        lambda: (cluster.emulator.body(store, "team-a", "aws-ssm") or {}).get("status")
+    )
+    cluster.emulator.fail_writes("PATCH", subresource="status", times=4)
+    await cluster.apply_external_secret("app", es_spec("/app/db"))
+    await eventually(lambda: (cluster.ready("app") or {}).get("status") == "True")
+    # Each failed status write counts as one more failure, as a store error does.
+    assert failures_seen[:4] == [1, 2, 3, 4]
+    assert cluster.secret_data("app") == {"value": b"fake-db-password-1"}

@@ -535,3 +535,23 @@ async def test_watch_history_kept_per_resource() -> None:
                 await call(session, "POST", ES, {"metadata": {"name": name}, "spec": {}})
             events = await read_watch(session, {"resourceVersion": "1"})
             assert [e["object"]["metadata"]["name"] for e in events] == ["two"]
+
+
+async def test_injected_write_failures(api) -> None:
+    emulator, session = api
+    base = "/apis/secrets-agent.io/v1alpha1/namespaces/team-a/externalsecrets"
+    body = {"metadata": {"name": "es"}, "spec": {"refreshInterval": "1h"}}
+    status, _ = await call(session, "POST", base, body)
+    assert status == 201
+    emulator.fail_writes("PATCH", subresource="status", times=2, status=503)
+    patch = {"status": {"refreshTime": "2026-01-01T00:00:00Z"}}
+    for _ in range(2):
+        status, answer = await call(session, "PATCH", f"{base}/es/status", patch)
+        assert (status, answer["code"]) == (503, 503)
+    stored = emulator.body("secrets-agent.io/v1alpha1/externalsecrets", "team-a", "es")
+    assert "status" not in stored
+    # Writes to the object itself were never affected; the third status write succeeds.
+    status, _ = await call(session, "PATCH", f"{base}/es", {"metadata": {"labels": {"a": "b"}}})
+    assert status == 200
+    status, _ = await call(session, "PATCH", f"{base}/es/status", patch)
+    assert status == 200

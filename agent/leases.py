@@ -98,6 +98,8 @@ RETRY_MAX_SECONDS = 300.0
 # many margins left. The connection logs in again first.
 MIN_PARENT_MARGINS = 2
 _REVOCABLE: tuple[SecretKind, ...] = ("lease", "token")
+# Revocations retried after a transient failure; the others happen when the manager lets go.
+_RETRIED_REVOCATIONS = ("superseded", "released")
 
 LeaseKey = tuple[str, int]
 
@@ -378,16 +380,27 @@ class LeaseManager:
 
     def close(self, *, revoke: bool) -> None:
         """Finish at exit. With `revoke`, revoke every lease and the login tokens that created
-        them. Otherwise save the state file for the next agent and keep them alive."""
+        them. Otherwise save the state file for the next agent and keep them alive.
+
+        Either way, a lease never written to its target is revoked (the next process could not
+        recover its values), and a login token no kept lease depends on is revoked.
+        """
         with self._lock:
             self._load_state()
             if revoke:
                 self._revoke_everything()
             else:
+                self._revoke_unwritten(target=None)
                 self._save(force=True)
+            parents = {id(held.parent) for held in self._all_held() if held.parent is not None}
             for client in self._clients.values():
-                client.close(revoke_token=revoke)
+                token = client.connection.token
+                client.close(revoke_token=revoke or token is None or id(token) not in parents)
             self._clients.clear()
+            for client, token in self._retired:
+                if id(token) not in parents and token.usable(self.clock()):
+                    client.connection.revoke(token)
+            self._retired.clear()
 
     # -- hand-over between controller processes ------------------------------------------------
 
@@ -412,10 +425,13 @@ class LeaseManager:
     def forget(self, target: str) -> None:
         """Stop serving and renewing the current leases of `target` without revoking them.
 
-        Another process takes them over from their saved records. Superseded leases stay, so
-        they are still revoked when their grace ends.
+        Another process takes them over from their saved records. A lease never written to the
+        target has no record there, so it is revoked, and the lease it was to replace is handed
+        over in its place. Superseded leases stay, so they are still revoked when their grace
+        ends.
         """
         with self._lock:
+            self._revoke_unwritten(target=target)
             for key in [key for key in self._current if key[0] == target]:
                 held = self._current.pop(key)
                 log_event(
@@ -818,7 +834,7 @@ class LeaseManager:
                 kind=held.kind, lease_id=held.lease_id, token_value=_token_value(held)
             )
         except StoreError as error:
-            retry = error.transient and reason != "exit"
+            retry = error.transient and reason in _RETRIED_REVOCATIONS
             if retry:
                 held.failures += 1
                 held.revoke_at = self.clock() + self._retry_delay(held.failures)
@@ -891,6 +907,23 @@ class LeaseManager:
         self._retired.clear()
         self._records = {}
         self._save(force=True)
+
+    def _revoke_unwritten(self, *, target: str | None) -> None:
+        """Revoke the current leases of `target` (of every target when None) that were never
+        written; the lease each was to replace becomes current again."""
+        for key, held in list(self._current.items()):
+            if held.written or (target is not None and key[0] != target):
+                continue
+            del self._current[key]
+            self._dirty = True
+            for old in list(self._superseded):
+                if old.successor is held and old.revoke_at is None:
+                    self._superseded.remove(old)
+                    old.successor = None
+                    self._current[key] = old
+            if held.kind in _REVOCABLE and held.client is not None:
+                if self._end(held)[0] > self.clock():
+                    self._revoke(held, reason="unwritten")
 
     def _all_held(self) -> Iterator[HeldLease]:
         yield from self._current.values()

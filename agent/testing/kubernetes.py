@@ -178,8 +178,10 @@ class KubernetesApiEmulator(KubernetesEmulator):
     # resource -> the newest resourceVersion dropped from its history; a watch from an older
     # version gets 410.
     _history_floor: dict[Any, int] = attrs.field(factory=dict, init=False)
-    # (method, subresource) -> [status, writes left to fail]; see `fail_writes`.
-    _failures: dict[tuple[str, str | None], list[int]] = attrs.field(factory=dict, init=False)
+    # (method, plural, subresource) -> [status, writes left to fail]; see `fail_writes`.
+    _failures: dict[tuple[str, str | None, str | None], list[int]] = attrs.field(
+        factory=dict, init=False
+    )
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -207,18 +209,26 @@ class KubernetesApiEmulator(KubernetesEmulator):
         return copy.deepcopy(self._objects[key].raw)
 
     def fail_writes(
-        self, method: str, *, subresource: str | None = None, times: int = 1, status: int = 503
+        self,
+        method: str,
+        *,
+        plural: str | None = None,
+        subresource: str | None = None,
+        times: int = 1,
+        status: int = 503,
     ) -> None:
-        """Answer the next `times` writes with `method` (to an object, or to its `subresource`)
-        with `status` and a Kubernetes Status body, changing nothing."""
-        self._failures[(method.upper(), subresource)] = [status, times]
+        """Make the next `times` writes with `method` fail with `status` and a Kubernetes Status
+        body, changing nothing: writes to objects of `plural` (of any resource when None), or to
+        their `subresource`. `times=0` ends an earlier injection."""
+        self._failures[(method.upper(), plural, subresource)] = [status, times]
 
-    def _injected_failure(self, method: str, subresource: str | None) -> int | None:
-        failure = self._failures.get((method, subresource))
-        if failure is None or failure[1] <= 0:
-            return None
-        failure[1] -= 1
-        return failure[0]
+    def _injected_failure(self, method: str, plural: str, subresource: str | None) -> int | None:
+        for key in ((method, plural, subresource), (method, None, subresource)):
+            failure = self._failures.get(key)
+            if failure is not None and failure[1] > 0:
+                failure[1] -= 1
+                return failure[0]
+        return None
 
     # --- routing -------------------------------------------------------------------------------
 
@@ -326,7 +336,8 @@ class KubernetesApiEmulator(KubernetesEmulator):
         write = self._write_for(request)
         if write is None:
             return await super()._handle(request)
-        failed = self._injected_failure(method, request.subresource)
+        assert request.resource is not None  # `_write_for` found a write to a resource
+        failed = self._injected_failure(method, request.resource.plural, request.subresource)
         if failed is not None:
             status = {
                 "kind": "Status",

@@ -555,3 +555,13 @@ async def test_injected_write_failures(api) -> None:
     assert status == 200
     status, _ = await call(session, "PATCH", f"{base}/es/status", patch)
     assert status == 200
+    # A plural limits the failures to one resource.
+    emulator.fail_writes("POST", plural="secrets", times=5)
+    status, _ = await call(session, "POST", "/api/v1/namespaces/team-a/secrets", secret("s"))
+    assert status == 503
+    body["metadata"]["name"] = "es-2"
+    status, _ = await call(session, "POST", base, body)
+    assert status == 201
+    emulator.fail_writes("POST", plural="secrets", times=0)
+    status, _ = await call(session, "POST", "/api/v1/namespaces/team-a/secrets", secret("s"))
+    assert status == 201

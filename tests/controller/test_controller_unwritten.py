@@ -1,0 +1,110 @@
+"""Dynamic credentials that never reached a Secret are revoked when the controller lets go.
+
+A lease is recorded only in the annotation of the Secret that holds its credentials, so a lease
+issued for a Secret that was never written cannot be adopted by the next leader: it is revoked
+when this replica stops or pauses, and the generator's login token goes with it when no kept
+lease depends on it.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from tests.controller.conftest import Cluster, eventually
+from tests.controller.test_controller_leases import (
+    CREDS,
+    SECRET_ID,
+    apply_generator,
+    generated,
+    leases_of,
+    reconciles,
+    setup_vault,
+    start,
+)
+
+# A retry this far away never comes within a test.
+FAR_BACKOFF_SECONDS = 600.0
+
+
+@pytest.fixture
+async def orders(cluster: Cluster, vault: Any) -> Cluster:
+    """A cluster with the AppRole secret ID in team-a."""
+    secret = {
+        "metadata": {"name": "vault-approle"},
+        "data": {"secret-id": base64.b64encode(SECRET_ID.encode()).decode()},
+    }
+    await cluster.call("POST", "/api/v1/namespaces/team-a/secrets", secret)
+    return cluster
+
+
+@pytest.fixture
+def far_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        "agent.controller.reconcile.backoff_delay", lambda failures: FAR_BACKOFF_SECONDS
+    )
+
+
+def failed(cluster: Cluster, name: str) -> bool:
+    return (cluster.ready(name) or {}).get("status") == "False"
+
+
+async def test_stop_revokes_unwritten_lease(orders: Cluster, vault: Any, far_backoff) -> None:
+    setup_vault(vault)
+    await apply_generator(orders, vault)
+    tokens_before = vault.live_tokens()
+    controller = await start(orders, vault)
+    orders.emulator.fail_writes(
+        "POST", plural="secrets", times=1000
+    )  # the Secret cannot be created
+    await orders.apply_external_secret("orders-db", generated())
+    await eventually(lambda: failed(orders, "orders-db"))
+    assert len(vault.live_leases()) == 1
+    assert vault.live_tokens() == tokens_before + 1  # the generator's login
+
+    await orders.stop_controller(controller)
+    assert vault.live_leases() == []
+    assert vault.live_tokens() == tokens_before
+
+
+async def test_stop_keeps_written_lease_and_its_token(orders: Cluster, vault: Any) -> None:
+    setup_vault(vault)
+    await apply_generator(orders, vault)
+    tokens_before = vault.live_tokens()
+    controller = await start(orders, vault)
+    await orders.apply_external_secret("orders-db", generated())
+    await eventually(lambda: leases_of(orders, "orders-db", "orders-db"))
+
+    await orders.stop_controller(controller)
+    assert len(vault.live_leases()) == 1
+    assert vault.live_tokens() == tokens_before + 1  # the lease dies with it
+
+
+async def test_paused_replica_revokes_unwritten_lease(
+    orders: Cluster, vault: Any, far_backoff
+) -> None:
+    setup_vault(vault)
+    await apply_generator(orders, vault)
+    peering = {
+        "apiVersion": "kopf.dev/v1",
+        "kind": "ClusterKopfPeering",
+        "metadata": {"name": "secrets-agent"},
+    }
+    await orders.call("POST", "/apis/kopf.dev/v1/clusterkopfpeerings", peering)
+    election = {"standalone": False, "peering_lifetime": 3}
+    await start(orders, vault, priority=100, **election)
+    orders.emulator.fail_writes("POST", plural="secrets", times=1000)
+    await orders.apply_external_secret("orders-db", generated())
+    await eventually(lambda: failed(orders, "orders-db"))
+    [unwritten] = vault.live_leases()
+
+    orders.emulator.fail_writes("POST", plural="secrets", times=0)
+    second = await start(orders, vault, priority=200, **election)
+    await eventually(lambda: reconciles(second) >= 1, timeout=15)
+    [record] = await eventually(lambda: leases_of(orders, "orders-db", "orders-db"))
+    # The paused replica revoked what it could not hand over; the leader holds one lease.
+    await eventually(lambda: vault.live_leases() == [record["lease_id"]])
+    assert record["lease_id"] != unwritten
+    assert vault.count(method="GET", path_prefix=CREDS) == 2

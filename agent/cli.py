@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(command_parser=command)
         _add_declaration_flags(command)
         if name == "check":
+            _add_check_flags(command)
             continue
         _add_writing_flags(command)
         if name == "once":
@@ -197,6 +198,17 @@ def _add_declaration_flags(parser: argparse.ArgumentParser) -> None:
         type=str.lower,
         choices=["text", "json"],
         help="log lines as key=value text or as one JSON object each, default text",
+    )
+
+
+def _add_check_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--controller",
+        action="store_true",
+        help="check the manifests as the controller reads them from the Kubernetes API: "
+        "ClusterSecretStore conditions are accepted, the apiVersion must be "
+        "secrets-agent.io/v1alpha1, secret keys may not contain '/', and references to stores "
+        "in other files are not checked; default: as the agent in a pod reads them",
     )
 
 
@@ -386,6 +398,8 @@ def _agent_main(arguments: argparse.Namespace, command: list[str] | None) -> int
             fix="check the spelling; the README lists every SECRETS_AGENT_* variable",
         )
 
+    if arguments.command == "check" and arguments.controller:
+        return _check_controller(settings)
     try:
         from agent.declarations import load_declarations
 
@@ -423,6 +437,29 @@ def _agent_main(arguments: argparse.Namespace, command: list[str] | None) -> int
     if arguments.command == "once":
         return _once(settings, declarations)
     return _run(settings, declarations, command=command)
+
+
+def _check_controller(settings: Settings) -> int:
+    """Run `check --controller`: validate each manifest as the controller reads it."""
+    from agent.declarations import (
+        ExternalSecretDeclaration,
+        StoreDeclaration,
+        load_controller_manifests,
+    )
+
+    try:
+        objects = load_controller_manifests(settings.config)
+    except DeclarationErrors as error:
+        _report("check", settings, "declarations_invalid", error)
+        return EXIT_INVALID
+    stores = sum(isinstance(item, StoreDeclaration) for item in objects)
+    external_secrets = sum(isinstance(item, ExternalSecretDeclaration) for item in objects)
+    generators = len(objects) - stores - external_secrets
+    print(
+        f"ok: {stores} store(s), {external_secrets} ExternalSecret(s), "
+        f"{generators} VaultDynamicSecret(s), as the controller reads them"
+    )
+    return EXIT_OK
 
 
 def _startup_done() -> None:

@@ -4,7 +4,9 @@
 document against `agent.models` and the documents against each other (unknown store, duplicate
 target, duplicate or unsafe secret key). It reports every problem at once as `DeclarationErrors`.
 Each error names the file, the document, the kind and name, the field path in the manifest's
-camelCase (`spec.data[0].remoteRef.key`) and the fix.
+camelCase (`spec.data[0].remoteRef.key`) and the fix. `load_manifest` checks one object read from
+the Kubernetes API as the controller reads it, and `load_controller_manifests` applies the same
+checks to files, for `secrets-agent check --controller`.
 
 Messages quote kinds, object names, secret keys and field names, but never a field's value, so a
 credential pasted into a manifest cannot reach a log through an error.
@@ -40,6 +42,7 @@ from agent.models import (
     GENERATOR_KINDS,
     NOTIFY_TARGET_API_VERSION,
     NOTIFY_TARGET_KIND,
+    POD_ONLY_PROBLEMS,
     STORE_KINDS,
     UNSUPPORTED_FIELDS,
     ClusterStoreSpec,
@@ -192,18 +195,92 @@ def load_manifest(
     checks of one document apply (fields, target name, `spec.data` secret keys), and a
     ClusterSecretStore may carry `spec.conditions`. Raises DeclarationErrors.
     """
+    found, errors = _check_manifest(document, Origin(source, 1), check_templates=False)
+    if errors:
+        raise DeclarationErrors(errors)
+    assert found is not None
+    return found
+
+
+ControllerObject = StoreDeclaration | ExternalSecretDeclaration | GeneratorDeclaration
+
+
+def load_controller_manifests(paths: Sequence[Path | str]) -> list[ControllerObject]:
+    """Load declaration files as the controller reads the objects applied from them.
+
+    Each document gets the checks of `load_manifest`, so a ClusterSecretStore may carry
+    `spec.conditions` and a secret key may not contain `/`. The templates are checked too, and
+    the apiVersion must be the one the controller watches. References between documents are not
+    checked, because the store an ExternalSecret names is often applied from another repository.
+    Raises DeclarationErrors listing every problem, or saying that `paths` hold no such object.
+    """
+    # agent.controller holds only constants, so this imports neither kopf nor a backend.
+    from agent.controller import API_VERSION
+
+    errors: list[DeclarationError] = []
+    found: list[ControllerObject] = []
+    for origin, document in _read_documents(paths, errors):
+        problem = _controller_header_problem(origin, document, api_version=API_VERSION)
+        if problem is not None:
+            errors.append(problem)
+            if problem.field == "kind":
+                # The controller has no CRD for this kind, so its fields are not checked.
+                continue
+        declaration, problems = _check_manifest(document, origin, check_templates=True)
+        errors.extend(problems)
+        if declaration is not None:
+            found.append(declaration)
+    if not found and not errors:
+        problem = "no SecretStore, ClusterSecretStore, ExternalSecret or VaultDynamicSecret found"
+        fix = "check the --config paths"
+        errors.append(DeclarationError(problem, source=", ".join(str(p) for p in paths), fix=fix))
+    if errors:
+        raise DeclarationErrors(errors)
+    return found
+
+
+def _controller_header_problem(
+    origin: Origin, document: Any, *, api_version: str
+) -> DeclarationError | None:
+    """Report a kind or apiVersion that the loader accepts but the controller never reads."""
+    if not isinstance(document, dict):
+        return None  # `_check_manifest` reports it
+    kind = document.get("kind")
+    subject = _Subject(
+        origin,
+        kind=kind if isinstance(kind, str) and _KIND_NAME.fullmatch(kind) else "",
+        name=_name_text(_metadata_name(document)),
+    )
+    if kind == NOTIFY_TARGET_KIND:
+        problem = "NotifyTarget is read only by the agent in a pod, not by the controller"
+        fix = "move it to the declarations of the pod's agent"
+        return subject.error(problem, field="kind", fix=fix)
+    found = document.get("apiVersion")
+    known = API_VERSIONS | GENERATOR_API_VERSIONS
+    if kind in KINDS and found in known and found != api_version:
+        # External Secrets Operator keeps reconciling an object of its own group.
+        problem = f"the controller reads only {api_version} objects, not {found}"
+        return subject.error(problem, field="apiVersion", fix=f"use {api_version}")
+    return None
+
+
+def _check_manifest(
+    document: Any, origin: Origin, *, check_templates: bool
+) -> tuple[ControllerObject | None, list[DeclarationError]]:
+    """Check one document as the controller reads it; return the declaration or the problems."""
     checker = _Checker(allow_nested=False, kubernetes=True)
     checker.store_specs["ClusterSecretStore"] = ClusterStoreSpec
-    origin = Origin(source, 1)
     try:
         copied = _Pruner().copy(document, depth=0)
     except _SyntaxProblem as problem:
-        raise DeclarationErrors([DeclarationError(str(problem), source=source)]) from None
+        return None, [DeclarationError(str(problem), source=origin.source)]
     checker.add_document(origin, copied)
     for declaration in checker.result.external_secrets:
         subject = _Subject(origin, kind="ExternalSecret", name=declaration.name)
         checker._check_target(subject, declaration, {})
         checker._check_secret_keys(subject, _secret_keys(declaration))
+        if check_templates:
+            checker._check_template(subject, declaration)
     found = [
         *checker.result.stores.values(),
         *checker.result.external_secrets,
@@ -211,10 +288,10 @@ def load_manifest(
     ]
     if not checker.errors and len(found) != 1:
         problem = "not a SecretStore, ClusterSecretStore, ExternalSecret or VaultDynamicSecret"
-        checker.errors.append(DeclarationError(problem, source=source, field="kind"))
+        checker.errors.append(DeclarationError(problem, source=origin.source, field="kind"))
     if checker.errors:
-        raise DeclarationErrors(checker.sorted_errors())
-    return found[0]
+        return None, checker.sorted_errors()
+    return found[0], []
 
 
 def declaration_files(paths: Sequence[Path | str]) -> list[Path]:
@@ -1238,7 +1315,7 @@ def _explain_unknown_field(
     # A model may bring its own table (a generator's provider has other paths than a store's).
     fix = _lookup(getattr(model, "unsupported_fields", UNSUPPORTED_FIELDS), pattern)
     if fix is not None:
-        return "not supported by secrets-agent yet", fix
+        return _lookup(POD_ONLY_PROBLEMS, pattern) or "not supported by secrets-agent yet", fix
     names = _field_names(model, loc[:-1])
     import difflib  # only for a misspelled name, so valid declarations never load it
 

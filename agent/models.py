@@ -588,8 +588,9 @@ UNSUPPORTED_FIELDS: dict[str, str] = {
     "spec.controller": "remove it (it selects an External Secrets Operator instance)",
     "spec.retrySettings": "remove it (secrets-agent retries with its own backoff)",
     "spec.refreshInterval": "remove it from the store and set it on each ExternalSecret",
-    "spec.conditions": "remove it (only the controller limits a store to namespaces; "
-    "inside a pod every store serves every ExternalSecret)",
+    "spec.conditions": "remove it from the manifests the agent in a pod reads, where every store "
+    "serves every ExternalSecret; keep it in manifests for the controller, which limits the "
+    "store to those namespaces, and check those with `secrets-agent check --controller`",
     "spec.provider.*": "use provider.aws or provider.vault",
     "provider.aws.additionalRoles": _AWS_ROLE_OPTION,
     "provider.aws.externalID": _AWS_ROLE_OPTION,
@@ -611,6 +612,10 @@ UNSUPPORTED_FIELDS: dict[str, str] = {
     "provider.vault.auth.iam": _VAULT_AUTH_METHOD,
     "provider.vault.auth.gcp": _VAULT_AUTH_METHOD,
 }
+
+# Field path -> the problem, for fields of UNSUPPORTED_FIELDS that only the agent in a pod
+# rejects, because the controller reads them.
+POD_ONLY_PROBLEMS: dict[str, str] = {"spec.conditions": "not supported by the agent in a pod"}
 
 # Field path -> the fix, for fields where only External Secrets Operator's default value is
 # supported. The problem reported is "only the default <value> is supported by secrets-agent yet".

@@ -37,6 +37,8 @@ WRITING = (
     "--lease-renewal-threshold",
     "--revoke-on-exit",
 )
+# Flags that choose how a command works instead of setting a setting, so they have no variable.
+MODE_FLAGS = ("--controller",)
 
 
 def command_parser(name: str) -> argparse.ArgumentParser:
@@ -95,7 +97,7 @@ def test_every_flag_has_help(command: str) -> None:
 @pytest.mark.parametrize("command", ["check", "once", "run"])
 def test_help_names_setting_variable(command: str) -> None:
     for option, action in flags_of(command).items():
-        if option.startswith("--no-"):
+        if option.startswith("--no-") or option in MODE_FLAGS:
             continue
         setting = action.dest
         assert setting in Settings.model_fields, f"{option} sets no setting"
@@ -113,7 +115,13 @@ def test_log_flags_describe_choices() -> None:
 
 
 def test_check_has_only_declaration_flags() -> None:
-    assert set(flags_of("check")) == {"--config", "--nested-keys", "--log-level", "--log-format"}
+    assert set(flags_of("check")) == {
+        "--config",
+        "--nested-keys",
+        "--log-level",
+        "--log-format",
+        "--controller",
+    }
 
 
 def test_once_lacks_run_flags() -> None:
@@ -146,7 +154,9 @@ def test_once_help_text_lists_no_run_flag(tmp_path: Path) -> None:
 def test_every_setting_flag_reaches_a_command() -> None:
     parsed = set()
     for command in ("check", "once", "run"):
-        parsed |= {action.dest for action in flags_of(command).values()}
+        parsed |= {
+            action.dest for option, action in flags_of(command).items() if option not in MODE_FLAGS
+        }
 
     assert parsed == set(SETTING_FLAGS)
 

@@ -10,6 +10,11 @@ the rest. `run_forever` serves the sidecar: every ExternalSecret is refreshed on
 with ±10 % jitter, failures back off exponentially from 1 s to 5 min, and the loop sleeps until
 the next deadline instead of polling. Each store is used by one thread at a time.
 
+In `run_forever` the loop does not wait for a store's group: each group runs in a worker thread
+of its own, and the loop goes on with the other stores, lease renewals and reloads. A store that
+is slow or never responds delays only its own targets; they are not due again until its worker
+finishes. A reload that changes such a store or its targets waits for that worker.
+
 Fetch workers are daemon threads, and nothing joins them at exit: a request that hangs (a store
 that accepts the connection and never responds) must not keep a stopping agent alive until the
 HTTP client's read timeout. `Syncer.abandon_in_flight` logs the stores whose requests are left
@@ -221,6 +226,12 @@ class Syncer:
         self._pending_declarations: Declarations | None = None
         # Store name -> the step a round is waiting for there; see `in_flight`.
         self._in_flight: dict[str, str] = {}
+        # run_forever: the store groups a worker is syncing, and the results of finished ones
+        # (or the defect that stopped one), guarded by `lock`.
+        self._busy: set[tuple[str, str] | None] = set()
+        self._busy_targets: set[str] = set()
+        self._finished: list[RoundResult | BaseException] = []
+        self._worker_done = threading.Event()
         # In once mode only transient failures are retried, so only they log a retry delay.
         self.once_mode = False
         # True once every target had a complete generation on disk. The agent then stays ready,
@@ -592,24 +603,95 @@ class Syncer:
 
     def run_forever(self) -> None:
         """Keep every target in sync until `request_stop` is called; returns within a moment of
-        it unless a round is in progress."""
+        it unless a store's worker is still busy (see the module docstring)."""
         self.adopt()
         while not self._stopping.is_set():
             # Cleared before the work, so a wake-up requested during the work is not lost.
             self._wake.clear()
             self._apply_pending_declarations()
+            written = self._collect_finished()
             now = self.clock()
-            due = [s for s in self.states.values() if not s.finished and s.next_due <= now]
+            due = [
+                state
+                for state in self.states.values()
+                if not state.finished and state.next_due <= now and not self._is_busy(state)
+            ]
             if due:
-                self.sync(due)
+                self._dispatch(due)
             self._maintain_stores()
-            self._remove_superseded(changed=bool(due))
+            self._remove_superseded(changed=written)
             self._run_tasks()
             self._wake.wait(self._seconds_until_next())
+        while True:
+            with self.lock:
+                if not self._busy:
+                    break
+                self._worker_done.clear()
+            self._worker_done.wait()
+        self._collect_finished()
         # Generations whose grace has passed go now. One replaced less than the grace period ago
         # stays until the next start: waiting for it would use up the stop budget (STOP_SECONDS
         # in agent.cli) that closing the stores, and revoking their Vault tokens, needs.
         self.writer.remove_superseded()
+
+    def _is_busy(self, state: TargetState) -> bool:
+        return state.declaration.store_ref in self._busy
+
+    def _busy_stores(self) -> set[str]:
+        """Return the names of the stores a worker is using."""
+        with self.lock:
+            return {_store_label(ref) for ref in self._busy if ref is not None}
+
+    def _dispatch(self, states: list[TargetState]) -> None:
+        """Start one worker per store group of `states`; each reports to `_finished`."""
+        groups: dict[tuple[str, str] | None, list[TargetState]] = defaultdict(list)
+        for state in states:
+            state.step = STEP_WAITING
+            groups[state.declaration.store_ref].append(state)
+        for ref, group in groups.items():
+            with self.lock:
+                self._busy.add(ref)
+                self._busy_targets.update(state.target for state in group)
+            worker = threading.Thread(
+                target=self._sync_group,
+                args=(ref, group),
+                name=f"sync-{'generators' if ref is None else _store_label(ref)}",
+                daemon=True,
+            )
+            worker.start()
+
+    def _sync_group(self, ref: tuple[str, str] | None, group: list[TargetState]) -> None:
+        result = RoundResult()
+        outcome: RoundResult | BaseException = result
+        try:
+            self._sync_store(ref, group, result)
+        except BaseException as error:  # re-raised by the loop in `_collect_finished`
+            outcome = error
+        finally:
+            with self.lock:
+                self._busy.discard(ref)
+                self._busy_targets.difference_update(state.target for state in group)
+                self._finished.append(outcome)
+                self._worker_done.set()
+            self.wake()
+
+    def _collect_finished(self) -> bool:
+        """Announce the changes of the groups that finished; return whether any group ran."""
+        with self.lock:
+            finished, self._finished = self._finished, []
+        if not finished:
+            return False
+        merged = RoundResult()
+        for outcome in finished:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            merged.changed += outcome.changed
+            merged.unchanged += outcome.unchanged
+            merged.failed.update(outcome.failed)
+            merged.changes += outcome.changes
+        if merged.changes:
+            self._announce(merged.changes)
+        return True
 
     def request_stop(self) -> None:
         """Make `run_forever` return after the current step; safe from any thread."""
@@ -675,6 +757,11 @@ class Syncer:
             return
 
         changed_stores = _changed_stores(self.declarations, declarations)
+        if self._reload_must_wait(declarations, changed_stores):
+            with self.lock:
+                if self._pending_declarations is None:
+                    self._pending_declarations = declarations
+            return  # applied when the busy worker finishes (it wakes the loop)
         self.stores.replace(declarations, close=changed_stores)
 
         added, updated = [], []
@@ -710,6 +797,38 @@ class Syncer:
             targets=",".join(sorted(added + updated + removed)) or "-",
         )
 
+    def _reload_must_wait(
+        self, declarations: Declarations, changed_stores: set[tuple[str, str]]
+    ) -> bool:
+        """Tell whether `declarations` change a store, or a target, that a worker is using."""
+        with self.lock:
+            busy, busy_targets = set(self._busy), set(self._busy_targets)
+        if not busy:
+            return False
+        if busy & changed_stores:
+            return True
+        new = {d.target: d for d in declarations.external_secrets}
+        for target in busy_targets:
+            state = self.states.get(target)
+            declaration = new.get(target)
+            if state is None or declaration is None:
+                return True
+            if self._next_state_changes(state, declaration, changed_stores):
+                return True
+        return False
+
+    @staticmethod
+    def _next_state_changes(
+        previous: TargetState,
+        declaration: ExternalSecretDeclaration,
+        changed_stores: set[tuple[str, str]],
+    ) -> bool:
+        return (
+            previous.declaration.spec != declaration.spec
+            or previous.declaration.metadata.annotations != declaration.metadata.annotations
+            or declaration.store_ref in changed_stores
+        )
+
     def _next_state(
         self,
         previous: TargetState | None,
@@ -722,11 +841,7 @@ class Syncer:
             state = TargetState(declaration)
             self._adopt_target(state)
             return state
-        if (
-            previous.declaration.spec != declaration.spec
-            or previous.declaration.metadata.annotations != declaration.metadata.annotations
-            or declaration.store_ref in changed_stores
-        ):
+        if self._next_state_changes(previous, declaration, changed_stores):
             return TargetState(
                 declaration,
                 complete=previous.complete,
@@ -744,11 +859,17 @@ class Syncer:
         self._cleanup_due = None if delay is None else self.clock() + delay
 
     def _maintain_stores(self) -> None:
-        """Let stores that keep credentials alive (Vault tokens) renew them when due."""
+        """Let stores that keep credentials alive (Vault tokens) renew them when due.
+
+        A store that a worker is using is skipped: each store is used by one thread at a time.
+        """
         now = self.clock()
+        in_use = self._busy_stores()
         for store in self.stores.opened():
             maintain = getattr(store, "maintain", None)
             if maintain is None or self._store_due.get(store.name, 0.0) > now:
+                continue
+            if store.name in in_use:
                 continue
             try:
                 delay = maintain()
@@ -768,8 +889,12 @@ class Syncer:
                 self._store_due[store.name] = now + max(0.0, delay)
 
     def _seconds_until_next(self) -> float | None:
-        deadlines = [s.next_due for s in self.states.values() if not s.finished]
-        deadlines += list(self._store_due.values())
+        # A busy group's targets are due again when its worker finishes, which wakes the loop.
+        deadlines = [
+            s.next_due for s in self.states.values() if not s.finished and not self._is_busy(s)
+        ]
+        in_use = self._busy_stores()
+        deadlines += [due for name, due in self._store_due.items() if name not in in_use]
         if self._cleanup_due is not None:
             deadlines.append(self._cleanup_due)
         deadlines += [due[0] for _, due in self._tasks if due[0] != float("inf")]

@@ -55,6 +55,8 @@ MAX_SECRET_KEY_LENGTH = 253
 # (MaxSecretSize in Kubernetes' core validation).
 MAX_SECRET_BYTES = 1024 * 1024
 DEFAULT_TYPE = "Opaque"
+# The API group of External Secrets Operator's ExternalSecret, whose Secrets a migration takes over.
+ESO_GROUP = "external-secrets.io"
 
 
 class SecretConflictError(Exception):
@@ -520,11 +522,31 @@ def _check_ownership(
     # one controlled by another object is not.
     others = [reference for reference in controllers if reference.get("uid") != owner.uid]
     if others:
-        kind, name = others[0].get("kind", "object"), others[0].get("name", "")
-        raise SecretConflictError(
-            f"Secret {declaration.target} is controlled by {kind} {name}, so creationPolicy "
-            "Owner does not take it over; rename spec.target.name, or delete the Secret"
+        raise SecretConflictError(_ownership_problem(declaration, others[0]))
+
+
+def _ownership_problem(declaration: ExternalSecretDeclaration, reference: Mapping[str, Any]) -> str:
+    """Describe a Secret that another object controls, naming that object with its apiVersion,
+    because an ExternalSecret of External Secrets Operator often has the same kind and name."""
+    kind = reference.get("kind") or "object"
+    name = reference.get("name") or "(unnamed)"
+    api_version = reference.get("apiVersion") or "unknown apiVersion"
+    problem = (
+        f"Secret {declaration.target} is controlled by {kind} {name} ({api_version}), so "
+        "creationPolicy Owner does not take it over"
+    )
+    group = str(api_version).partition("/")[0]
+    if group == ESO_GROUP and kind == "ExternalSecret":
+        # The migration guide's order: the secrets-agent ExternalSecret is applied first. Deleting
+        # ESO's then lets the garbage collector delete the Secret, and a retry here creates it.
+        namespace = f" -n {declaration.namespace}" if declaration.namespace else ""
+        return (
+            f"{problem}. It belongs to External Secrets Operator, so to migrate it, delete that "
+            f"ExternalSecret (kubectl delete externalsecrets.{ESO_GROUP} {name}{namespace}), "
+            "which also deletes its Secret, and this controller then creates the Secret again. "
+            "To keep both during the migration, rename spec.target.name instead"
         )
+    return f"{problem}; rename spec.target.name, or delete the Secret"
 
 
 def _needs_replacement(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:

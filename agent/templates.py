@@ -2,7 +2,9 @@
 
 Each entry of `spec.target.template.data` maps a file name to a Jinja2 template. The template's
 context contains every secret key of the snapshot in `data` (`{{ data["db-password"] }}`), and
-each secret key that is a valid name also as a variable (`{{ password }}`). Values are UTF-8
+each secret key that is an ASCII identifier also as a variable (`{{ password }}`, `{{ pass }}`),
+except the names Jinja2 reads otherwise (`true`, `not`, `self`, ...). A template that writes one
+of those as a variable while a secret key has that name is an error. Values are UTF-8
 text. A value that is not valid UTF-8 can only go through `b64encode`, and any other use of it is
 an error.
 `mergePolicy: Replace` (the default) makes the rendered files the whole target. `Merge` writes
@@ -35,7 +37,6 @@ import binascii
 import functools
 import io
 import json
-import keyword
 import re
 import shlex
 import traceback
@@ -77,8 +78,18 @@ TEMPLATE_FIELD = "spec.target.template.data"
 # The context variable that contains every secret key. A secret key with this name is only in it.
 DATA_VARIABLE = "data"
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_-]+")
-# Jinja2 reads these as constants, so a secret key with such a name is only in `data`.
-_JINJA_CONSTANTS = frozenset({"true", "false", "none", "True", "False", "None"})
+# Names that Jinja2 reads as something other than a context variable, so a secret key with such
+# a name is only in `data`. Python keywords are not among them: Jinja2 compiles each template
+# name to a prefixed Python name, so `{{ pass }}` reads the variable `pass` (Jinja2 3.1).
+_JINJA_MEANINGS = {
+    **{name: f"the constant {name}" for name in ("true", "false", "none", "True", "False", "None")},
+    "not": "the operator not",
+    "self": "the template itself",
+    DATA_VARIABLE: "the mapping of every secret key",
+}
+# The names above that still compile where a value is expected, so using one renders something
+# other than the secret key without an error. `data` is left out because it is documented.
+_SHADOWED_NAMES = frozenset(set(_JINJA_MEANINGS) - {"not", DATA_VARIABLE})
 # External Secrets Operator's Go template actions: `{{ .key }}`, `{{ $var }}`, `{{ index . "k" }}`,
 # `{{ range ... }}` and `{{ end }}`. Checked only when Jinja2 rejects the template.
 _GO_ACTION = re.compile(
@@ -204,14 +215,32 @@ def _template_value(raw: bytes, *, source: str) -> str | BinaryValue:
         return BinaryValue(raw, source=source)
 
 
+def variable_problem(key: str) -> str | None:
+    """Return why secret key `key` is not also a template variable, or None when it is one."""
+    if not key.isidentifier():
+        return "it is not an identifier (letters, digits and '_', not starting with a digit)"
+    if not key.isascii():
+        # Python folds non-ASCII identifiers (NFKC), so two secret keys might become one variable.
+        return "it contains characters outside ASCII"
+    meaning = _JINJA_MEANINGS.get(key)
+    if meaning is not None:
+        return f"Jinja2 reads {key} as {meaning}"
+    return None
+
+
 def is_variable_name(key: str) -> bool:
     """True when secret key `key` is also available as a variable of its own in templates."""
-    return (
-        key.isidentifier()
-        and key.isascii()
-        and not keyword.iskeyword(key)
-        and key not in _JINJA_CONSTANTS
-        and key != DATA_VARIABLE
+    return variable_problem(key) is None
+
+
+def _not_a_variable(key: str, line: int | None) -> _RenderFailure:
+    """Report a template that names secret key `key`, which is not a variable, as a variable."""
+    shown = shorten_name(key)
+    return _RenderFailure(
+        f"secret key {shown!r} cannot be read as a variable, because {variable_problem(key)}",
+        fix=f'write data["{shown}"] to read the secret key',
+        line=line,
+        key=key,
     )
 
 
@@ -506,6 +535,32 @@ class _Compiled:
     problem: str = ""
     fix: str = ""
     line: int | None = None
+    # Where the template uses a name that Jinja2 reads as something other than a variable (the
+    # constants and `self`, or `not` when the template does not compile), with the line.
+    value_names: tuple[tuple[str, int], ...] = ()
+
+
+def _value_names(source: str, names: frozenset[str]) -> tuple[tuple[str, int], ...]:
+    """Find where `source` uses one of `names` where a value is expected, with the line.
+
+    A name after `.` or `|` is an attribute or a filter, and one after `is` or `is not` is a
+    test (`x is none`), so those are skipped.
+    """
+    try:
+        tokens = [token for token in _ENVIRONMENT.lex(source) if token[1] != "whitespace"]
+    except TemplateSyntaxError:
+        return ()
+    found = []
+    for index, (line, kind, value) in enumerate(tokens):
+        if kind != "name" or value not in names:
+            continue
+        before = [token[1:] for token in tokens[max(0, index - 2) : index]]
+        if before[-1:] in ([("operator", ".")], [("operator", "|")], [("name", "is")]):
+            continue
+        if before == [("name", "is"), ("name", "not")]:
+            continue
+        found.append((value, line))
+    return tuple(found)
 
 
 def _compile(name: str, source: str) -> _Compiled:
@@ -529,11 +584,15 @@ def _compile(name: str, source: str) -> _Compiled:
             line = source.count("\n", 0, go_action.start()) + 1
             return _Compiled(name, source, None, "invalid Jinja2 syntax", _ANY_GO_HINT, line)
         problem = f"invalid Jinja2 syntax: {error.message}"
-        return _Compiled(name, source, None, problem, "fix the template", error.lineno)
+        # `{{ not }}`, converted from `{{ .not }}`, is a syntax error because `not` is an operator.
+        operators = _value_names(source, frozenset({"not"}))
+        return _Compiled(
+            name, source, None, problem, "fix the template", error.lineno, value_names=operators
+        )
     template = _ENVIRONMENT.template_class.from_code(
         _ENVIRONMENT, code, _ENVIRONMENT.make_globals(None)
     )
-    return _Compiled(name, source, template)
+    return _Compiled(name, source, template, value_names=_value_names(source, _SHADOWED_NAMES))
 
 
 @functools.lru_cache(maxsize=512)
@@ -576,6 +635,13 @@ def check_template(
         if compiled.template is None:
             where = f"line {compiled.line}: " if compiled.line is not None else ""
             problems.append(TemplateProblem(field, where + compiled.problem, compiled.fix))
+        # Only `spec.data` secret keys are known before fetching; rendering checks the others.
+        for key, line in compiled.value_names:
+            if key in secret_keys:
+                failure = _not_a_variable(key, line)
+                problems.append(
+                    TemplateProblem(field, f"line {line}: {failure.problem}", failure.fix)
+                )
     return problems
 
 
@@ -647,6 +713,10 @@ def render_one(name: str, source: str, context: Mapping[str, Any]) -> bytes:
     Raises _RenderFailure, whose message contains no value.
     """
     compiled = _compiled(name, source)
+    data = context[DATA_VARIABLE]
+    for key, line in compiled.value_names:
+        if key in data:
+            raise _not_a_variable(key, line)
     if compiled.template is None:
         raise _RenderFailure(compiled.problem, fix=compiled.fix, line=compiled.line)
     try:
@@ -721,6 +791,9 @@ def _missing_name(
     name = error.name if isinstance(error.name, str) and error.name in source else None
     shown = repr(shorten_name(name)) if name is not None else "(a name computed by the template)"
     owner = error.owner
+    if owner is missing and name is not None and name in data:
+        # The secret key exists but has no variable (a non-ASCII name, for example).
+        return _not_a_variable(name, line)
     if owner is missing or owner is data:
         available = sorted(data)
         keys = ", ".join(shorten_name(key) for key in available[:_MAX_KEYS_LISTED]) or "none"

@@ -129,7 +129,7 @@ CONTEXT_NAMES = [
     ("dash", "db-password", False),
     ("dot", "app.properties", False),
     ("nested", "tls/key.pem", False),
-    ("keyword", "class", False),
+    ("keyword", "class", True),
     ("jinja constant", "true", False),
     ("the mapping itself", "data", False),
     ("leading digit", "1password", False),

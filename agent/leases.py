@@ -140,6 +140,9 @@ class HeldLease:
     pending: str | None = None
     retry_at: float | None = None
     failures: int = 0
+    # Why the last rotation failed, and whether the lease's end has been logged.
+    last_error: str | None = None
+    expiry_logged: bool = False
 
     @property
     def key(self) -> LeaseKey:
@@ -261,6 +264,9 @@ class LeaseManager:
         self._records: dict[LeaseKey, LeaseRecord] | None = None
         self._dirty = False
         self._gauged: set[str] = set()
+        # (target, end, path, generator, last rotation error) of each current lease, as the last
+        # tick left them; replaced whole, so `problems` reads it without the lock.
+        self._ends: tuple[tuple[str, float, str, str, str | None], ...] = ()
         # The bound method, kept once: the Syncer finds a task again by identity.
         self.task: Callable[[], float | None] = self.tick
 
@@ -654,7 +660,43 @@ class LeaseManager:
         current = self._current.get(held.key)
         if current is None:
             return math.inf
+        self._note_expiry(current)
         return self._next_action(current)[1]
+
+    def _note_expiry(self, held: HeldLease) -> None:
+        """Log once that the credentials a target holds have stopped working."""
+        end = self._end(held)[0]
+        if held.expiry_logged or end > self.clock():
+            return
+        held.expiry_logged = True
+        log_event(
+            logger,
+            logging.WARNING,
+            "lease_expired",
+            target=held.target,
+            path=held.path,
+            lease=held.label,
+            error=held.last_error or "-",
+        )
+
+    def problems(self) -> dict[str, str]:
+        """Return, by target, why the dynamic credentials it holds no longer work: the lease
+        ended and new credentials could not be fetched yet.
+
+        Safe from any thread, and never waits for the manager's lock (a Vault request may hold
+        it): it reads the ends the last tick published.
+        """
+        now = self.clock()
+        found: dict[str, str] = {}
+        for target, end, path, generator, error in self._ends:
+            if end > now or target in found:
+                continue
+            cause = error or "no new credentials were fetched yet"
+            found[target] = (
+                f"the dynamic secret from {path} (generator {generator}) expired "
+                f"{round(now - end)} s ago and could not be replaced: {cause}"
+            )
+        return found
 
     def _kept_without_generator(self, held: HeldLease) -> bool:
         """Tell whether `held` is kept although its generator is not declared: its entry still
@@ -768,6 +810,7 @@ class LeaseManager:
         try:
             new = self._issue(held.target, held.entry, generator)
         except StoreError as error:
+            held.last_error = str(error)
             held.failures += 1
             delay = self._retry_delay(held.failures)
             held.pending, held.retry_at = reason, now + delay
@@ -1163,10 +1206,13 @@ class LeaseManager:
         """Save the state file if something changed and set the expiry gauge of each target."""
         self._save()
         ends: dict[str, float] = {}
+        published = []
         for held in self._current.values():
             end = self._end(held)[0]
             if math.isfinite(end):
                 ends[held.target] = min(end, ends.get(held.target, math.inf))
+                published.append((held.target, end, held.path, held.generator, held.last_error))
+        self._ends = tuple(published)
         for target, end in ends.items():
             self.metrics.expiry.labels(target).set(end)
         for target in self._gauged - set(ends):

@@ -912,15 +912,18 @@ class Syncer:
         in the body until their first complete write.
         """
         targets: dict[str, Any] = {}
+        problems = getattr(self.leases, "problems", dict)()
         with self.lock:
             for state in self.states.values():
-                if state.last_error is not None:
+                error = state.last_error
+                message = str(error) if error is not None else problems.get(state.target)
+                if message is not None:
                     status = "stale" if state.complete else "failing"
                 else:
                     status = "ok" if state.complete else "pending"
                 entry: dict[str, Any] = {"status": status}
-                if state.last_error is not None:
-                    entry["error"] = str(state.last_error)
+                if message is not None:
+                    entry["error"] = message
                 if state.last_success is not None:
                     entry["last_success"] = round(state.last_success, 3)
                 targets[state.target] = entry

@@ -998,7 +998,11 @@ def _write_file(
         if ownership.uid is not None or ownership.gid is not None:
             uid = -1 if ownership.uid is None else ownership.uid
             gid = -1 if ownership.gid is None else ownership.gid
-            fix = "run the agent as root or with CAP_CHOWN, or leave the file uid and gid unset"
+            fix = (
+                "to set only the group, make the agent a member of it (in Kubernetes, set the "
+                "pod's securityContext.fsGroup to that gid); to set another owner, run the agent "
+                "as root or with CAP_CHOWN; or leave the file uid and gid unset"
+            )
             with found.step("set owner of", relative, fix=fix):
                 os.fchown(fd, uid, gid)
         with found.step("write file", relative, fix=_FIX_VOLUME):

@@ -80,7 +80,8 @@ class SnapshotError(AgentError):
     def __init__(self, target: str, errors: Sequence[StoreError | TemplateError]) -> None:
         self.target = target
         self.errors = errors
-        details = "; ".join(str(error) for error in errors)
+        # Two secret keys reading one remote key fail with the same error: say it once.
+        details = "; ".join(dict.fromkeys(str(error) for error in errors))
         super().__init__(f"target {target}: {details}")
 
     @property

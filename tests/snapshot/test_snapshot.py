@@ -378,3 +378,20 @@ def test_generator_rewrite_is_bounded():
     # "username" has 9 places for an empty match, so the first step passes 4,096 bytes.
     assert "spec.dataFrom[0].rewrite[0]" in message
     assert len(message) < 1000
+
+
+def test_one_remote_key_failing_for_two_secret_keys_is_said_once():
+    decl = declaration(
+        {
+            "data": [
+                {"secretKey": "user", "remoteRef": {"key": "app", "property": "user"}},
+                {"secretKey": "password", "remoteRef": {"key": "app", "property": "password"}},
+            ]
+        }
+    )
+    denied = StoreUnavailableError("permission denied on secret/data/app", store="vault")
+    with pytest.raises(SnapshotError) as caught:
+        build_snapshot(
+            decl, store_name="vault", fetched={RemoteKey("app"): denied}, read_prefix=no_prefix
+        )
+    assert str(caught.value).count("permission denied") == 1

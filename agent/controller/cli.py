@@ -37,8 +37,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         dest="namespaces",
         action="append",
         metavar="NAME",
-        help="watch only this namespace; repeatable; default: the whole cluster "
-        "(SECRETS_AGENT_CONTROLLER_NAMESPACES, comma-separated)",
+        help="watch only these namespaces: repeat the flag or separate names with commas; "
+        "default: the whole cluster (SECRETS_AGENT_CONTROLLER_NAMESPACES, comma-separated)",
     )
     flag(
         "--peering",
@@ -74,6 +74,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         metavar="FRACTION",
         help="share of a non-renewable lease's TTL after which it is fetched again, default 0.9 "
         "(SECRETS_AGENT_CONTROLLER_LEASE_RENEWAL_THRESHOLD)",
+    )
+    flag(
+        "--api-startup-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long to wait at start for the Kubernetes API server to respond before exiting "
+        "1, default 30 (SECRETS_AGENT_CONTROLLER_API_STARTUP_TIMEOUT)",
     )
     flag("--log-level", choices=["debug", "info", "warning", "error"])
     flag("--log-format", choices=["text", "json"])
@@ -119,6 +126,7 @@ def _controller(arguments: argparse.Namespace) -> int:
             cache_seconds=arguments.cache_seconds,
             lease_revoke_grace=arguments.lease_revoke_grace,
             lease_renewal_threshold=arguments.lease_renewal_threshold,
+            api_startup_timeout=arguments.api_startup_timeout,
             log_level=arguments.log_level,
             log_format=arguments.log_format,
         )

@@ -14,6 +14,11 @@ in one process (the tests start two to check leader election). What it guarantee
   only managed Secrets are cached.
 - Replicas elect a leader through kopf peering: each starts with a random priority, and every
   replica but the one with the highest priority pauses (its daemons stop) until that one is gone.
+  The `secrets_agent_controller_leader` gauge follows the peering objects (see
+  `agent.controller.leadership`), and drops to 0 at once when kopf stops a daemon to pause.
+- The start waits for the Kubernetes API server to respond (`--api-startup-timeout`), then fails
+  with one line naming the server. Afterwards an outage longer than `api_warning_seconds` is a
+  warning in the `/healthz` body, never a failed probe, because a restart does not end it.
 - Dynamic secrets (generatorRef entries) are served by `agent.controller.dynamic`: a lease loop
   renews and rotates leases, and wakes an ExternalSecret when its lease was rotated (full
   reconcile) or only its lease records changed (the records annotation alone is updated).
@@ -28,17 +33,32 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import os
 import random
+import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import kopf
 import yaml
 
 from agent.controller import FINALIZER, GROUP, MANAGED_LABEL, VERSION
+from agent.controller.api_health import (
+    CUSTOM_LOGIN,
+    SERVICE_ACCOUNT,
+    ApiHealth,
+    ApiServer,
+    ApiUnreachableError,
+    MonitoredKubeClient,
+    outage_warning,
+    wait_for_api,
+    watch_api,
+)
 from agent.controller.cache import (
     ReadCache,
     RefreshPlanner,
@@ -48,7 +68,8 @@ from agent.controller.cache import (
 )
 from agent.controller.dynamic import GENERATOR_PLURAL, DynamicSecrets
 from agent.controller.health import HealthEndpoints
-from agent.controller.kube import KubeApiError, KubeClient, resource_path
+from agent.controller.kube import KubeApiError, resource_path
+from agent.controller.leadership import watch_leadership
 from agent.controller.metrics import ControllerMetrics
 from agent.controller.reconcile import Outcome, Reconciler, StoreIndex, plain
 from agent.controller.refs import ApiRefs, foreign_namespace_references
@@ -70,6 +91,13 @@ MAX_PRIORITY = 2**31 - 1
 MAINTAIN_IDLE_SECONDS = 30.0
 # How often a missing peering object is looked for again.
 PEERING_CHECK_SECONDS = 30.0
+# How often the peering objects are read for the leader gauge.
+LEADER_CHECK_SECONDS = 10.0
+# An API outage becomes a /healthz warning after this long, so a short one such as an API
+# server restart gets no warning.
+API_WARNING_SECONDS = 30.0
+# How long without any response from the API server before the controller probes it.
+API_PROBE_SECONDS = 10.0
 # Wake-up reasons: a rotated lease needs a full reconcile, changed lease records only a patch of
 # the records annotation.
 LEASE_ROTATED = "lease_rotated"
@@ -116,16 +144,28 @@ class Controller:
         peering_lifetime: int = PEERING_LIFETIME_SECONDS,
         priority: int | None = None,
         lease_clock: Callable[[], float] = time.time,
+        api_warning_seconds: float = API_WARNING_SECONDS,
+        api_probe_seconds: float = API_PROBE_SECONDS,
+        leader_check_seconds: float = LEADER_CHECK_SECONDS,
     ) -> None:
         """`lease_clock` is the clock of lease schedules (Unix seconds); tests pass the Vault
-        emulator's."""
+        emulator's. The `*_seconds` intervals exist for tests too."""
         self.settings = settings
         self.metrics = metrics or ControllerMetrics()
         self.registry = kopf.OperatorRegistry()
         self.kopf_settings = kopf.OperatorSettings()
         self.priority = priority if priority is not None else random.randint(1, MAX_PRIORITY)
         self._login = login or self._default_login
-        self.client = KubeClient(self._login)
+        # Where the API server's URL came from; the default login sets it when it succeeds.
+        self._login_source = CUSTOM_LOGIN
+        self.api_server: ApiServer | None = None
+        self.api_health = ApiHealth()
+        self.api_warning_seconds = api_warning_seconds
+        self.api_probe_seconds = api_probe_seconds
+        self.leader_check_seconds = leader_check_seconds
+        # The key of this replica's entry in the peering objects, passed to kopf.
+        self.identity = f"{socket.gethostname()}/{uuid.uuid4().hex[:8]}"
+        self.client = MonitoredKubeClient(self._login, health=self.api_health)
         self.stores = StoreIndex()
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
         self.tracked: dict[tuple[str, str], _Tracked] = {}
@@ -144,13 +184,15 @@ class Controller:
         self._closing: asyncio.Event | None = None
         self._lease_loop: asyncio.Task[None] | None = None
         self._peering_check: asyncio.Task[None] | None = None
+        self._api_watch: asyncio.Task[None] | None = None
+        self._leader_watch: asyncio.Task[None] | None = None
         # Problems /healthz lists in its body without failing, since a restart cannot fix them.
         self.warnings: dict[str, str] = {}
         self.health = HealthEndpoints(
             settings.listen_address,
             registry=self.metrics.registry,
             healthy=lambda: self._started,
-            warnings=lambda: list(self.warnings.values()),
+            warnings=self._health_warnings,
         )
         self.dynamic = DynamicSecrets(
             client=self.client,
@@ -180,10 +222,13 @@ class Controller:
     ) -> None:
         """Run until `stop_flag` is set (or the process is signalled, through kopf).
 
-        Raises StartupError before kopf starts when there are no Kubernetes credentials or the
-        listen address cannot be bound, because kopf would retry those forever.
+        Raises StartupError before kopf starts when there are no Kubernetes credentials, the
+        API server does not respond within `api_startup_timeout`, or the listen address cannot
+        be bound, because kopf would retry those forever. Also raises StartupError when kopf
+        gives up on the API server while it starts its watches.
         """
-        await self._check_login()
+        asyncio.get_running_loop().set_exception_handler(_quiet_connection_errors)
+        server = await self._check_login()
         try:
             await self.health.start()
         except OSError as error:
@@ -193,6 +238,11 @@ class Controller:
             ) from None
         namespaces = list(self.settings.namespaces)
         try:
+            try:
+                await wait_for_api(self.client, server, timeout=self.settings.api_startup_timeout)
+            except ApiUnreachableError as error:
+                await self.client.close()
+                raise StartupError(str(error)) from None
             await kopf.operator(
                 registry=self.registry,
                 settings=self.kopf_settings,
@@ -201,21 +251,31 @@ class Controller:
                 standalone=self.settings.standalone,
                 priority=self.priority,
                 peering_name=None if self.settings.standalone else self.settings.peering,
+                identity=self.identity,  # type: ignore[arg-type]  # kopf's Identity is a str
                 stop_flag=stop_flag,
                 ready_flag=ready_flag,
             )
+        except aiohttp.ClientError as error:
+            # kopf (1.45) retries a failed request of its start-up scan 9 times, then stops
+            # the operator with the error.
+            raise StartupError(
+                f"lost the Kubernetes API server {server.describe()}: {error}; {server.fix()}"
+            ) from None
         finally:
             await self.health.stop()
 
-    async def _check_login(self) -> None:
+    async def _check_login(self) -> ApiServer:
+        """Log in once; return the API server the credentials name and where they came from."""
         try:
-            await self._login()
+            info = await self._login()
         # kopf's kubeconfig reader raises these for a missing, unreadable or malformed file.
         except (kopf.LoginError, OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as error:
             raise StartupError(
                 f"no Kubernetes credentials: {error}; run in a pod with a service account "
                 "token, or set KUBECONFIG to a readable kubeconfig file"
             ) from None
+        self.api_server = ApiServer(url=str(info.server), source=self._login_source)
+        return self.api_server
 
     # --- setup ---------------------------------------------------------------------------------
 
@@ -253,10 +313,16 @@ class Controller:
         kopf.on.event("v1", "secrets", registry=registry)(self._on_secret)
 
     async def _default_login(self) -> kopf.ConnectionInfo:
-        for method in (kopf.login_with_service_account, kopf.login_with_kubeconfig):
-            info = method(settings=self.kopf_settings, logger=logger)
-            if info is not None:
-                return info
+        info = kopf.login_with_service_account(settings=self.kopf_settings, logger=logger)
+        if info is not None:
+            self._login_source = SERVICE_ACCOUNT
+            return info
+        info = kopf.login_with_kubeconfig(settings=self.kopf_settings, logger=logger)
+        if info is not None:
+            # kopf reads KUBECONFIG, else ~/.kube/config, and uses the current context.
+            path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+            self._login_source = f"kubeconfig {path}, current context"
+            return info
         raise kopf.LoginError("no service account token and no kubeconfig found")
 
     async def _on_login(self, **_: Any) -> kopf.ConnectionInfo:
@@ -269,6 +335,30 @@ class Controller:
         self._lease_loop = asyncio.create_task(self.dynamic.run(), name="lease loop")
         if not self.settings.standalone:
             self._peering_check = asyncio.create_task(self._check_peering(), name="peering check")
+            self._leader_watch = asyncio.create_task(
+                watch_leadership(
+                    self.client,
+                    [path for _, path in self._peering_objects()],
+                    identity=self.identity,
+                    priority=self.priority,
+                    record=lambda leading: self.metrics.leader.set(1 if leading else 0),
+                    interval=self.leader_check_seconds,
+                ),
+                name="leader gauge",
+            )
+        else:
+            self.metrics.leader.set(1)
+        if self.api_server is not None:
+            self._api_watch = asyncio.create_task(
+                watch_api(
+                    self.client,
+                    self.api_health,
+                    self.api_server,
+                    probe_seconds=self.api_probe_seconds,
+                    after=self.api_warning_seconds,
+                ),
+                name="API server watch",
+            )
         self._started = True
         log_event(
             logger,
@@ -281,9 +371,17 @@ class Controller:
 
     async def _on_cleanup(self, **_: Any) -> None:
         self._started = False
+        self.metrics.leader.set(0)
         if self._closing is not None:
             self._closing.set()
-        for task in (self._maintainer, self._lease_loop, self._peering_check):
+        tasks = (
+            self._maintainer,
+            self._lease_loop,
+            self._peering_check,
+            self._leader_watch,
+            self._api_watch,
+        )
+        for task in tasks:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -293,6 +391,16 @@ class Controller:
         await self.connections.close_all()
         await self.client.close()
         log_event(logger, logging.INFO, "controller_stopped")
+
+    def _health_warnings(self) -> list[str]:
+        warnings = list(self.warnings.values())
+        if self.api_server is not None:
+            outage = outage_warning(
+                self.api_health, self.api_server, after=self.api_warning_seconds
+            )
+            if outage is not None:
+                warnings.append(outage)
+        return warnings
 
     def check_leases(self) -> None:
         """Make the lease loop look at every lease's schedule now; safe from any thread.
@@ -448,6 +556,11 @@ class Controller:
                 tracked.failures = 0
                 tracked.once_done = tracked.once_done or outcome.delay is None
             deadline = None if outcome.delay is None else loop.time() + outcome.delay
+        # Whether deleted, paused or stopping, this replica no longer reports on it.
+        self.metrics.forget_external_secret(*key)
+        if _pausing(stopped):
+            # kopf stops daemons this way only when leader election pauses the operator.
+            self.metrics.leader.set(0)
         deleted = _deleted(stopped)
         if not deleted and _exiting(stopped):
             # The cleanup lets go of every manager at once, within its time budget; waiting
@@ -497,6 +610,7 @@ class Controller:
         except (KubeApiError, StoreError, OSError) as error:
             # Not a declared failure: the API or a store failed outside the reconcile's own
             # handling. The daemon keeps running and retries after a backoff.
+            self.metrics.set_ready(*key, ready=False)
             log_event(
                 logger,
                 logging.ERROR,
@@ -703,6 +817,28 @@ def _exiting(stopped: Any) -> bool:
     """Tell whether kopf stopped a daemon because the operator exits."""
     reason = stopped.reason
     return reason is not None and bool(reason & kopf.DaemonStoppingReason.OPERATOR_EXITING)
+
+
+def _pausing(stopped: Any) -> bool:
+    """Tell whether kopf stopped a daemon because leader election paused the operator."""
+    reason = stopped.reason
+    return reason is not None and bool(reason & kopf.DaemonStoppingReason.OPERATOR_PAUSING)
+
+
+def _quiet_connection_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Log an API connection error that a kopf task raised, and that no code awaited, as one
+    debug line instead of asyncio's traceback. The controller reports the failure itself."""
+    error = context.get("exception")
+    if isinstance(error, aiohttp.ClientError):
+        log_event(
+            logger,
+            logging.DEBUG,
+            "library_task_failed",
+            message=context.get("message"),
+            error=f"{type(error).__name__}: {error}",
+        )
+        return
+    loop.default_exception_handler(context)
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:

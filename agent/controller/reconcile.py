@@ -747,13 +747,17 @@ class Reconciler:
             reason, message, ready = SYNCED, "fetched; creationPolicy None writes no Secret", True
         else:
             reason, message, ready = SYNCED, f"Secret {target} is in sync", True
+        metadata = body.get("metadata") or {}
+        namespace, name = str(metadata.get("namespace")), str(metadata.get("name"))
         try:
             await self._write_status(body, ready=ready, reason=reason, message=message, synced=True)
         except KubeApiError as error:
             # The Secret is written; the status is retried after a backoff that grows with
             # each failure, as a store's does.
+            self.metrics.set_ready(namespace, name, ready=False)
             problem = ReconcileError(f"writing the status failed: {error}")
             return Outcome("error", backoff_delay(failures + 1), str(problem))
+        self.metrics.set_ready(namespace, name, ready=ready)
         if action in ("created", "updated", "deleted"):
             event_reason = action.capitalize()
             self.post_event(body, "Normal", event_reason, f"Secret {target} {action}")
@@ -770,6 +774,10 @@ class Reconciler:
         self, body: Mapping[str, Any], error: ReconcileError, *, failures: int
     ) -> Outcome:
         message = str(error)
+        metadata = body.get("metadata") or {}
+        self.metrics.set_ready(
+            str(metadata.get("namespace")), str(metadata.get("name")), ready=False
+        )
         previous = _ready_condition(body)
         if previous is None or previous.get("message") != message:
             self.post_event(body, "Warning", "UpdateFailed", message)

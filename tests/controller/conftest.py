@@ -28,6 +28,13 @@ from agent.testing.kubernetes import KubernetesApiEmulator
 ES_PLURAL = "secrets-agent.io/v1alpha1/externalsecrets"
 API = "/apis/secrets-agent.io/v1alpha1"
 MERGE = {"Content-Type": "application/merge-patch+json"}
+# Keyword arguments of `start_controller` that go to `Controller` instead of its settings.
+CONTROLLER_ARGUMENTS = (
+    "lease_clock",
+    "api_warning_seconds",
+    "api_probe_seconds",
+    "leader_check_seconds",
+)
 
 
 @dataclass
@@ -121,14 +128,18 @@ class Cluster:
         peering_lifetime = overrides.pop("peering_lifetime", 60)
         priority = overrides.pop("priority", None)
         extra = {}
-        if "lease_clock" in overrides:
-            extra["lease_clock"] = overrides.pop("lease_clock")
+        for name in CONTROLLER_ARGUMENTS:
+            if name in overrides:
+                extra[name] = overrides.pop(name)
+        # A test may send the controller's requests through something of its own, such as a
+        # proxy it can stop.
+        server = overrides.pop("server", self.url)
         settings = ControllerSettings(
             listen="127.0.0.1:0", standalone=overrides.pop("standalone", True), **overrides
         )
 
         async def login() -> kopf.ConnectionInfo:
-            return kopf.ConnectionInfo(server=self.url, insecure=True)
+            return kopf.ConnectionInfo(server=server, insecure=True)
 
         controller = Controller(
             settings, login=login, peering_lifetime=peering_lifetime, priority=priority, **extra

@@ -130,6 +130,9 @@ class HeldLease:
     # For an adopted lease: when the token that created it expires, None if never.
     parent_expires_at: float | None = None
     written: bool = False
+    # A write of the target holding this lease was started (the controller asked for its
+    # records); whether it landed is unknown until `committed` or `not_written`.
+    writing: bool = False
     secret_keys: dict[str, str] = field(default_factory=dict)
     # For a superseded lease: the lease that replaced it and when it is revoked.
     successor: HeldLease | None = field(default=None, repr=False)
@@ -453,6 +456,14 @@ class LeaseManager:
                     del self._records[key]
             self._dirty = True
 
+    def not_written(self, leases: Sequence[LeaseUse]) -> None:
+        """Learn that the write started after `records_for` failed: these leases are in no
+        record, so letting go of them revokes them."""
+        with self._lock:
+            for use in leases:
+                if isinstance(use.lease, HeldLease):
+                    use.lease.writing = False
+
     def records_for(self, target: str, leases: Sequence[LeaseUse] = ()) -> list[LeaseRecord]:
         """Return the records to save for `target`: its current leases and the superseded ones
         that wait for revocation.
@@ -467,6 +478,7 @@ class LeaseManager:
                 record = self._record_of(held, superseded=False) if held.target == target else None
                 if record is not None and id(held) in keys:
                     record = dataclasses.replace(record, secret_keys=keys[id(held)])
+                    held.writing = True
                 records.append(record)
             for held in self._superseded:
                 if held.target == target:
@@ -955,7 +967,8 @@ class LeaseManager:
         """Revoke the current leases of `target` (of every target when None) that were never
         written; the lease each was to replace becomes current again."""
         for key, held in list(self._current.items()):
-            if held.written or (target is not None and key[0] != target):
+            # A lease whose write may have landed is kept: its record may be on the target.
+            if held.written or held.writing or (target is not None and key[0] != target):
                 continue
             del self._current[key]
             self._dirty = True

@@ -358,6 +358,15 @@ class DynamicSecrets:
             target = lease_target(declaration.namespace, declaration.name)
             await space.run(space.manager.committed, target, tuple(leases))
 
+    async def not_written(
+        self, declaration: ExternalSecretDeclaration, leases: Sequence[LeaseUse]
+    ) -> None:
+        """Tell the manager that the Secret write carrying these leases failed."""
+        assert declaration.namespace is not None
+        space = self._namespaces.get(declaration.namespace)
+        if space is not None and leases:
+            await space.run(space.manager.not_written, tuple(leases))
+
     async def removed(self, namespace: str, name: str, *, deleted: bool) -> None:
         """Stop serving an ExternalSecret: revoke its leases after the grace when it was
         deleted, else hand them over to whichever replica reconciles it next."""

@@ -187,7 +187,12 @@ class Reconciler:
             declaration = self.declaration(body)
             fetched = await self._fetch(declaration, namespace)
             records = await self._lease_records(declaration, fetched.leases)
-            action, problem = await self._write(declaration, body, fetched.data, records)
+            try:
+                action, problem = await self._write(declaration, body, fetched.data, records)
+            except ReconcileError:
+                if self.dynamic is not None and records is not None:
+                    await self.dynamic.not_written(declaration, fetched.leases)
+                raise
             await self._committed(declaration, fetched.leases, records)
             await self._release_previous_targets(declaration, _owner(body))
             if problem:

@@ -27,6 +27,8 @@ behaviour the controller depends on:
   JWT-shaped token for an existing service account (see `agent.testing.jwt`);
 - injected failures: `fail_writes` makes the next writes of one method (to objects or to one
   subresource) answer with an error status, as an API server that is overloaded or restarting;
+  `delay_responses` makes writes of one method take effect at once but answer late, as over a
+  slow network;
 - traffic counts for benchmarks: the requests, objects and response bytes that lists and watches
   sent, per resource and label selector, in `traffic` and at `GET /_emulator/traffic` (a path
   the API server does not have).
@@ -182,6 +184,8 @@ class KubernetesApiEmulator(KubernetesEmulator):
     _failures: dict[tuple[str, str | None, str | None], list[int]] = attrs.field(
         factory=dict, init=False
     )
+    # (method, plural) -> seconds to wait before answering; see `delay_responses`.
+    _delays: dict[tuple[str, str], float] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -221,6 +225,11 @@ class KubernetesApiEmulator(KubernetesEmulator):
         body, changing nothing: writes to objects of `plural` (of any resource when None), or to
         their `subresource`. `times=0` ends an earlier injection."""
         self._failures[(method.upper(), plural, subresource)] = [status, times]
+
+    def delay_responses(self, method: str, *, plural: str, seconds: float) -> None:
+        """Answer writes with `method` to objects of `plural` `seconds` late; the write itself
+        (and its watch event) happens at once. `seconds=0` ends it."""
+        self._delays[(method.upper(), plural)] = seconds
 
     def _injected_failure(self, method: str, plural: str, subresource: str | None) -> int | None:
         for key in ((method, plural, subresource), (method, None, subresource)):
@@ -349,6 +358,9 @@ class KubernetesApiEmulator(KubernetesEmulator):
             return aiohttp.web.json_response(status, status=failed)
         async with self._lock:
             status, body = await write(request)
+        delay = self._delays.get((method, request.resource.plural), 0.0)
+        if delay > 0:
+            await asyncio.sleep(delay)
         return aiohttp.web.json_response(body, status=status)
 
     def _write_for(self, request: rendering.Request) -> Callable[[rendering.Request], Any] | None:

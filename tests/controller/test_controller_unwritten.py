@@ -108,3 +108,22 @@ async def test_paused_replica_revokes_unwritten_lease(
     await eventually(lambda: vault.live_leases() == [record["lease_id"]])
     assert record["lease_id"] != unwritten
     assert vault.count(method="GET", path_prefix=CREDS) == 2
+
+
+async def test_stop_during_write_keeps_lease(orders: Cluster, vault: Any) -> None:
+    setup_vault(vault)
+    await apply_generator(orders, vault)
+    controller = await start(orders, vault)
+    # The Secret is stored at once, but the controller hears of it only 3 s later.
+    orders.emulator.delay_responses("POST", plural="secrets", seconds=3)
+    await orders.apply_external_secret("orders-db", generated())
+    [record] = await eventually(lambda: leases_of(orders, "orders-db", "orders-db"))
+
+    await orders.stop_controller(controller)
+    # The write may have landed, so the lease is kept for the next controller to adopt.
+    assert vault.live_leases() == [record["lease_id"]]
+    orders.emulator.delay_responses("POST", plural="secrets", seconds=0)
+    second = await start(orders, vault)
+    await eventually(lambda: reconciles(second) >= 1, timeout=15)
+    assert vault.count(method="GET", path_prefix=CREDS) == 1
+    assert vault.live_leases() == [record["lease_id"]]

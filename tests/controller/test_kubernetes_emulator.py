@@ -565,3 +565,18 @@ async def test_injected_write_failures(api) -> None:
     emulator.fail_writes("POST", plural="secrets", times=0)
     status, _ = await call(session, "POST", "/api/v1/namespaces/team-a/secrets", secret("s"))
     assert status == 201
+
+
+async def test_delayed_response_writes_at_once(api) -> None:
+    emulator, session = api
+    emulator.delay_responses("POST", plural="secrets", seconds=0.5)
+    path = "/api/v1/namespaces/team-a/secrets"
+    request = asyncio.ensure_future(call(session, "POST", path, secret("late")))
+    for _ in range(40):
+        if emulator.body("v1/secrets", "team-a", "late") is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert emulator.body("v1/secrets", "team-a", "late") is not None
+    assert not request.done()  # stored, not answered yet
+    status, _ = await request
+    assert status == 201

@@ -122,6 +122,20 @@ def reconciles(controller: Controller) -> float:
     )
 
 
+async def revocation_scheduled(cluster: Cluster, secret: str, owner: str) -> None:
+    """Wait until a superseded lease's revocation time is saved on the Secret.
+
+    The grace starts once the new lease's Secret write is committed; moving the clock before
+    that would only push the revocation later.
+    """
+    await eventually(
+        lambda: any(
+            record["superseded"] and record["revoke_at"] is not None
+            for record in leases_of(cluster, secret, owner)
+        )
+    )
+
+
 async def advance(controller: Controller, vault: Any, seconds: float) -> None:
     vault.advance(seconds)
     controller.check_leases()
@@ -224,6 +238,7 @@ async def test_max_ttl_writes_new_credentials(orders: Cluster, vault: Any) -> No
     assert vault.count(method="GET", path_prefix=CREDS) == 2
     assert old_lease in vault.live_leases()  # the grace has not passed yet
 
+    await revocation_scheduled(orders, "orders-db", "orders-db")
     await advance(controller, vault, GRACE + 1)
     await eventually(lambda: old_lease not in vault.live_leases())
     assert len(vault.live_leases()) == 1
@@ -273,6 +288,7 @@ async def test_generator_ref_change_revokes_old(orders: Cluster, vault: Any) -> 
     superseded = [record["lease_id"] for record in records if record["superseded"]]
     assert superseded == [old_lease]  # listed until revoked, so a restart still revokes it
 
+    await revocation_scheduled(orders, "app", "app")
     await advance(controller, vault, GRACE + 1)
     await eventually(lambda: old_lease not in vault.live_leases())
     [new_lease] = vault.live_leases()
@@ -300,6 +316,7 @@ async def test_generator_ref_changed_while_stopped(orders: Cluster, vault: Any) 
     # revoked after the grace although no running controller ever issued it.
     assert vault.count(method="GET", path_prefix=CREDS) == 1
     assert old_lease in vault.live_leases()
+    await revocation_scheduled(orders, "app", "app")
     await advance(second, vault, GRACE + 1)
     await eventually(lambda: old_lease not in vault.live_leases())
     [new_lease] = vault.live_leases()

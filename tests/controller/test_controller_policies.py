@@ -351,6 +351,14 @@ async def test_deleted_generator_keeps_lease(orders: Cluster, vault: Any) -> Non
     # Deleting the ExternalSecret still revokes the lease after the grace.
     await orders.call("DELETE", f"{ES}/orders-db")
     await eventually(lambda: orders.external_secret("orders-db") is None)
+    # Released (its expiry gauge gone) before the clock moves, so the grace starts before.
+    gauge = "secrets_agent_lease_expiry_timestamp_seconds"
+    await eventually(
+        lambda: (
+            controller.metrics.registry.get_sample_value(gauge, {"target": "team-a/orders-db"})
+            is None
+        )
+    )
     await advance(controller, vault, GRACE + 1)
     await eventually(lambda: vault.live_leases() == [])
 

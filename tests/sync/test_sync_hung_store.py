@@ -84,7 +84,7 @@ def test_hung_store_delays_only_its_targets(vault, silent_url: str, tmp_path: Pa
     value = tmp_path / "out" / "app" / "app"
     try:
         assert wait_for(contains(value, b"fake-v-1"))
-        assert syncer.in_flight() == {"hung": "fetch"}
+        assert wait_for(lambda: syncer.in_flight() == {"hung": "fetch"})
         vault.kv_put("secret", "app", {"v": "fake-v-2"})
         # Refreshed on its own 1 s interval, while the hung store's request is still open.
         assert wait_for(contains(value, b"fake-v-2"), timeout=5)

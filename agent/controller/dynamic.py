@@ -307,7 +307,9 @@ class DynamicSecrets:
         self._declare(space, target, declaration)
         if target not in space.offered:
             space.offered.add(target)
-            records = self._trusted(space, target, decode_records(secret, declaration.name))
+            saved = decode_records(secret, declaration.name)
+            await self._load_record_generators(declaration.namespace, saved)
+            records = self._trusted(space, target, saved)
             self.saved[target] = significant(encode_records(records))
             if records:
                 space.writer.contents = {**space.writer.contents, target: dict(data)}
@@ -580,6 +582,25 @@ class DynamicSecrets:
         self, space: _Namespace, target: str, declaration: ExternalSecretDeclaration
     ) -> None:
         space.states = {**space.states, target: _State(declaration)}
+
+    async def _load_record_generators(self, namespace: str, records: list[LeaseRecord]) -> None:
+        """Read the generators that saved records name and the watch has not delivered yet.
+
+        Right after a start, the ExternalSecret can be reconciled before the watch of
+        VaultDynamicSecrets lists the generator its old records name (a generatorRef changed
+        while no controller ran); without it the records would be dropped and their leases left
+        to their TTL.
+        """
+        for name in sorted({record.generator for record in records}):
+            key = (namespace, name)
+            if key in self.index.generators or key in self.index.invalid:
+                continue
+            try:
+                await self._read_generator(key, f"VaultDynamicSecret {namespace}/{name}")
+            except StoreError:
+                continue  # unreadable now: the record is dropped, as for a deleted generator
+            if key in self.index.generators:
+                self.generator_changed(key)
 
     def _trusted(
         self, space: _Namespace, target: str, records: list[LeaseRecord]

@@ -228,7 +228,8 @@ class KubernetesApiEmulator(KubernetesEmulator):
 
     def delay_responses(self, method: str, *, plural: str, seconds: float) -> None:
         """Answer writes with `method` to objects of `plural` `seconds` late; the write itself
-        (and its watch event) happens at once. `seconds=0` ends it."""
+        (and its watch event) happens at once. Method "LIST" delays lists of `plural`, so a
+        client's watch of that resource starts late. `seconds=0` ends it."""
         self._delays[(method.upper(), plural)] = seconds
 
     def _injected_failure(self, method: str, plural: str, subresource: str | None) -> int | None:
@@ -339,6 +340,9 @@ class KubernetesApiEmulator(KubernetesEmulator):
             if request.action == "WATCH":
                 return await self._stream(request, self._serve_watch(request))
             if request.name is None:
+                delay = self._delays.get(("LIST", request.resource.plural), 0.0)
+                if delay > 0:
+                    await asyncio.sleep(delay)
                 return aiohttp.web.json_response(await self._serve_list(request))
             async with self._lock:
                 return aiohttp.web.json_response(self._current(request))

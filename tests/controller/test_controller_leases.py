@@ -323,6 +323,27 @@ async def test_generator_ref_changed_while_stopped(orders: Cluster, vault: Any) 
     assert new_lease.startswith("database/creds/billing/")
 
 
+async def test_records_adopted_before_generator_watch(orders: Cluster, vault: Any) -> None:
+    setup_vault(vault)
+    await apply_generator(orders, vault)
+    await apply_generator(orders, vault, "billing-db", role="billing")
+    first = await start(orders, vault)
+    await orders.apply_external_secret("app", generated())
+    await eventually(lambda: leases_of(orders, "app", "app"))
+    await orders.stop_controller(first)
+    [old_lease] = vault.live_leases()
+
+    await orders.patch_external_secret("app", {"spec": generated("billing-db")})
+    # The next controller reconciles before its watch lists the generators, so the one the
+    # saved record names is read on demand.
+    orders.emulator.delay_responses("LIST", plural="vaultdynamicsecrets", seconds=5)
+    second = await start(orders, vault)
+    await revocation_scheduled(orders, "app", "app")
+    await advance(second, vault, GRACE + 1)
+    await eventually(lambda: old_lease not in vault.live_leases())
+    orders.emulator.delay_responses("LIST", plural="vaultdynamicsecrets", seconds=0)
+
+
 async def test_creation_policy_none_rejected(orders: Cluster, vault: Any) -> None:
     setup_vault(vault)
     await apply_generator(orders, vault)

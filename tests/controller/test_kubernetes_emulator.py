@@ -580,3 +580,16 @@ async def test_delayed_response_writes_at_once(api) -> None:
     assert not request.done()  # stored, not answered yet
     status, _ = await request
     assert status == 201
+
+
+async def test_delayed_list(api) -> None:
+    emulator, session = api
+    emulator.delay_responses("LIST", plural="secrets", seconds=0.3)
+    path = "/api/v1/namespaces/team-a/secrets"
+    listing = asyncio.ensure_future(call(session, "GET", path))
+    await asyncio.sleep(0.1)
+    assert not listing.done()
+    status, body = await listing
+    assert status == 200 and body["items"] == []
+    status, _ = await call(session, "GET", f"{path}/absent")  # reads by name are not delayed
+    assert status == 404

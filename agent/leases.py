@@ -268,7 +268,7 @@ class LeaseManager:
         self._dirty = False
         self._gauged: set[str] = set()
         # (target, end, path, generator, last rotation error) of each current lease, as the last
-        # tick left them; replaced whole, so `problems` reads it without the lock.
+        # tick left them. The tuple is replaced whole, so `problems` can read it without the lock.
         self._ends: tuple[tuple[str, float, str, str, str | None], ...] = ()
         # The bound method, kept once: the Syncer finds a task again by identity.
         self.task: Callable[[], float | None] = self.tick
@@ -695,7 +695,7 @@ class LeaseManager:
         return self._next_action(current)[1]
 
     def _note_expiry(self, held: HeldLease) -> None:
-        """Log once that the credentials a target holds have stopped working."""
+        """Log once that the credentials written for a target have stopped working."""
         end = self._end(held)[0]
         if held.expiry_logged or end > self.clock():
             return

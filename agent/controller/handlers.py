@@ -563,8 +563,8 @@ class Controller:
             self.metrics.leader.set(0)
         deleted = _deleted(stopped)
         if not deleted and _exiting(stopped):
-            # The cleanup lets go of every manager at once, within its time budget; waiting
-            # here for this one could wait for a Vault request that never returns.
+            # The cleanup lets go of every manager at once, within its time budget. Waiting
+            # here for this one could mean waiting for a Vault request that never returns.
             return
         await self.dynamic.removed(key[0], key[1], deleted=deleted)
         if deleted:

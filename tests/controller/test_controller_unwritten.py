@@ -8,15 +8,14 @@ lease depends on it.
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 import pytest
 
+from tests.controller import test_controller_leases
 from tests.controller.conftest import Cluster, eventually
 from tests.controller.test_controller_leases import (
     CREDS,
-    SECRET_ID,
     apply_generator,
     generated,
     leases_of,
@@ -25,19 +24,11 @@ from tests.controller.test_controller_leases import (
     start,
 )
 
+# The cluster with the AppRole secret ID that the lease tests use.
+orders = test_controller_leases.orders
+
 # A retry this far away never comes within a test.
 FAR_BACKOFF_SECONDS = 600.0
-
-
-@pytest.fixture
-async def orders(cluster: Cluster, vault: Any) -> Cluster:
-    """A cluster with the AppRole secret ID in team-a."""
-    secret = {
-        "metadata": {"name": "vault-approle"},
-        "data": {"secret-id": base64.b64encode(SECRET_ID.encode()).decode()},
-    }
-    await cluster.call("POST", "/api/v1/namespaces/team-a/secrets", secret)
-    return cluster
 
 
 @pytest.fixture

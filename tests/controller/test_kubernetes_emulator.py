@@ -590,6 +590,7 @@ async def test_delayed_list(api) -> None:
     await asyncio.sleep(0.1)
     assert not listing.done()
     status, body = await listing
-    assert status == 200 and body["items"] == []
+    assert status == 200
+    assert body["items"] == []
     status, _ = await call(session, "GET", f"{path}/absent")  # reads by name are not delayed
     assert status == 404

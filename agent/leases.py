@@ -711,11 +711,11 @@ class LeaseManager:
         )
 
     def problems(self) -> dict[str, str]:
-        """Return, by target, why the dynamic credentials it holds no longer work: the lease
-        ended and new credentials could not be fetched yet.
+        """Return, by target, why the dynamic credentials written for it no longer work: the
+        lease ended and new credentials could not be fetched yet.
 
-        Safe from any thread, and never waits for the manager's lock (a Vault request may hold
-        it): it reads the ends the last tick published.
+        Safe from any thread. It reads what the last tick published instead of taking the
+        manager's lock, which a Vault request may keep for up to its timeout.
         """
         now = self.clock()
         found: dict[str, str] = {}

@@ -80,7 +80,7 @@ class SnapshotError(AgentError):
     def __init__(self, target: str, errors: Sequence[StoreError | TemplateError]) -> None:
         self.target = target
         self.errors = errors
-        # Two secret keys reading one remote key fail with the same error: say it once.
+        # Two secret keys reading one remote key fail with the same error, so it is listed once.
         details = "; ".join(dict.fromkeys(str(error) for error in errors))
         super().__init__(f"target {target}: {details}")
 

@@ -681,16 +681,13 @@ class Syncer:
             finished, self._finished = self._finished, []
         if not finished:
             return False
-        merged = RoundResult()
+        changes: list[Change] = []
         for outcome in finished:
             if isinstance(outcome, BaseException):
                 raise outcome
-            merged.changed += outcome.changed
-            merged.unchanged += outcome.unchanged
-            merged.failed.update(outcome.failed)
-            merged.changes += outcome.changes
-        if merged.changes:
-            self._announce(merged.changes)
+            changes += outcome.changes
+        if changes:
+            self._announce(changes)
         return True
 
     def request_stop(self) -> None:

@@ -587,9 +587,9 @@ class DynamicSecrets:
         """Read the generators that saved records name and the watch has not delivered yet.
 
         Right after a start, the ExternalSecret can be reconciled before the watch of
-        VaultDynamicSecrets lists the generator its old records name (a generatorRef changed
-        while no controller ran); without it the records would be dropped and their leases left
-        to their TTL.
+        VaultDynamicSecrets lists the generator that its old records name, for example after a
+        generatorRef changed while no controller ran. Without that generator the records would
+        be dropped, and their leases left to their TTL.
         """
         for name in sorted({record.generator for record in records}):
             key = (namespace, name)
@@ -597,8 +597,18 @@ class DynamicSecrets:
                 continue
             try:
                 await self._read_generator(key, f"VaultDynamicSecret {namespace}/{name}")
-            except StoreError:
-                continue  # unreadable now: the record is dropped, as for a deleted generator
+            except StoreError as error:
+                # The records of this generator are dropped, as for a deleted generator.
+                log_event(
+                    logger,
+                    logging.WARNING,
+                    "lease_records_ignored",
+                    namespace=namespace,
+                    generator=name,
+                    reason="generator_unreadable",
+                    error=str(error),
+                )
+                continue
             if key in self.index.generators:
                 self.generator_changed(key)
 

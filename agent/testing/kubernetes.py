@@ -26,8 +26,8 @@ behaviour the controller depends on:
 - the TokenRequest subresource: `POST .../serviceaccounts/NAME/token` returns an unsigned
   JWT-shaped token for an existing service account (see `agent.testing.jwt`);
 - injected failures: `fail_writes` makes the next writes of one method (to objects or to one
-  subresource) answer with an error status, as an API server that is overloaded or restarting;
-  `delay_responses` makes writes of one method take effect at once but answer late, as over a
+  subresource) fail with an error status, as an API server that is overloaded or restarting.
+  `delay_responses` makes writes of one method take effect at once but respond late, as over a
   slow network;
 - traffic counts for benchmarks: the requests, objects and response bytes that lists and watches
   sent, per resource and label selector, in `traffic` and at `GET /_emulator/traffic` (a path
@@ -184,7 +184,7 @@ class KubernetesApiEmulator(KubernetesEmulator):
     _failures: dict[tuple[str, str | None, str | None], list[int]] = attrs.field(
         factory=dict, init=False
     )
-    # (method, plural) -> seconds to wait before answering; see `delay_responses`.
+    # (method, plural) -> seconds to wait before responding; see `delay_responses`.
     _delays: dict[tuple[str, str], float] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -227,8 +227,8 @@ class KubernetesApiEmulator(KubernetesEmulator):
         self._failures[(method.upper(), plural, subresource)] = [status, times]
 
     def delay_responses(self, method: str, *, plural: str, seconds: float) -> None:
-        """Answer writes with `method` to objects of `plural` `seconds` late; the write itself
-        (and its watch event) happens at once. Method "LIST" delays lists of `plural`, so a
+        """Respond to writes with `method` to objects of `plural` `seconds` late. The write
+        itself (and its watch event) happens at once. Method "LIST" delays lists of `plural`, so a
         client's watch of that resource starts late. `seconds=0` ends it."""
         self._delays[(method.upper(), plural)] = seconds
 

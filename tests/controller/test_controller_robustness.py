@@ -149,19 +149,13 @@ def controller_command(*flags: str) -> list[str]:
     return [sys.executable, "-m", "agent.cli", "controller", "--listen", "127.0.0.1:0", *flags]
 
 
-async def test_stop_abandons_hung_store(
-    cluster: Cluster, aws: str, silent_server: socket.socket, tmp_path: Path, monkeypatch
-) -> None:
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig(tmp_path / "kubeconfig", cluster.url)))
-    host, port = silent_server.getsockname()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
-    await cluster.apply_store("aws-ssm", SSM)
-    await cluster.apply_external_secret("app", es_spec("/app/db"))
+async def stop_while_hung(silent_server: socket.socket) -> tuple[int, float, str]:
+    """Start a controller, send SIGTERM once its first request reaches `silent_server` (which
+    never responds), and return its exit code, the seconds it took to stop, and its output."""
     process = subprocess.Popen(
         controller_command("--standalone"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
-        # The controller's first request to the store arrives, and gets no response.
         silent_server.settimeout(30)
         try:
             accepted, _ = await asyncio.to_thread(silent_server.accept)
@@ -171,14 +165,25 @@ async def test_stop_abandons_hung_store(
             raise
         process.send_signal(signal.SIGTERM)
         started = time.monotonic()
-        code = await asyncio.to_thread(process.wait, 30)
+        code = await asyncio.to_thread(process.wait, 60)
         stopped_after = time.monotonic() - started
         accepted.close()
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    output = process.stdout.read().decode()
+    return code, stopped_after, process.stdout.read().decode()
+
+
+async def test_stop_abandons_hung_store(
+    cluster: Cluster, aws: str, silent_server: socket.socket, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig(tmp_path / "kubeconfig", cluster.url)))
+    host, port = silent_server.getsockname()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+    await cluster.apply_store("aws-ssm", SSM)
+    await cluster.apply_external_secret("app", es_spec("/app/db"))
+    code, stopped_after, output = await stop_while_hung(silent_server)
     assert code == 0, output
     # The store's read timeout is 15 s and kopf's cancellation backoff 10 s: without abandoning
     # the request, stopping takes at least 10 s.
@@ -215,28 +220,7 @@ async def test_stop_abandons_hung_generator(
         ],
     }
     await cluster.apply_external_secret("orders-db", spec)
-    process = subprocess.Popen(
-        controller_command("--standalone"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    try:
-        # The generator's first request to Vault arrives, and gets no response.
-        silent_server.settimeout(30)
-        try:
-            accepted, _ = await asyncio.to_thread(silent_server.accept)
-        except TimeoutError:
-            process.kill()
-            print(process.stdout.read().decode())
-            raise
-        process.send_signal(signal.SIGTERM)
-        started = time.monotonic()
-        code = await asyncio.to_thread(process.wait, 60)
-        stopped_after = time.monotonic() - started
-        accepted.close()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    output = process.stdout.read().decode()
+    code, stopped_after, output = await stop_while_hung(silent_server)
     assert code == 0, output
     # Vault's read timeout is 30 s: without abandoning the request, stopping waits for it.
     assert stopped_after < 5, output

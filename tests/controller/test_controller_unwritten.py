@@ -1,9 +1,9 @@
 """Dynamic credentials that never reached a Secret are revoked when the controller lets go.
 
-A lease is recorded only in the annotation of the Secret that holds its credentials, so a lease
-issued for a Secret that was never written cannot be adopted by the next leader: it is revoked
-when this replica stops or pauses, and the generator's login token goes with it when no kept
-lease depends on it.
+A lease is recorded only in the annotation of the Secret that contains its credentials. A lease
+issued for a Secret that was never written therefore cannot be adopted by the next leader, so it
+is revoked when this replica stops or pauses. The generator's login token is revoked with it when
+no kept lease depends on that token.
 """
 
 from __future__ import annotations

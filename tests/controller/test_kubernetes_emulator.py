@@ -577,7 +577,7 @@ async def test_delayed_response_writes_at_once(api) -> None:
             break
         await asyncio.sleep(0.01)
     assert emulator.body("v1/secrets", "team-a", "late") is not None
-    assert not request.done()  # stored, not answered yet
+    assert not request.done()  # stored, with no response yet
     status, _ = await request
     assert status == 201
 

@@ -38,7 +38,7 @@ def test_expired_lease_reported_stale(
     assert entry["status"] == "stale"
     assert "database/creds/orders" in entry["error"]
     assert "expired" in entry["error"]
-    assert "permission denied" in entry["error"]  # the cause, as Vault answered it
+    assert "permission denied" in entry["error"]  # the cause, from Vault's response
     expired = [r for r in caplog.records if r.getMessage() == "lease_expired"]
     assert len(expired) == 1
     assert expired[0].event_fields["target"] == "orders-db"

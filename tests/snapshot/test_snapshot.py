@@ -380,7 +380,7 @@ def test_generator_rewrite_is_bounded():
     assert len(message) < 1000
 
 
-def test_one_remote_key_failing_for_two_secret_keys_is_said_once():
+def test_shared_remote_key_error_once():
     decl = declaration(
         {
             "data": [

@@ -31,7 +31,7 @@ spec:
 
 @pytest.fixture
 def silent_url() -> Iterator[str]:
-    """A loopback server that accepts connections and never answers."""
+    """A loopback server that accepts connections and never responds."""
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)

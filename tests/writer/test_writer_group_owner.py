@@ -1,4 +1,4 @@
-"""A file group the agent may not give: the error says how to give it (group membership)."""
+"""A file group the agent may not set: the error names group membership as the fix."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-# Run by an unprivileged process (uid and gid 65534 when the tests run as root), which asks for
+# Run by an unprivileged process (uid and gid 65534 when the tests run as root), which requests
 # group 1000 without being a member of it.
 CHILD = """
 import os, sys
